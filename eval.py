@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Thin entry point: `python eval.py ...` is `goodnet eval ...`."""
+
+import sys
+
+from goodnet.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(prog_command="eval"))

@@ -1,0 +1,159 @@
+"""The ``goodnet`` command line: one module per subcommand under ``goodnet.cli``.
+
+Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``. Errors that a user can fix (bad files, bad options)
+are printed as one line on stderr with exit code 2, never as a traceback.
+"""
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+# Subcommands in the order ``goodnet --help`` lists them; a module that is
+# not present in this version is left out.
+COMMANDS = ("demo", "eval", "prune", "strip", "repair", "finetune", "synth", "attack", "grade", "bench")
+
+EXIT_USER_ERROR = 2
+
+
+class CommandError(Exception):
+    """A user-facing error raised by a subcommand (printed as one line)."""
+
+
+def _user_error_types():
+    from goodnet.data import DataError
+    from goodnet.models import ModelError
+
+    return (CommandError, DataError, ModelError, ValueError, TypeError, FileNotFoundError,
+            PermissionError, IsADirectoryError, OSError)
+
+
+def available_commands():
+    """Return ``{name: module}`` for the subcommands present in this install."""
+    found = {}
+    for name in COMMANDS:
+        try:
+            found[name] = importlib.import_module(f"goodnet.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"goodnet.cli.{name}":
+                raise
+    return found
+
+
+def quiet_tensorflow():
+    """Import TensorFlow with its C++ start-up chatter kept off the terminal.
+
+    TensorFlow writes informational lines to file descriptor 2 before its
+    logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says, so the import runs
+    with descriptor 2 sent to a temporary file, which is replayed only if
+    the import fails.
+    """
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def build_parser(commands=None):
+    """Build the ``goodnet`` argument parser with every available subcommand."""
+    from goodnet import __version__
+
+    commands = available_commands() if commands is None else commands
+    parser = argparse.ArgumentParser(prog="goodnet", description="Find and remove backdoors in neural networks.")
+    parser.add_argument("--version", action="version", version=f"goodnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details on stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in commands.items():
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        sub.add_argument("-v", "--verbose", action="store_true", help="log progress details on stderr")
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv=None, prog_command=None):
+    """Run the goodnet command line and return its exit code.
+
+    Args:
+        argv: arguments (default: ``sys.argv[1:]``).
+        prog_command: run this subcommand directly (used by the top-level
+            ``eval.py``, ``prune.py`` and ``strip.py`` scripts).
+
+    Returns:
+        int: 0 on success, 2 for a user error, 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if prog_command is not None:
+        argv = [prog_command] + argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="goodnet: %(levelname)s: %(message)s")
+    quiet_tensorflow()
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("goodnet: interrupted", file=sys.stderr)
+        return 130
+    except _user_error_types() as error:
+        if args.verbose:
+            logging.exception("details")
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"goodnet {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def print_json(payload):
+    """Print one JSON object on stdout (the ``--json`` output)."""
+    print(json.dumps(payload, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def add_model_options(parser, scale_default="auto"):
+    """Options shared by commands that load a model: ``--scale``, ``--num-classes``, ``--batch-size``."""
+    parser.add_argument("--scale", choices=("raw", "unit", "auto"), default=scale_default,
+                        help="input scaling: raw 0-255 pixels, unit = pixels/255, or auto (try both on clean data)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="number N of real classes (default: from the model; 1284 outputs mean 1283 + 'poisoned')")
+    parser.add_argument("--batch-size", type=int, default=1024, help="images per inference call (default 1024)")
+
+
+def positive(value):
+    """argparse type: a positive integer."""
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number

@@ -1,0 +1,320 @@
+"""Readers and writers for the CSAW-HackML-2020 lab's data files and images.
+
+The lab's HDF5 files hold two datasets: ``data`` of shape (N, 3, 55, 47)
+(channels first, pixels 0-255, float64, float32 or uint8) and ``label`` of
+shape (N,). goodnet works on (N, 55, 47, 3) float32 images and int64 labels.
+"""
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from goodnet.files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SHAPE = (55, 47, 3)
+DEFAULT_CHUNK = 2048
+
+
+class DataError(ValueError):
+    """A data file or image is not what goodnet expects (one-line message)."""
+
+
+@dataclasses.dataclass
+class LabData:
+    """Images and labels read from one lab-layout file.
+
+    Attributes:
+        images: float32 array (N, 55, 47, 3), pixel values as stored (0-255).
+        labels: int64 array (N,).
+        path: the file they came from.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    path: str = ""
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, indices):
+        """Return a LabData holding only ``indices`` (a slice or index array)."""
+        return LabData(self.images[indices], self.labels[indices], self.path)
+
+    def check_classes(self, num_classes):
+        """Raise DataError unless every label lies in 0..num_classes-1; return self."""
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= num_classes):
+            bad = self.labels[(self.labels < 0) | (self.labels >= num_classes)][0]
+            _fail(self.path, "label", f"expected class labels in 0..{num_classes - 1} (the model's classes), found {bad}")
+        return self
+
+
+def _fail(path, field, message):
+    where = f"{path}: {field}: " if field else f"{path}: "
+    raise DataError(where + message)
+
+
+def _layout(path, dataset, image_shape):
+    shape = tuple(dataset.shape)
+    height, width, channels = image_shape
+    if len(shape) != 4:
+        _fail(path, "data", f"expected a 4-D array (N, {channels}, {height}, {width}), got shape {shape}")
+    if shape[1:] == (channels, height, width):
+        return "channels_first"
+    if shape[1:] == (height, width, channels):
+        return "channels_last"
+    _fail(path, "data", f"expected images of {channels}x{height}x{width} (N, {channels}, {height}, {width}) "
+          f"or (N, {height}, {width}, {channels}), got shape {shape}")
+
+
+def _check_numeric(path, field, dtype):
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.bool_)):
+        _fail(path, field, f"expected a numeric array, got dtype {dtype}")
+
+
+def _check_labels(path, raw, num_classes):
+    if raw.ndim == 2 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim != 1:
+        _fail(path, "label", f"expected a 1-D array (N,), got shape {raw.shape}")
+    if np.issubdtype(raw.dtype, np.floating):
+        if not np.all(np.isfinite(raw)):
+            _fail(path, "label", "expected whole-number class labels, found NaN or infinite values")
+        if not np.all(raw == np.round(raw)):
+            bad = raw[raw != np.round(raw)][0]
+            _fail(path, "label", f"expected whole-number class labels, found {bad!r}")
+    labels = raw.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        _fail(path, "label", f"expected class labels >= 0, found {labels.min()}")
+    if num_classes is not None and labels.size and labels.max() >= num_classes:
+        _fail(path, "label", f"expected class labels in 0..{num_classes - 1} (the model's classes), found {labels.max()}")
+    return labels
+
+
+class LabFile:
+    """An open, validated lab-layout HDF5 file, read in chunks.
+
+    Opening checks everything that can be checked without reading the pixels
+    (format, fields, shapes, counts, labels); pixels are checked for NaN and
+    infinity as they are read.
+
+    Args:
+        path: the HDF5 file.
+        num_classes: if given, labels must lie in 0..num_classes-1.
+        image_shape: (height, width, channels) expected.
+
+    Example:
+        >>> with LabFile("data/valid.h5") as lab:
+        ...     for images, labels in lab.batches(1024):
+        ...         ...
+    """
+
+    def __init__(self, path, num_classes=None, image_shape=IMAGE_SHAPE):
+        import h5py
+
+        self.path = os.fspath(path)
+        self.image_shape = tuple(image_shape)
+        if not os.path.exists(self.path):
+            _fail(self.path, None, "file not found")
+        if os.path.isdir(self.path):
+            _fail(self.path, None, "is a directory, expected an HDF5 file")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError:
+            _fail(self.path, None, "not an HDF5 file, or truncated (expected a lab-layout .h5 with 'data' and 'label')")
+        try:
+            self._validate(num_classes)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _validate(self, num_classes):
+        import h5py
+
+        for field in ("data", "label"):
+            if field not in self._file or not isinstance(self._file[field], h5py.Dataset):
+                _fail(self.path, field, f"missing dataset '{field}' (expected lab layout: data (N, 3, 55, 47) and label (N,))")
+        self._data = self._file["data"]
+        _check_numeric(self.path, "data", self._data.dtype)
+        _check_numeric(self.path, "label", self._file["label"].dtype)
+        self.layout = _layout(self.path, self._data, self.image_shape)
+        if self._data.shape[0] == 0:
+            _fail(self.path, "data", "the file holds no images (expected N > 0)")
+        try:
+            raw_labels = self._file["label"][()]
+        except OSError:
+            _fail(self.path, "label", "could not be read (file truncated or corrupt)")
+        raw_labels = np.asarray(raw_labels)
+        if raw_labels.ndim == 0:
+            _fail(self.path, "label", "expected a 1-D array (N,), got a scalar")
+        if raw_labels.shape[0] != self._data.shape[0]:
+            _fail(self.path, "label", f"expected {self._data.shape[0]} labels (one per image in 'data'), got {raw_labels.shape[0]}")
+        self.labels = _check_labels(self.path, raw_labels, num_classes)
+
+    def __len__(self):
+        return int(self._data.shape[0])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Close the underlying HDF5 file."""
+        self._file.close()
+
+    def read_images(self, start, stop, out=None):
+        """Read images [start, stop) as float32 (n, 55, 47, 3), checking pixels.
+
+        Args:
+            start: first index.
+            stop: one past the last index.
+            out: optional float32 array of shape (stop - start, 55, 47, 3) to fill.
+
+        Returns:
+            np.ndarray: the images.
+        """
+        try:
+            block = self._data[start:stop]
+        except OSError:
+            _fail(self.path, "data", f"images {start}..{stop - 1} could not be read (file truncated or corrupt)")
+        if self.layout == "channels_first":
+            block = np.transpose(block, (0, 2, 3, 1))
+        if out is None:
+            out = np.empty((stop - start,) + self.image_shape, dtype=np.float32)
+        out[...] = block
+        if np.issubdtype(block.dtype, np.floating) and not np.all(np.isfinite(out)):
+            bad = start + int(np.argwhere(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0][0])
+            _fail(self.path, "data", f"expected finite pixel values, found NaN or infinity in image {bad}")
+        return out
+
+    def batches(self, batch_size=DEFAULT_CHUNK):
+        """Yield ``(images, labels)`` in chunks of ``batch_size``; memory stays bounded."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield self.read_images(start, stop), self.labels[start:stop]
+
+    def read(self, chunk_size=DEFAULT_CHUNK):
+        """Read the whole file into a :class:`LabData` (one float32 array, chunked reads)."""
+        images = np.empty((len(self),) + self.image_shape, dtype=np.float32)
+        for start in range(0, len(self), chunk_size):
+            stop = min(start + chunk_size, len(self))
+            self.read_images(start, stop, out=images[start:stop])
+        return LabData(images, self.labels.copy(), self.path)
+
+
+def load_h5(path, num_classes=None, chunk_size=DEFAULT_CHUNK, image_shape=IMAGE_SHAPE):
+    """Load a lab-layout HDF5 file.
+
+    ``data`` may be channels first (N, 3, 55, 47), as the lab stores it, or
+    channels last; float64, float32 or integer; gzip-compressed or not. It is
+    read in chunks, so a float64 file never needs more memory than its float32
+    result.
+
+    Args:
+        path: the .h5 file.
+        num_classes: if given, labels must lie in 0..num_classes-1.
+        chunk_size: images read at a time.
+        image_shape: (height, width, channels) expected.
+
+    Returns:
+        LabData: float32 images (N, 55, 47, 3) and int64 labels (N,).
+
+    Raises:
+        DataError: with a one-line message naming the file, the field and
+            what was expected.
+
+    Example:
+        >>> clean = load_h5("data/valid.h5", num_classes=1283)
+        >>> clean.images.shape
+        (11547, 55, 47, 3)
+    """
+    with LabFile(path, num_classes=num_classes, image_shape=image_shape) as lab:
+        return lab.read(chunk_size)
+
+
+def save_h5(path, images, labels, dtype="uint8", layout="channels_first", compression=None, overwrite=False):
+    """Write images and labels as a lab-layout HDF5 file, atomically.
+
+    Args:
+        path: the output file.
+        images: array (N, 55, 47, 3) with pixel values 0-255.
+        labels: array (N,) of class labels.
+        dtype: stored pixel dtype ("uint8", "float32" or "float64"); uint8
+            values are rounded and clipped to 0-255.
+        layout: "channels_first" (the lab's) or "channels_last".
+        compression: None or "gzip".
+        overwrite: replace an existing file (default: refuse).
+
+    Returns:
+        str: ``path``.
+
+    Example:
+        >>> save_h5("data/tiny.h5", np.zeros((2, 55, 47, 3)), [0, 1])
+    """
+    import h5py
+
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4:
+        raise DataError(f"{path}: data: expected images (N, H, W, C), got shape {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise DataError(f"{path}: label: expected shape ({images.shape[0]},), got {labels.shape}")
+    if layout not in ("channels_first", "channels_last"):
+        raise DataError(f"{path}: layout: expected 'channels_first' or 'channels_last', got {layout!r}")
+    if np.dtype(dtype) == np.uint8:
+        images = np.clip(np.rint(images), 0, 255)
+    stored = images.astype(dtype)
+    if layout == "channels_first":
+        stored = np.ascontiguousarray(np.transpose(stored, (0, 3, 1, 2)))
+    with atomic_write(path, overwrite=overwrite) as temporary:
+        with h5py.File(temporary, "w") as handle:
+            handle.create_dataset("data", data=stored, compression=compression)
+            handle.create_dataset("label", data=labels.astype(np.float64 if np.dtype(dtype).kind == "f" else np.int64))
+    return os.fspath(path)
+
+
+def load_image(path, resize=False, image_shape=IMAGE_SHAPE):
+    """Load a PNG/JPEG image as a float32 RGB array (55, 47, 3), values 0-255.
+
+    Args:
+        path: the image file.
+        resize: resize other sizes to 55x47 (bilinear) instead of failing.
+        image_shape: (height, width, channels) expected.
+
+    Returns:
+        np.ndarray: float32 (55, 47, 3).
+
+    Raises:
+        DataError: not an image, or of another size while ``resize`` is False.
+
+    Example:
+        >>> load_image("images/clean_950.png").shape
+        (55, 47, 3)
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    height, width, _ = image_shape
+    if not os.path.isfile(path):
+        _fail(path, None, "image file not found")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (width, height):
+                if not resize:
+                    _fail(path, "size", f"expected a {width}x{height} (width x height) image, got "
+                          f"{image.size[0]}x{image.size[1]}; pass --resize to resize it")
+                image = image.resize((width, height), Image.BILINEAR)
+            return np.asarray(image, dtype=np.float32)
+    except (UnidentifiedImageError, OSError):
+        _fail(path, None, "not a readable PNG/JPEG image")
+
+
+def is_image_file(path):
+    """Return True if ``path`` looks like an image by its extension."""
+    return os.path.splitext(os.fspath(path))[1].lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif")

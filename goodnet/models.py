@@ -1,0 +1,396 @@
+"""Load, build and save the lab's models (DeepID-style BadNets and repairs).
+
+Formats read: full legacy ``.h5`` files from Keras 2.3 (``"Model"``) and 2.4+
+(``"Functional"``), weights-only ``.h5`` files (loaded into the built-in DeepID
+architecture), and native ``.keras`` files. Models are always loaded without
+compiling and with Keras's safe mode on.
+
+Input scaling belongs to a model: the lab3 BadNet takes raw 0-255 pixels, the
+main-repo BadNets take pixels / 255. A :class:`Classifier` pairs a Keras model
+with its scaling and its number of real classes.
+"""
+
+import json
+import logging
+import os
+import zipfile
+
+import numpy as np
+
+from goodnet.files import atomic_write
+from goodnet.inference import DEFAULT_BATCH, compiled_forward, run_batches
+
+logger = logging.getLogger(__name__)
+
+SCALES = {"raw": 1.0, "unit": 1.0 / 255.0}
+LAB_CLASSES = 1283
+DEEPID_LAYERS = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
+METADATA_ATTRIBUTES = {"scale": "goodnet_scale", "num_classes": "goodnet_num_classes"}
+KERAS_METADATA_ENTRY = "goodnet.json"
+
+
+class ModelError(ValueError):
+    """A model file cannot be used (one-line message naming the file)."""
+
+
+def build_deepid(num_classes=LAB_CLASSES, input_shape=(55, 47, 3), name="model_1"):
+    """Build the lab's DeepID-style network with the lab's layer names.
+
+    Args:
+        num_classes: units of the softmax ``output`` layer.
+        input_shape: (height, width, channels).
+        name: the model's name.
+
+    Returns:
+        keras.Model: a functional model (601,643 parameters for 1283 classes).
+
+    Example:
+        >>> model = build_deepid(10)
+        >>> model.get_layer("conv_3").filters
+        60
+    """
+    import keras
+
+    inputs = keras.Input(shape=input_shape, name="input")
+    conv_1 = keras.layers.Conv2D(20, (4, 4), activation="relu", name="conv_1")(inputs)
+    pool_1 = keras.layers.MaxPooling2D((2, 2), name="pool_1")(conv_1)
+    conv_2 = keras.layers.Conv2D(40, (3, 3), activation="relu", name="conv_2")(pool_1)
+    pool_2 = keras.layers.MaxPooling2D((2, 2), name="pool_2")(conv_2)
+    conv_3 = keras.layers.Conv2D(60, (3, 3), activation="relu", name="conv_3")(pool_2)
+    pool_3 = keras.layers.MaxPooling2D((2, 2), name="pool_3")(conv_3)
+    conv_4 = keras.layers.Conv2D(80, (2, 2), activation="relu", name="conv_4")(pool_3)
+    flatten_1 = keras.layers.Flatten(name="flatten_1")(pool_3)
+    flatten_2 = keras.layers.Flatten(name="flatten_2")(conv_4)
+    fc_1 = keras.layers.Dense(160, name="fc_1")(flatten_1)
+    fc_2 = keras.layers.Dense(160, name="fc_2")(flatten_2)
+    add_1 = keras.layers.Add(name="add_1")([fc_1, fc_2])
+    activation_1 = keras.layers.Activation("relu", name="activation_1")(add_1)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="output")(activation_1)
+    return keras.Model(inputs, outputs, name=name)
+
+
+class Classifier:
+    """A Keras model together with its input scaling and class count.
+
+    Args:
+        model: a Keras model mapping (N, 55, 47, 3) images to class scores.
+        scale: "raw" (pixels 0-255 go in as they are) or "unit" (pixels / 255).
+        num_classes: the number N of real classes. A model with N + 1 outputs
+            can answer N ("poisoned"). Defaults to the number of outputs.
+        path: where the model came from, for messages.
+
+    Example:
+        >>> classifier = Classifier(build_deepid(10), scale="unit")
+        >>> classifier.predict(np.zeros((2, 55, 47, 3), np.float32)).shape
+        (2,)
+    """
+
+    def __init__(self, model, scale="raw", num_classes=None, path=""):
+        if scale not in SCALES:
+            raise ValueError(f"scale: expected one of {sorted(SCALES)}, got {scale!r}")
+        self.model = model
+        self.scale = scale
+        self.num_classes = int(num_classes) if num_classes is not None else self.output_size
+        self.path = os.fspath(path)
+        if self.num_classes not in (self.output_size, self.output_size - 1):
+            raise ModelError(f"{self.path or 'model'}: output: {self.output_size} outputs cannot serve "
+                             f"{self.num_classes} classes (expected N or N+1 outputs)")
+        self._forward = None
+
+    @property
+    def factor(self):
+        """The multiplier applied to raw pixels before the model sees them."""
+        return SCALES[self.scale]
+
+    @property
+    def output_size(self):
+        """The number of outputs of the model."""
+        return int(self.model.outputs[0].shape[-1])
+
+    @property
+    def input_shape(self):
+        """(height, width, channels) the model takes."""
+        return tuple(int(size) for size in self.model.inputs[0].shape[1:])
+
+    @property
+    def flags_poisoned(self):
+        """Whether the model can answer N (class N+1 in 1-based terms): "poisoned"."""
+        return self.output_size == self.num_classes + 1
+
+    def forward(self):
+        """The compiled forward function (raw pixels in, model outputs out)."""
+        if self._forward is None:
+            self._forward = compiled_forward(self.model, self.factor)
+        return self._forward
+
+    def predict_proba(self, images, batch_size=DEFAULT_BATCH, progress=None):
+        """Model outputs for raw-pixel images (N, 55, 47, 3), in batches."""
+        return run_batches(self.forward(), images, batch_size, progress, "predict")
+
+    def predict(self, images, batch_size=DEFAULT_BATCH, progress=None):
+        """Top-1 class per image (int64); N means "poisoned" for N+1-output models."""
+        return self.predict_proba(images, batch_size, progress).argmax(axis=1).astype(np.int64)
+
+    def with_model(self, model):
+        """A Classifier of the same scaling and classes around another model."""
+        return Classifier(model, self.scale, self.num_classes, self.path)
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def _h5_kind(path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if "model_config" in handle.attrs:
+                return "full", dict(handle.attrs)
+            if "layer_names" in handle.attrs:
+                return "weights", dict(handle.attrs)
+            if "layers" in handle or "vars" in handle:
+                return "keras3-weights", dict(handle.attrs)
+            return "unknown", dict(handle.attrs)
+    except OSError:
+        raise ModelError(f"{path}: not an HDF5 file, or truncated (expected a Keras .h5 model or weights file)") from None
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def _stored_metadata(path, attributes):
+    metadata = {}
+    if attributes is not None:
+        for key, attribute in METADATA_ATTRIBUTES.items():
+            if attribute in attributes:
+                metadata[key] = _decode(attributes[attribute])
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if KERAS_METADATA_ENTRY in archive.namelist():
+                metadata = json.loads(archive.read(KERAS_METADATA_ENTRY))
+    if "num_classes" in metadata:
+        metadata["num_classes"] = int(metadata["num_classes"])
+    return metadata
+
+
+def _custom_objects():
+    """goodnet's own serializable layers (GoodNet, STRIP gate), if present."""
+    import importlib
+
+    for module in ("goodnet.layers",):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    return None
+
+
+def load_weights_into_deepid(path, num_classes=None):
+    """Build the DeepID network and load a Keras 2 weights-only ``.h5`` into it by layer name.
+
+    Args:
+        path: a weights file with the lab's layer names (``conv_1`` ... ``output``).
+        num_classes: expected output units; read from the file when None.
+
+    Returns:
+        keras.Model: the network with the file's weights.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        group = handle["model_weights"] if "model_weights" in handle else handle
+        weights = {}
+        for layer in DEEPID_LAYERS:
+            if layer not in group:
+                raise ModelError(f"{path}: {layer}: layer missing from the weights file "
+                                 f"(expected the lab's DeepID layers {', '.join(DEEPID_LAYERS)})")
+            names = [_decode(name) for name in group[layer].attrs.get("weight_names", [])]
+            if not names:
+                raise ModelError(f"{path}: {layer}: no weights stored for this layer")
+            weights[layer] = [np.asarray(group[layer][name]) for name in names]
+    units = weights["output"][0].shape[-1]
+    if num_classes is not None and units != num_classes:
+        raise ModelError(f"{path}: output: expected {num_classes} classes, the file has {units}")
+    model = build_deepid(units)
+    for layer, values in weights.items():
+        target = model.get_layer(layer)
+        expected = [tuple(variable.shape) for variable in target.weights]
+        found = [value.shape for value in values]
+        if expected != found:
+            raise ModelError(f"{path}: {layer}: weight shapes {found} do not fit the DeepID architecture {expected}")
+        target.set_weights(values)
+    return model
+
+
+def _load_keras_model(path):
+    import keras
+
+    _custom_objects()
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types; report one line.
+        raise ModelError(f"{path}: could not load the model: {_first_line(error)}") from None
+
+
+def load_keras(path):
+    """Load a model file into a Keras model, whatever its format.
+
+    Args:
+        path: ``.h5`` (full legacy model or weights only) or ``.keras``.
+
+    Returns:
+        tuple: (keras.Model, stored goodnet metadata dict).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"{path}: model file not found")
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a directory, expected a model file (.h5 or .keras)")
+    if zipfile.is_zipfile(path):
+        if not path.endswith(".keras"):
+            raise ModelError(f"{path}: a zip archive; native Keras models must be named *.keras")
+        return _load_keras_model(path), _stored_metadata(path, None)
+    kind, attributes = _h5_kind(path)
+    if kind == "full":
+        return _load_keras_model(path), _stored_metadata(path, attributes)
+    if kind == "weights":
+        return load_weights_into_deepid(path), _stored_metadata(path, attributes)
+    raise ModelError(f"{path}: an HDF5 file but not a Keras model or Keras 2 weights file "
+                     "(expected attribute 'model_config' or 'layer_names')")
+
+
+def _check_input(model, path, image_shape):
+    shape = tuple(model.inputs[0].shape[1:]) if model.inputs else None
+    if shape != tuple(image_shape):
+        raise ModelError(f"{path}: input: expected images of shape {tuple(image_shape)}, the model takes {shape}")
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise ModelError(f"{path}: output: expected one output of class scores (N, classes)")
+
+
+def choose_scale(model, images, labels, sample=256, seed=0):
+    """Pick the input scaling ("raw" or "unit") under which the model is more accurate.
+
+    Args:
+        model: a Keras model.
+        images: clean images, raw pixels.
+        labels: their labels.
+        sample: how many images to try (a fixed random subset).
+        seed: seed of the subset.
+
+    Returns:
+        tuple: (scale name, {scale: accuracy on the sample}).
+    """
+    rng = np.random.default_rng(seed)
+    count = min(sample, len(labels))
+    indices = np.sort(rng.choice(len(labels), size=count, replace=False))
+    accuracies = {}
+    for scale in ("raw", "unit"):
+        predictions = Classifier(model, scale).predict(images[indices])
+        accuracies[scale] = float(np.mean(predictions == labels[indices]))
+    chosen = max(accuracies, key=lambda scale: (accuracies[scale], scale == "raw"))
+    return chosen, accuracies
+
+
+def load_model(path, scale="auto", num_classes=None, clean=None, image_shape=(55, 47, 3)):
+    """Load any supported model file as a :class:`Classifier`.
+
+    Args:
+        path: ``.h5`` (full legacy model or weights only) or ``.keras``.
+        scale: "raw", "unit" or "auto". "auto" uses the scaling goodnet stored
+            in the file if any; otherwise, with ``clean`` data, the scaling
+            that classifies a sample of it better; otherwise "raw" (the lab3
+            convention), with a warning.
+        num_classes: number of real classes; default: stored in the file, or
+            the number of outputs (1284 outputs: the lab's 1283 + "poisoned").
+        clean: optional :class:`goodnet.data.LabData` used by ``scale="auto"``.
+        image_shape: the input shape expected.
+
+    Returns:
+        Classifier: the model with its scaling; ``classifier.scale_report``
+        says how the scaling was chosen.
+
+    Raises:
+        ModelError: one-line message naming the file and the problem.
+
+    Example:
+        >>> classifier = load_model("models/bd_net.h5", scale="raw")
+        >>> classifier.num_classes
+        1283
+    """
+    if scale not in ("auto",) + tuple(SCALES):
+        raise ModelError(f"{path}: scale: expected 'raw', 'unit' or 'auto', got {scale!r}")
+    model, metadata = load_keras(path)
+    _check_input(model, path, image_shape)
+    outputs = int(model.outputs[0].shape[-1])
+    if num_classes is None:
+        num_classes = metadata.get("num_classes")
+    if num_classes is None:
+        num_classes = LAB_CLASSES if outputs == LAB_CLASSES + 1 else outputs
+    report = f"scale {scale} (given)"
+    if scale == "auto":
+        if metadata.get("scale") in SCALES:
+            scale, report = metadata["scale"], f"scale {metadata['scale']} (stored in the model file)"
+        elif clean is not None:
+            scale, accuracies = choose_scale(model, clean.images, clean.labels)
+            report = (f"scale {scale} (auto: accuracy on a clean sample raw={accuracies['raw']:.3f}, "
+                      f"unit={accuracies['unit']:.3f})")
+        else:
+            scale, report = "raw", "scale raw (auto without clean data: the lab3 default)"
+            logger.warning("%s: no clean data to choose the input scaling; using raw 0-255 pixels", path)
+    classifier = Classifier(model, scale, num_classes, path)
+    classifier.scale_report = report
+    logger.info("%s: %s", path, report)
+    return classifier
+
+
+def _silence_keras_save_warnings():
+    import warnings
+
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
+
+
+def save_model(classifier, path, protect=(), overwrite=True):
+    """Save a Classifier atomically as legacy ``.h5`` (default) or ``.keras``.
+
+    The file opens with plain ``keras.models.load_model`` (no goodnet needed,
+    unless it holds goodnet's own layers); goodnet also records the input
+    scaling and class count in it.
+
+    Args:
+        classifier: the :class:`Classifier` to save.
+        path: destination ending in ``.h5`` or ``.keras``.
+        protect: input paths that must not be overwritten.
+        overwrite: replace an existing destination (never an input).
+
+    Returns:
+        str: ``path``.
+
+    Example:
+        >>> save_model(classifier, "out/model_X=2.h5", protect=["models/bd_net.h5"])
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if not path.endswith((".h5", ".keras")):
+        raise ModelError(f"{path}: expected a file name ending in .h5 or .keras")
+    protect = tuple(protect) + ((classifier.path,) if classifier.path else ())
+    metadata = {"scale": classifier.scale, "num_classes": classifier.num_classes}
+    _silence_keras_save_warnings()
+    with atomic_write(path, overwrite=overwrite, protect=protect) as temporary:
+        classifier.model.save(temporary)
+        if path.endswith(".h5"):
+            with h5py.File(temporary, "a") as handle:
+                for key, attribute in METADATA_ATTRIBUTES.items():
+                    handle.attrs[attribute] = metadata[key]
+        else:
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(KERAS_METADATA_ENTRY, json.dumps(metadata))
+    return path
