@@ -113,7 +113,10 @@ def main(argv=None, prog_command=None):
         return EXIT_USER_ERROR
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="goodnet: %(levelname)s: %(message)s")
-    quiet_tensorflow()
+    # A subcommand module may set NEEDS_TENSORFLOW = False (e.g. grade, whose
+    # parent process only schedules subprocesses) to skip the slow import.
+    if getattr(sys.modules.get(args.handler.__module__), "NEEDS_TENSORFLOW", True):
+        quiet_tensorflow()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

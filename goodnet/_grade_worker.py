@@ -1,0 +1,145 @@
+"""The child side of ``goodnet grade``: score ONE submitted model file, isolated.
+
+This module runs in a process of its own per submission (see
+:mod:`goodnet.grading`). With the default "forkserver" isolation it is
+preloaded, together with TensorFlow and Keras, in a multiprocessing fork
+server that never opens a submission; every submission is then evaluated in a
+fresh fork of that server, so the 5-10 s TensorFlow import is paid once per
+``goodnet grade`` run instead of once per submission. Importing this module
+imports TensorFlow quietly for that reason.
+
+Order of work in the child, cheapest and safest first:
+
+1. :func:`goodnet.grading.inspect_model_file` reads the model's JSON config with
+   h5py/zipfile only (no Keras) and refuses code-carrying content.
+2. The data files are read (trusted: they come from the grader).
+3. :func:`goodnet.models.load_model` loads the model with Keras safe mode on,
+   checks its input shape and its number of outputs (N or N+1).
+4. :func:`goodnet.metrics.evaluate` scores it.
+
+The result is one JSON object written atomically to a path the parent chose.
+"""
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+
+from goodnet.cli import quiet_tensorflow
+
+quiet_tensorflow()
+
+logger = logging.getLogger(__name__)
+
+# Keras messages that mean "this file asks for code or classes we do not run".
+REFUSAL_MARKERS = ("lambda", "safe_mode", "unsafe", "unknown layer", "could not locate", "custom object",
+                   "not allowed", "arbitrary code")
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0][:400] if lines else type(error).__name__
+
+
+def _limit_address_space(memory_limit_mb, headroom_mb):
+    """Cap the virtual address space: what is mapped now + headroom + 2 x the memory limit.
+
+    TensorFlow reserves far more address space than it touches, so the cap is
+    generous; it stops a single absurd allocation. The parent enforces the
+    memory limit itself by polling the child's private resident memory.
+    """
+    if not memory_limit_mb:
+        return
+    with open("/proc/self/status", encoding="ascii") as handle:
+        mapped_kb = next(int(line.split()[1]) for line in handle if line.startswith("VmSize:"))
+    cap = (mapped_kb * 1024) + (headroom_mb + 2 * memory_limit_mb) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def _set_threads(threads):
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # runtime already initialised: keep its settings
+            logger.info("TensorFlow threads already configured")
+
+
+def evaluate_submission(job):
+    """Score one model file; never raises for problems of the submission.
+
+    Args:
+        job: dict with ``path``, ``clean``, ``poisoned`` (list), ``validation``
+            (or None), ``scale``, ``num_classes``, ``batch_size``, ``threads``.
+
+    Returns:
+        dict: ``status`` ("ok", "refused" or "error"), ``error`` (one line,
+        for failures) and, for "ok", the figures of
+        :func:`goodnet.metrics.evaluate` plus ``scale_report``.
+    """
+    from goodnet.data import DataError, load_h5
+    from goodnet.grading import SubmissionRefused, inspect_model_file
+    from goodnet.metrics import evaluate
+    from goodnet.models import ModelError, load_model
+
+    started = time.monotonic()
+    path = job["path"]
+    try:
+        inspect_model_file(path)
+        _set_threads(job.get("threads"))
+        clean = load_h5(job["clean"], num_classes=job["num_classes"])
+        poisoned = [load_h5(name, num_classes=job["num_classes"]) for name in job["poisoned"]]
+        validation = load_h5(job["validation"], num_classes=job["num_classes"]) if job.get("validation") else None
+        classifier = load_model(path, scale=job["scale"], num_classes=job["num_classes"], clean=validation)
+        figures = evaluate(classifier, clean, poisoned, batch_size=job["batch_size"], progress=False)
+    except SubmissionRefused as error:
+        return {"status": "refused", "error": _first_line(error)}
+    except ModelError as error:
+        message = _first_line(error)
+        refused = any(marker in message.lower() for marker in REFUSAL_MARKERS)
+        return {"status": "refused" if refused else "error", "error": message}
+    except DataError as error:
+        return {"status": "error", "error": f"data: {_first_line(error)}"}
+    except MemoryError:
+        return {"status": "memory", "error": "out of memory (address-space limit reached)"}
+    except Exception as error:  # a submission must never crash the harness: report it
+        return {"status": "error", "error": f"{type(error).__name__}: {_first_line(error)}"}
+    figures.update(status="ok", error="", scale_report=classifier.scale_report,
+                   evaluation_seconds=round(time.monotonic() - started, 3))
+    return figures
+
+
+def child_main(job, result_path, log_path, memory_limit_mb, headroom_mb):
+    """Entry point of the per-submission process (a multiprocessing target).
+
+    Starts a new session (so the parent can kill the whole process group),
+    sends stdout/stderr to ``log_path``, caps the address space, scores the
+    submission and writes the result JSON to ``result_path`` atomically.
+    """
+    os.setsid()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
+    _limit_address_space(memory_limit_mb, headroom_mb)
+    result = evaluate_submission(job)
+    temporary = f"{result_path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, default=_json_default)
+    os.replace(temporary, result_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

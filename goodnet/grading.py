@@ -1,0 +1,696 @@
+"""Grade a folder of submitted models safely, fairly and in parallel.
+
+Every submission is scored in a process of its own, under a wall-time limit
+and a memory limit, with Keras safe mode on; a broken, malicious, huge or
+never-ending file only ever costs its own limits. Results are cached by the
+SHA-256 of the file (and of everything else that affects the score), so a
+re-run scores only new or changed files.
+
+Safety, in layers:
+
+1. :func:`inspect_model_file` reads the model's JSON config with h5py/zipfile
+   only, before Keras is involved, and refuses any ``Lambda``-style layer,
+   serialized Python function (``__lambda__``, ``function_type``) and any
+   object from a module outside ``keras``/``goodnet`` or registered under
+   another package (unknown custom objects).
+2. Keras loads the rest with ``safe_mode=True`` and ``compile=False``; it
+   also refuses Lambda bytecode and unknown classes.
+3. The process runs in its own session (killed as a process group), with an
+   address-space cap and no core dumps; the parent polls its private resident
+   memory and kills it above the limit, and kills it at the time limit.
+
+Score (the scoreboard's sort key, higher is better):
+
+- with a baseline (``--baseline``, the BadNet before any defense, scored the
+  same way): BackdoorBench's defense-effectiveness rating
+  ``DER = (max(0, ASR_b - ASR) - max(0, ACC_b - ACC) + 1) / 2`` where ASR is
+  the mean attack success rate over the poisoned files (an answer N,
+  "poisoned", is never an attack success) and ACC the clean accuracy (an
+  answer N on a clean image is wrong). 0.5 means "no better than the
+  baseline"; 1 means all attacks removed at no accuracy cost.
+- without a baseline: ``clean accuracy - mean ASR`` (in [-1, 1]).
+
+Failed submissions (status refused, error, timeout, memory, crashed) have no
+score and are listed last, by name.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import html
+import io
+import json
+import logging
+import os
+import time
+import zipfile
+
+from goodnet.files import write_text
+from goodnet.models import LAB_CLASSES, ModelError
+
+logger = logging.getLogger(__name__)
+
+GRADER_VERSION = 1
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
+STATUSES = ("ok", "refused", "error", "timeout", "memory", "crashed")
+ISOLATIONS = ("forkserver", "spawn")
+# Address space TensorFlow maps without using it (measured: ~1.7 GB after import).
+ADDRESS_SPACE_HEADROOM_MB = 2048
+POLL_SECONDS = 0.1
+# Layers whose config carries Python code (Keras 2 and 3 names).
+CODE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+ALLOWED_MODULE_PREFIXES = ("keras", "goodnet")
+FORBIDDEN_MODULE_PARTS = (".utils", ".saving", ".backend", ".ops")
+PRELOAD_MODULES = ["goodnet._grade_worker", "goodnet.grading", "goodnet.models", "goodnet.metrics", "goodnet.data"]
+
+
+class SubmissionRefused(ModelError):
+    """The model file carries code or unknown objects; it is not loaded."""
+
+
+def sha256_file(path, chunk_size=1 << 20):
+    """Return the hex SHA-256 of a file's content.
+
+    Example:
+        >>> sha256_file("models/bd_net.h5")[:12]
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_model_config(path):
+    """The model's JSON config from a ``.keras`` zip or a legacy ``.h5``, without Keras."""
+    import h5py
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        except (KeyError, zipfile.BadZipFile, ValueError) as error:
+            raise ModelError(f"{path}: config.json: expected a readable Keras model archive ({error})") from None
+    try:
+        with h5py.File(path, "r") as handle:
+            config = handle.attrs.get("model_config")
+            is_weights = "layer_names" in handle.attrs
+    except OSError:
+        raise ModelError(f"{path}: not an HDF5 file or a .keras archive, or truncated "
+                         "(expected a Keras model file)") from None
+    if config is None:
+        if is_weights:
+            return None  # a weights-only file: loaded into the built-in architecture, no config to run
+        raise ModelError(f"{path}: model_config: expected a Keras full-model file (attribute missing)")
+    try:
+        return json.loads(config.decode("utf-8") if isinstance(config, bytes) else config)
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path}: model_config: expected JSON") from None
+
+
+def _walk(node, where="config"):
+    """Yield (location, dict) for every dict inside a JSON config."""
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _walk(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{where}[{index}]")
+
+
+def config_problems(config):
+    """List why a model config must not be loaded (empty: nothing found).
+
+    Args:
+        config: the parsed JSON model config (legacy ``model_config`` or
+            ``.keras`` ``config.json``).
+
+    Returns:
+        list[str]: one line per problem, e.g. ``"layer 'lam': Lambda layers
+        carry Python code"``.
+    """
+    problems = []
+    for where, node in _walk(config):
+        class_name = node.get("class_name")
+        name = node.get("config", {}).get("name", where) if isinstance(node.get("config"), dict) else where
+        if class_name in CODE_LAYERS:
+            problems.append(f"layer {name!r}: {class_name} layers carry Python code")
+        elif class_name == "__lambda__" or "function_type" in node or "output_shape_type" in node:
+            problems.append(f"{where}: a serialized Python function")
+        module = node.get("module")
+        if isinstance(module, str) and (module.split(".")[0] not in ALLOWED_MODULE_PREFIXES
+                                        or any(part in module for part in FORBIDDEN_MODULE_PARTS)):
+            problems.append(f"{where}: object {class_name!r} from module {module!r} (only Keras layers are allowed)")
+        registered = node.get("registered_name")
+        if isinstance(registered, str) and ">" in registered and not registered.startswith("goodnet>"):
+            problems.append(f"{where}: unknown custom object {registered!r}")
+    return problems
+
+
+def inspect_model_file(path):
+    """Refuse a model file whose config carries code, before Keras reads it.
+
+    Args:
+        path: a ``.h5`` or ``.keras`` model file.
+
+    Raises:
+        SubmissionRefused: the config holds a Lambda layer, a serialized
+            function or an object from outside Keras (message: the first
+            problem and how many there are).
+        ModelError: not a readable model file.
+    """
+    path = os.fspath(path)
+    config = _read_model_config(path)
+    problems = config_problems(config) if config is not None else []
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SubmissionRefused(f"{path}: refused: {problems[0]}{more}; Keras safe mode does not run code "
+                                "from submissions")
+
+
+@dataclasses.dataclass
+class Limits:
+    """Per-submission limits.
+
+    Attributes:
+        seconds: wall-clock limit of one submission's process (start to exit).
+        memory_mb: private resident memory limit of that process (MiB).
+    """
+
+    seconds: float = 600.0
+    memory_mb: int = 4096
+
+
+def _private_memory_mb(pid):
+    """Resident memory that the process does not share with its parent, in MiB (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            kilobytes = sum(int(line.split()[1]) for line in handle
+                            if line.startswith(("Private_Clean:", "Private_Dirty:")))
+        return kilobytes / 1024.0
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024.0
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
+def _kill_group(process):
+    import signal
+
+    for kill in (lambda: os.killpg(process.pid, signal.SIGKILL), lambda: os.kill(process.pid, signal.SIGKILL)):
+        try:
+            kill()
+            break
+        except (ProcessLookupError, PermissionError):
+            continue
+    process.join(5)
+
+
+def _context(isolation):
+    import multiprocessing
+
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation: expected one of {ISOLATIONS}, got {isolation!r}")
+    context = multiprocessing.get_context(isolation)
+    if isolation == "forkserver":
+        context.set_forkserver_preload(PRELOAD_MODULES)
+    return context
+
+
+def _log_tail(log_path, lines=3):
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            text = [line.strip() for line in handle.read()[-4000:].splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[:400]
+
+
+class _Running:
+    """One submission's process and what the parent knows about it."""
+
+    def __init__(self, job, context, work_dir, limits):
+        self.job = job
+        self.limits = limits
+        stem = job["key"][:24]
+        self.result_path = os.path.join(work_dir, f"{stem}.result.json")
+        self.log_path = os.path.join(work_dir, f"{stem}.log")
+        for stale in (self.result_path, self.log_path):
+            if os.path.exists(stale):
+                os.remove(stale)
+        self.process = context.Process(
+            target=_child_entry, daemon=False,
+            args=(job, self.result_path, self.log_path, limits.memory_mb, ADDRESS_SPACE_HEADROOM_MB))
+        self.started = time.monotonic()
+        self.process.start()
+        self.peak_mb = 0.0
+        self.outcome = None
+
+    def poll(self):
+        """Return the result dict once the process has ended or been stopped, else None."""
+        elapsed = time.monotonic() - self.started
+        if self.process.exitcode is None:
+            memory = _private_memory_mb(self.process.pid)
+            if memory is not None:
+                self.peak_mb = max(self.peak_mb, memory)
+            if self.limits.memory_mb and memory is not None and memory > self.limits.memory_mb:
+                _kill_group(self.process)
+                return self._finish({"status": "memory", "error": f"stopped: memory above the limit of "
+                                     f"{self.limits.memory_mb} MiB ({memory:.0f} MiB)"}, elapsed)
+            if elapsed > self.limits.seconds:
+                _kill_group(self.process)
+                return self._finish({"status": "timeout", "error": f"stopped: still running after the time limit "
+                                     f"of {self.limits.seconds:g} s"}, elapsed)
+            return None
+        self.process.join()
+        _kill_group_quietly(self.process.pid)
+        return self._finish(self._read_result(), elapsed)
+
+    def _read_result(self):
+        try:
+            with open(self.result_path, encoding="utf-8") as handle:
+                result = json.load(handle)
+            if not isinstance(result, dict) or result.get("status") not in STATUSES:
+                raise ValueError("malformed result")
+            return result
+        except (OSError, ValueError):
+            code = self.process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            tail = _log_tail(self.log_path)
+            return {"status": "crashed", "error": f"the grading process died ({how}) without a result"
+                                                  + (f": {tail}" if tail else "")}
+
+    def _finish(self, result, elapsed):
+        result["seconds"] = round(elapsed, 3)
+        result["peak_memory_mb"] = round(self.peak_mb, 1)
+        result["limits"] = dataclasses.asdict(self.limits)
+        self.outcome = result
+        # The result is cached by the caller; a failed submission's log stays for inspection.
+        for done in (self.result_path,) + ((self.log_path,) if result["status"] == "ok" else ()):
+            if os.path.exists(done):
+                os.remove(done)
+        return result
+
+
+def _child_entry(*args):
+    """Process target: imports the worker (and TensorFlow) only in the child, never in the parent."""
+    from goodnet._grade_worker import child_main
+
+    child_main(*args)
+
+
+def _warm_up(context):
+    """Start the fork server and wait until its preloading (the TensorFlow import) is done.
+
+    Without this the first submissions' clocks would include that import.
+    """
+    process = context.Process(target=_noop)
+    process.start()
+    process.join()
+
+
+def _noop():
+    return None
+
+
+def _kill_group_quietly(pid):
+    """Kill what the submission's process may have left in its group (it has exited)."""
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_jobs(jobs, limits, workers=2, isolation="forkserver", work_dir=".", progress=None):
+    """Run one isolated process per job, at most ``workers`` at a time.
+
+    Args:
+        jobs: list of job dicts (see :func:`goodnet._grade_worker.evaluate_submission`)
+            each with a unique ``key``.
+        limits: :class:`Limits` for every job.
+        workers: parallel processes.
+        isolation: "forkserver" (fork of a server that preloaded TensorFlow)
+            or "spawn" (a fresh interpreter per submission).
+        work_dir: folder for result and log files.
+        progress: progress bar setting (see :func:`goodnet.inference.progress_bar`).
+
+    Returns:
+        dict: job key -> result dict (``status``, ``error``, ``seconds``,
+        ``peak_memory_mb`` and the figures).
+    """
+    from goodnet.inference import progress_bar
+
+    context = _context(isolation)
+    os.makedirs(work_dir, exist_ok=True)
+    if jobs and isolation == "forkserver":
+        _warm_up(context)
+    pending = list(jobs)
+    running = []
+    results = {}
+    with progress_bar(len(jobs), "grade", progress, unit="model") as bar:
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    running.append(_Running(pending.pop(0), context, work_dir, limits))
+                for entry in list(running):
+                    result = entry.poll()
+                    if result is not None:
+                        results[entry.job["key"]] = result
+                        running.remove(entry)
+                        bar.update(1)
+                        logger.info("%s: %s in %.1f s", entry.job["path"], result["status"], result["seconds"])
+                if running:
+                    time.sleep(POLL_SECONDS)
+        finally:
+            for entry in running:
+                _kill_group(entry.process)
+    return results
+
+
+def _cache_path(cache_dir, key):
+    return os.path.join(cache_dir, f"{key}.json")
+
+
+def _cache_lookup(cache_dir, key, limits):
+    """A cached result, unless it was a limit stop that larger limits might change."""
+    try:
+        with open(_cache_path(cache_dir, key), encoding="utf-8") as handle:
+            result = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    stored = result.get("limits", {})
+    if result.get("status") == "timeout" and limits.seconds > stored.get("seconds", 0):
+        return None
+    if result.get("status") == "memory" and limits.memory_mb > stored.get("memory_mb", 0):
+        return None
+    if result.get("status") == "crashed":
+        return None
+    return result
+
+
+def _data_entry(path, num_classes):
+    from goodnet.data import LabFile
+
+    with LabFile(path, num_classes=num_classes) as lab:
+        count = len(lab)
+    return {"path": os.path.abspath(path), "sha256": sha256_file(path), "images": count}
+
+
+def find_submissions(folder, exclude=()):
+    """Model files (``.h5``, ``.hdf5``, ``.keras``) directly inside ``folder``, sorted by name.
+
+    Args:
+        folder: the submissions folder (not searched recursively).
+        exclude: paths to leave out (the data files, the baseline).
+
+    Returns:
+        list[str]: absolute paths.
+    """
+    from goodnet.files import same_file
+
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: expected a folder of submitted model files")
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or not name.lower().endswith(MODEL_SUFFIXES) or not os.path.isfile(path):
+            continue
+        if any(same_file(path, other) for other in exclude):
+            continue
+        found.append(os.path.abspath(path))
+    return found
+
+
+def mean_asr(result):
+    """Mean attack success rate over the poisoned files (None without any)."""
+    rates = [entry["attack_success_rate"] for entry in result.get("poisoned", [])]
+    return sum(rates) / len(rates) if rates else None
+
+
+def score_result(result, baseline=None):
+    """The sort score of an "ok" result: DER against ``baseline``, or accuracy - mean ASR.
+
+    Args:
+        result: a submission's result dict (status "ok").
+        baseline: the baseline's result dict, or None.
+
+    Returns:
+        float or None: None for failed submissions.
+    """
+    from goodnet.metrics import defense_effectiveness_rating
+
+    if result.get("status") != "ok":
+        return None
+    asr = mean_asr(result) or 0.0
+    if baseline is not None:
+        return defense_effectiveness_rating(baseline["clean_accuracy"], mean_asr(baseline) or 0.0,
+                                            result["clean_accuracy"], asr)
+    return result["clean_accuracy"] - asr
+
+
+class Grader:
+    """Score many submitted model files on the same data, each in its own process.
+
+    Args:
+        clean: the clean test file (lab layout).
+        poisoned: poisoned test files (labels = the attack's target).
+        validation: optional clean file used ONLY to pick the input scaling
+            of models that do not store it (``scale="auto"``); never the test
+            data.
+        baseline: optional model file (the BadNet before defense) for DER.
+        scale: "auto", "raw" or "unit" for every submission.
+        num_classes: N; a model must have N or N+1 outputs.
+        limits: :class:`Limits` per submission.
+        workers: submissions scored in parallel.
+        isolation: "forkserver" or "spawn" (see :func:`run_jobs`).
+        batch_size: images per inference call.
+        threads: TensorFlow threads per submission (default: cores / workers).
+        use_cache: reuse results cached by content hash.
+        progress: progress bar setting.
+
+    Example:
+        >>> grader = Grader("test.h5", ["bd_test.h5"], baseline="models/bd_net.h5")
+        >>> board = grader.grade("submissions/", "grades/")
+        >>> board.rows[0]["submission"], board.rows[0]["score"]
+    """
+
+    def __init__(self, clean, poisoned, validation=None, baseline=None, scale="auto", num_classes=LAB_CLASSES,
+                 limits=None, workers=2, isolation="forkserver", batch_size=256, threads=None, use_cache=True,
+                 progress=None):
+        self.clean = clean
+        self.poisoned = poisoned
+        self.validation = validation
+        self.baseline = baseline
+        self.scale = scale
+        self.num_classes = num_classes
+        self.limits = limits
+        self.workers = workers
+        self.isolation = isolation
+        self.batch_size = batch_size
+        self.threads = threads
+        self.use_cache = use_cache
+        self.progress = progress
+
+    def _check(self):
+        if self.scale not in ("auto", "raw", "unit"):
+            raise ValueError(f"scale: expected 'auto', 'raw' or 'unit', got {self.scale!r}")
+        if not self.poisoned:
+            raise ValueError("poisoned: expected at least one poisoned test file")
+        if int(self.workers) < 1:
+            raise ValueError(f"workers: expected a positive number, got {self.workers}")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation: expected one of {ISOLATIONS}, got {self.isolation!r}")
+        if self.baseline is not None and not os.path.isfile(self.baseline):
+            raise ValueError(f"{self.baseline}: baseline model file not found")
+
+    def _options(self):
+        """Everything besides the model file that affects a score (part of the cache key)."""
+        return {
+            "grader_version": GRADER_VERSION,
+            "clean": _data_entry(self.clean, self.num_classes),
+            "poisoned": [_data_entry(path, self.num_classes) for path in self.poisoned],
+            "validation": _data_entry(self.validation, self.num_classes) if self.validation else None,
+            "scale": self.scale,
+            "num_classes": int(self.num_classes),
+        }
+
+    def _job(self, path, options, role):
+        digest = sha256_file(path)
+        key_source = json.dumps({"model": digest, **{name: value for name, value in options.items()}},
+                                sort_keys=True)
+        threads = self.threads or max(1, (os.cpu_count() or 1) // int(self.workers))
+        return {"key": hashlib.sha256(key_source.encode()).hexdigest(), "path": path, "sha256": digest,
+                "role": role, "clean": options["clean"]["path"],
+                "poisoned": [entry["path"] for entry in options["poisoned"]],
+                "validation": options["validation"]["path"] if options["validation"] else None,
+                "scale": self.scale, "num_classes": int(self.num_classes), "batch_size": int(self.batch_size),
+                "threads": threads}
+
+    def grade(self, submissions, out_dir):
+        """Score every model file in ``submissions`` and write the scoreboard to ``out_dir``.
+
+        Args:
+            submissions: a folder of model files, or a list of model paths.
+            out_dir: output folder (scoreboard files, ``cache/``, ``work/``).
+
+        Returns:
+            Scoreboard: the ranked rows and the paths written.
+        """
+        self._check()
+        limits = self.limits or Limits()
+        options = self._options()
+        exclude = [self.clean, *self.poisoned] + [path for path in (self.validation, self.baseline) if path]
+        paths = (find_submissions(submissions, exclude) if isinstance(submissions, (str, os.PathLike))
+                 else [os.path.abspath(path) for path in submissions])
+        if not paths:
+            raise ValueError(f"{submissions}: no model files ({', '.join(MODEL_SUFFIXES)}) to grade")
+        jobs = [self._job(path, options, "submission") for path in paths]
+        if self.baseline:
+            jobs.append(self._job(os.path.abspath(self.baseline), options, "baseline"))
+        cache_dir = os.path.join(out_dir, "cache")
+        os.makedirs(cache_dir, exist_ok=True)
+        results, to_run = {}, []
+        for job in jobs:
+            cached = _cache_lookup(cache_dir, job["key"], limits) if self.use_cache else None
+            if cached is not None:
+                results[job["key"]] = dict(cached, cached=True)
+            elif job["key"] not in {other["key"] for other in to_run}:
+                to_run.append(job)
+        fresh = run_jobs(to_run, limits, self.workers, self.isolation, os.path.join(out_dir, "work"),
+                         self.progress)
+        for key, result in fresh.items():
+            write_text(_cache_path(cache_dir, key), json.dumps(result, indent=1))
+            results[key] = dict(result, cached=False)
+        baseline_result = None
+        if self.baseline:
+            baseline_result = results[jobs[-1]["key"]]
+            if baseline_result["status"] != "ok":
+                raise ValueError(f"{self.baseline}: baseline could not be scored: {baseline_result['error']}")
+        rows = [_row(job, results[job["key"]], baseline_result, options) for job in jobs
+                if job["role"] == "submission"]
+        board = Scoreboard(rank_rows(rows), [os.path.basename(path) for path in self.poisoned],
+                           baseline=_row(jobs[-1], baseline_result, None, options) if baseline_result else None,
+                           score_name="DER" if baseline_result else "accuracy - mean ASR")
+        board.write(out_dir)
+        return board
+
+
+def _row(job, result, baseline, options):
+    row = {"submission": os.path.basename(job["path"]), "path": job["path"], "sha256": job["sha256"],
+           "status": result["status"], "error": result.get("error", ""), "score": score_result(result, baseline),
+           "clean_accuracy": result.get("clean_accuracy"), "mean_asr": mean_asr(result) if result["status"] == "ok"
+           else None, "poisoned": result.get("poisoned", []), "detection_rate": result.get("detection_rate"),
+           "false_rejection_rate": result.get("false_rejection_rate"),
+           "flags_poisoned": result.get("flags_poisoned"), "scale": result.get("scale"),
+           "scale_report": result.get("scale_report"), "seconds": result.get("seconds"),
+           "peak_memory_mb": result.get("peak_memory_mb"), "cached": result.get("cached", False)}
+    for entry in row["poisoned"]:
+        entry["file"] = os.path.basename(entry["file"])
+    return row
+
+
+def rank_rows(rows):
+    """Sort by score (best first); failed submissions last, by name; number the scored ones."""
+    scored = sorted((row for row in rows if row["score"] is not None),
+                    key=lambda row: (-row["score"], row["submission"]))
+    failed = sorted((row for row in rows if row["score"] is None), key=lambda row: row["submission"])
+    for rank, row in enumerate(scored, 1):
+        row["rank"] = rank
+    for row in failed:
+        row["rank"] = None
+    return scored + failed
+
+
+def _percent(value):
+    return "" if value is None else f"{value * 100:.2f}"
+
+
+@dataclasses.dataclass
+class Scoreboard:
+    """Ranked grading results and their tabular forms.
+
+    Attributes:
+        rows: one dict per submission, best first (see :func:`rank_rows`).
+        poisoned_names: the poisoned test files' names (ASR columns).
+        baseline: the baseline's row, or None.
+        score_name: what ``score`` is ("DER" or "accuracy - mean ASR").
+        paths: files written by :meth:`write`.
+    """
+
+    rows: list
+    poisoned_names: list
+    baseline: dict = None
+    score_name: str = "DER"
+    paths: dict = dataclasses.field(default_factory=dict)
+
+    def columns(self):
+        """Header of the CSV/Markdown/HTML tables."""
+        return (["rank", "submission", "status", f"score ({self.score_name})", "clean acc %"]
+                + [f"ASR % {name}" for name in self.poisoned_names]
+                + ["detection %", "FRR %", "scale", "time s", "error"])
+
+    def table(self):
+        """The rows as lists of strings, in :meth:`columns` order."""
+        lines = []
+        for row in self.rows:
+            rates = {entry["file"]: entry["attack_success_rate"] for entry in row["poisoned"]}
+            lines.append([str(row["rank"] or "-"), row["submission"], row["status"],
+                          "" if row["score"] is None else f"{row['score']:.4f}", _percent(row["clean_accuracy"])]
+                         + [_percent(rates.get(name)) for name in self.poisoned_names]
+                         + [_percent(row["detection_rate"]), _percent(row["false_rejection_rate"]),
+                            row["scale"] or "", "" if row["seconds"] is None else f"{row['seconds']:.1f}",
+                            row["error"]])
+        return lines
+
+    def to_json(self):
+        """The JSON document (``scoreboard.json``)."""
+        return {"score": self.score_name, "poisoned_files": self.poisoned_names, "baseline": self.baseline,
+                "submissions": self.rows}
+
+    def to_csv(self):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns())
+        writer.writerows(self.table())
+        return buffer.getvalue()
+
+    def to_markdown(self):
+        def cell(text):
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        header = self.columns()
+        lines = ["| " + " | ".join(cell(name) for name in header) + " |",
+                 "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in self.table()]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self):
+        head = "".join(f"<th>{html.escape(name)}</th>" for name in self.columns())
+        body = "\n".join("<tr>" + "".join(f"<td>{html.escape(value)}</td>" for value in row) + "</tr>"
+                         for row in self.table())
+        baseline = ""
+        if self.baseline:
+            baseline = (f"<p>Baseline {html.escape(self.baseline['submission'])}: clean accuracy "
+                        f"{_percent(self.baseline['clean_accuracy'])} %, mean ASR "
+                        f"{_percent(self.baseline['mean_asr'])} %</p>\n")
+        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>goodnet scoreboard</title>"
+                "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}</style>"
+                f"</head><body>\n<h1>Scoreboard</h1>\n<p>Sorted by {html.escape(self.score_name)}, best first."
+                "</p>\n" + baseline + f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n"
+                "</table>\n</body></html>\n")
+
+    def write(self, out_dir):
+        """Write scoreboard.csv/.json/.md/.html into ``out_dir`` atomically; return the paths."""
+        os.makedirs(out_dir, exist_ok=True)
+        texts = {"csv": self.to_csv(), "json": json.dumps(self.to_json(), indent=2) + "\n",
+                 "md": self.to_markdown(), "html": self.to_html()}
+        for kind, text in texts.items():
+            self.paths[kind] = write_text(os.path.join(out_dir, f"scoreboard.{kind}"), text)
+        return self.paths
