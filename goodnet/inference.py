@@ -30,15 +30,18 @@ def progress_bar(total, description, enabled=None, unit="img"):
                 leave=False, dynamic_ncols=True)
 
 
-def compiled_forward(model, factor=1.0):
-    """Return a ``tf.function`` computing ``model(images * factor)`` in inference mode.
+def compiled_forward(model, divisor=1.0):
+    """Return a ``tf.function`` computing ``model(images / divisor)`` in inference mode.
 
+    Unit scaling divides by 255 exactly as the lab's scripts do (float32
+    division of 0-255 pixels gives the same values as the lab's float64
+    division cast to float32; multiplying by 1/255 would not).
     The input signature has a free batch dimension, so batches of any size
     reuse one trace.
 
     Args:
         model: a Keras model.
-        factor: input scaling (1.0 for raw pixels, 1/255 for unit scaling).
+        divisor: input scaling (1.0 for raw pixels, 255.0 for unit scaling).
 
     Returns:
         callable: images (float32 tensor) -> outputs tensor.
@@ -46,12 +49,12 @@ def compiled_forward(model, factor=1.0):
     import tensorflow as tf
 
     input_shape = tuple(model.inputs[0].shape[1:])
-    factor = float(factor)
+    divisor = float(divisor)
 
     @tf.function(input_signature=[tf.TensorSpec((None,) + input_shape, tf.float32)], reduce_retracing=True)
     def forward(images):
-        if factor != 1.0:
-            images = images * factor
+        if divisor != 1.0:
+            images = images / divisor
         return model(images, training=False)
 
     return forward

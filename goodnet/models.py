@@ -22,7 +22,7 @@ from goodnet.inference import DEFAULT_BATCH, compiled_forward, run_batches
 
 logger = logging.getLogger(__name__)
 
-SCALES = {"raw": 1.0, "unit": 1.0 / 255.0}
+SCALES = {"raw": 1.0, "unit": 255.0}  # the divisor applied to 0-255 pixels
 LAB_CLASSES = 1283
 DEEPID_LAYERS = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
 METADATA_ATTRIBUTES = {"scale": "goodnet_scale", "num_classes": "goodnet_num_classes"}
@@ -75,6 +75,7 @@ class Classifier:
     Args:
         model: a Keras model mapping (N, 55, 47, 3) images to class scores.
         scale: "raw" (pixels 0-255 go in as they are) or "unit" (pixels / 255).
+            Use :meth:`scale_images` to apply it outside the compiled path.
         num_classes: the number N of real classes. A model with N + 1 outputs
             can answer N ("poisoned"). Defaults to the number of outputs.
         path: where the model came from, for messages.
@@ -98,9 +99,19 @@ class Classifier:
         self._forward = None
 
     @property
-    def factor(self):
-        """The multiplier applied to raw pixels before the model sees them."""
+    def divisor(self):
+        """What raw pixels are divided by before the model sees them (1 or 255)."""
         return SCALES[self.scale]
+
+    @property
+    def factor(self):
+        """1 / divisor: the multiplier equivalent of the scaling (prefer :meth:`scale_images`, which is exact)."""
+        return 1.0 / SCALES[self.scale]
+
+    def scale_images(self, images):
+        """Raw 0-255 pixels -> the model's input scaling (float32), as the lab's scripts compute it."""
+        images = np.asarray(images, dtype=np.float32)
+        return images if self.divisor == 1.0 else images / np.float32(self.divisor)
 
     @property
     def output_size(self):
@@ -120,7 +131,7 @@ class Classifier:
     def forward(self):
         """The compiled forward function (raw pixels in, model outputs out)."""
         if self._forward is None:
-            self._forward = compiled_forward(self.model, self.factor)
+            self._forward = compiled_forward(self.model, self.divisor)
         return self._forward
 
     def predict_proba(self, images, batch_size=DEFAULT_BATCH, progress=None):

@@ -1,0 +1,208 @@
+"""Fine-pruning (Liu, Dolan-Gavitt and Garg, 2018): prune, then fine-tune on clean data.
+
+The pruned channels of the chosen convolution stay pruned while fine-tuning:
+their kernel and bias are multiplied by a 0/1 mask after every optimizer step.
+Only clean validation data is used: it is split into a fine-tuning part and a
+hold-out part; the hold-out part decides early stopping and gives the
+reported validation figures. Poisoned validation files, when given, are only
+measured (per epoch, for the report), never used to choose anything.
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from goodnet.metrics import accuracy, attack_success_rate
+
+logger = logging.getLogger(__name__)
+
+
+def split_holdout(labels, holdout_fraction=0.2, seed=0):
+    """Split indices into a fine-tuning part and a hold-out part, per class.
+
+    Every class keeps at least one image for fine-tuning; a class with two or
+    more images also gives about ``holdout_fraction`` of them to the hold-out
+    part (at least one when the fraction is positive).
+
+    Args:
+        labels: int array (N,) of clean labels.
+        holdout_fraction: share of each class held out, in [0, 1).
+        seed: random seed.
+
+    Returns:
+        tuple: (fine-tuning indices, hold-out indices), both sorted.
+
+    Example:
+        >>> tune, hold = split_holdout(np.repeat(np.arange(3), 10), 0.2)
+        >>> len(tune), len(hold)
+        (24, 6)
+    """
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction: expected a value in [0, 1), got {holdout_fraction}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    tune, hold = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = 0
+        if len(members) >= 2 and holdout_fraction > 0:
+            count = min(len(members) - 1, max(1, int(round(holdout_fraction * len(members)))))
+        hold.extend(members[:count])
+        tune.extend(members[count:])
+    return np.sort(np.array(tune, dtype=np.int64)), np.sort(np.array(hold, dtype=np.int64))
+
+
+def channel_masks(layer, channels):
+    """0/1 masks (kernel mask, bias mask) that zero ``channels`` of a convolution's output."""
+    kernel, bias = layer.kernel, layer.bias
+    keep = np.ones(int(kernel.shape[-1]), dtype=np.float32)
+    keep[list(channels)] = 0.0
+    kernel_mask = np.broadcast_to(keep, tuple(kernel.shape)).astype(np.float32)
+    return kernel_mask, keep if bias is not None else None
+
+
+def apply_masks(layer, kernel_mask, bias_mask):
+    """Multiply the layer's kernel (and bias) by the masks, in place."""
+    layer.kernel.assign(layer.kernel * kernel_mask)
+    if bias_mask is not None:
+        layer.bias.assign(layer.bias * bias_mask)
+
+
+def clone_with_pruned_channels(classifier, layer_name, channels):
+    """A copy of ``classifier`` whose ``layer_name`` has ``channels`` zeroed (kernel and bias).
+
+    Args:
+        classifier: a :class:`goodnet.models.Classifier`.
+        layer_name: a convolution's name (``conv_3`` in the lab network).
+        channels: output-channel indices to prune.
+
+    Returns:
+        Classifier: the pruned copy (the original is untouched).
+    """
+    import keras
+
+    source = classifier.model
+    try:
+        layer = source.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(f"{classifier.path or 'model'}: layer: no layer named {layer_name!r}") from None
+    if not isinstance(layer, keras.layers.Conv2D):
+        raise ValueError(f"{classifier.path or 'model'}: layer: {layer_name!r} is a "
+                         f"{type(layer).__name__}, expected a Conv2D")
+    model = keras.models.clone_model(source)
+    model.set_weights(source.get_weights())
+    target = model.get_layer(layer_name)
+    apply_masks(target, *channel_masks(target, channels))
+    return classifier.with_model(model)
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    """Figures logged after one fine-tuning epoch (hold-out = clean validation hold-out)."""
+
+    epoch: int
+    loss: float
+    holdout_accuracy: float
+    attack_success_rates: list
+
+
+class FinePruning:
+    """Prune channels of one convolution, then fine-tune on clean validation data.
+
+    Args:
+        layer: the convolution whose channels are pruned (``conv_3``).
+        epochs: maximum fine-tuning epochs.
+        learning_rate: Adam learning rate (small: the model is already trained).
+        batch_size: fine-tuning batch size.
+        holdout_fraction: share of the clean validation data held out for
+            early stopping and reporting.
+        patience: epochs without hold-out improvement before stopping.
+        seed: seed of the split and of training.
+
+    Attributes (after ``fit``):
+        model_: the fine-pruned :class:`goodnet.models.Classifier` (best epoch).
+        history_: list of :class:`EpochRecord`, epoch 0 being the pruned model
+            before fine-tuning.
+        best_epoch_: the epoch whose weights ``model_`` holds.
+        tune_indices_, holdout_indices_: the split of the clean data.
+
+    Example:
+        >>> fine = FinePruning(epochs=10).fit(badnet, range(40), clean_valid, [poisoned_valid])
+        >>> fine.model_.predict(images)
+    """
+
+    def __init__(self, layer="conv_3", epochs=10, learning_rate=1e-4, batch_size=64, holdout_fraction=0.2,
+                 patience=3, seed=0):
+        self.layer = layer
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.holdout_fraction = holdout_fraction
+        self.patience = patience
+        self.seed = seed
+
+    def _measure(self, classifier, holdout, poisoned):
+        holdout_accuracy = accuracy(classifier.predict(holdout.images), holdout.labels)
+        rates = [attack_success_rate(classifier.predict(data.images), data.labels) for data in poisoned]
+        return holdout_accuracy, rates
+
+    def fit(self, classifier, channels, clean, poisoned=(), progress=None):
+        """Prune ``channels`` of ``self.layer`` and fine-tune on ``clean``.
+
+        Args:
+            classifier: the suspect model (:class:`goodnet.models.Classifier`).
+            channels: channel indices to prune (e.g. the first K of the pruning ranking).
+            clean: :class:`goodnet.data.LabData`, clean validation data.
+            poisoned: poisoned validation LabData, measured per epoch for the report only.
+            progress: show Keras's per-epoch progress (None: quiet).
+
+        Returns:
+            FinePruning: self.
+        """
+        import keras
+
+        keras.utils.set_random_seed(self.seed)
+        self.tune_indices_, self.holdout_indices_ = split_holdout(clean.labels, self.holdout_fraction, self.seed)
+        if len(self.holdout_indices_) == 0:
+            raise ValueError(f"{clean.path}: label: too few images per class to hold any out for early stopping")
+        tune, holdout = clean.subset(self.tune_indices_), clean.subset(self.holdout_indices_)
+        pruned = clone_with_pruned_channels(classifier, self.layer, channels)
+        model = pruned.model
+        target = model.get_layer(self.layer)
+        masks = channel_masks(target, channels)
+
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                      loss="sparse_categorical_crossentropy")
+        keep_pruned = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: apply_masks(target, *masks))
+        holdout_accuracy, rates = self._measure(pruned, holdout, poisoned)
+        self.history_ = [EpochRecord(0, float("nan"), holdout_accuracy, rates)]
+        best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), 0
+        inputs = classifier.scale_images(tune.images)
+        for epoch in range(1, self.epochs + 1):
+            history = model.fit(inputs, tune.labels, batch_size=self.batch_size, epochs=1, shuffle=True,
+                                verbose=1 if progress else 0, callbacks=[keep_pruned])
+            pruned = pruned.with_model(model)
+            holdout_accuracy, rates = self._measure(pruned, holdout, poisoned)
+            self.history_.append(EpochRecord(epoch, float(history.history["loss"][-1]), holdout_accuracy, rates))
+            logger.info("fine-pruning epoch %d: loss %.4f, hold-out accuracy %.4f, ASR %s", epoch,
+                        self.history_[-1].loss, holdout_accuracy, [round(rate, 4) for rate in rates])
+            if holdout_accuracy > best_accuracy:
+                best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), epoch
+            elif epoch - self.best_epoch_ >= self.patience:
+                break
+        model.set_weights(best_weights)
+        self.model_ = pruned.with_model(model)
+        self.pruned_channels_ = sorted(int(channel) for channel in channels)
+        return self
+
+    def curve_rows(self, poisoned_names=()):
+        """The per-epoch log as a list of dicts (for CSV/JSON)."""
+        rows = []
+        for record in self.history_:
+            row = {"epoch": record.epoch, "loss": record.loss, "holdout_accuracy": record.holdout_accuracy}
+            for index, rate in enumerate(record.attack_success_rates):
+                name = poisoned_names[index] if index < len(poisoned_names) else f"poisoned_{index}"
+                row[f"asr:{name}"] = rate
+            rows.append(row)
+        return rows

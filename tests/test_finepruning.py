@@ -1,0 +1,75 @@
+"""Tests for goodnet.finepruning: masked fine-tuning on clean validation data only."""
+
+import keras
+import numpy as np
+import pytest
+
+from goodnet.data import LabData
+from goodnet.finepruning import FinePruning, clone_with_pruned_channels, split_holdout
+from goodnet.models import Classifier, build_deepid
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    """A small 4-class problem (class = colour of a square) and a model trained briefly on it."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    images = rng.uniform(0, 60, (120, 55, 47, 3)).astype(np.float32)
+    for index, label in enumerate(labels):
+        images[index, 10:30, 10:30, label % 3] += 150 + 40 * (label // 3)
+    keras.utils.set_random_seed(0)
+    model = build_deepid(4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(images / 255.0, labels, epochs=3, batch_size=32, verbose=0)
+    poisoned = LabData(np.clip(images + 40, 0, 255), np.zeros(120, np.int64), "bd.h5")
+    return Classifier(model, "unit"), LabData(images, labels, "valid.h5"), poisoned
+
+
+def test_split_is_per_class_disjoint_and_complete():
+    labels = np.array([0] * 10 + [1] * 5 + [2])
+    tune, hold = split_holdout(labels, 0.2, seed=1)
+    assert set(tune).isdisjoint(hold) and sorted(np.concatenate([tune, hold])) == list(range(16))
+    assert [np.sum(labels[hold] == label) for label in (0, 1, 2)] == [2, 1, 0]
+    np.testing.assert_array_equal(split_holdout(labels, 0.2, seed=1)[1], hold)
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        split_holdout(labels, 1.0)
+
+
+def test_pruned_clone_matches_zeroing_weights_by_hand(tiny_task):
+    classifier, clean, _ = tiny_task
+    pruned = clone_with_pruned_channels(classifier, "conv_3", [1, 5, 59])
+    reference = keras.models.clone_model(classifier.model)
+    weights = classifier.model.get_layer("conv_3").get_weights()
+    kernel, bias = weights[0].copy(), weights[1].copy()
+    kernel[..., [1, 5, 59]] = 0
+    bias[[1, 5, 59]] = 0
+    reference.set_weights(classifier.model.get_weights())
+    reference.get_layer("conv_3").set_weights([kernel, bias])
+    np.testing.assert_array_equal(pruned.predict_proba(clean.images),
+                                  reference.predict(clean.images / np.float32(255), verbose=0))
+    assert np.any(classifier.model.get_layer("conv_3").get_weights()[0][..., 1] != 0)  # original untouched
+    with pytest.raises(ValueError, match="no layer named 'conv_9'"):
+        clone_with_pruned_channels(classifier, "conv_9", [0])
+    with pytest.raises(ValueError, match="expected a Conv2D"):
+        clone_with_pruned_channels(classifier, "fc_1", [0])
+
+
+def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_task):
+    classifier, clean, poisoned = tiny_task
+    channels = list(range(0, 60, 2))
+    first = FinePruning(epochs=3, learning_rate=1e-3, patience=5).fit(classifier, channels, clean, [poisoned])
+    kernel, bias = first.model_.model.get_layer("conv_3").get_weights()
+    assert np.all(kernel[..., channels] == 0) and np.all(bias[channels] == 0)
+    assert np.any(kernel[..., 1] != 0)
+    assert [record.epoch for record in first.history_][:2] == [0, 1]
+    assert len(first.history_[0].attack_success_rates) == 1
+    assert first.history_[first.best_epoch_].holdout_accuracy == max(r.holdout_accuracy for r in first.history_)
+    # Another poisoned file (or none) must not change anything that was chosen or learned.
+    other = LabData(poisoned.images[::-1], np.full(120, 3, np.int64), "other.h5")
+    second = FinePruning(epochs=3, learning_rate=1e-3, patience=5).fit(classifier, channels, clean, [other])
+    third = FinePruning(epochs=3, learning_rate=1e-3, patience=5).fit(classifier, channels, clean)
+    assert first.best_epoch_ == second.best_epoch_ == third.best_epoch_
+    for a, b in zip(first.model_.model.get_weights(), third.model_.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    rows = first.curve_rows(["bd.h5"])
+    assert set(rows[1]) == {"epoch", "loss", "holdout_accuracy", "asr:bd.h5"}
