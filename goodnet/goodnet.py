@@ -1,0 +1,135 @@
+"""GoodNet: one model file that answers N ("poisoned") where a BadNet and its repair disagree.
+
+G(x) = B(x) if argmax B(x) == argmax B'(x) else N (the lab's N+1 in 1-based terms).
+The STRIP-gated GoodNet also answers N where the STRIP entropy of x under B is
+below a threshold learned on clean data.
+
+G takes pixels the way B does (B's scaling); B' sits inside G behind a
+``Rescaling`` layer when its scaling differs. Both networks, the clean bank, N
+and the threshold live in one Keras model, saved by :func:`goodnet.models.save_model`
+as a legacy ``.h5`` that :func:`goodnet.load_model` (or plain Keras with
+``custom_objects=goodnet.layers.custom_objects()``) opens.
+
+Example:
+    >>> bad = load_model("models/bd_net.h5", scale="raw")
+    >>> repaired = load_model("out/model_X=10.h5", scale="raw")
+    >>> goodnet = build_goodnet(bad, repaired)
+    >>> save_model(goodnet, "out/goodnet_X=10.h5")
+"""
+
+import logging
+
+import numpy as np
+
+from goodnet.models import Classifier
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_IMAGES = 2048
+
+
+def _check_pair(bad, repaired):
+    if bad.input_shape != repaired.input_shape:
+        raise ValueError(f"{repaired.path or 'repaired model'}: input: expected the BadNet's input shape "
+                         f"{bad.input_shape}, got {repaired.input_shape}")
+    if repaired.num_classes != bad.num_classes or repaired.flags_poisoned:
+        raise ValueError(f"{repaired.path or 'repaired model'}: output: expected {bad.num_classes} class scores "
+                         f"like the BadNet, got {repaired.output_size} outputs")
+    if bad.flags_poisoned:
+        raise ValueError(f"{bad.path or 'BadNet'}: output: expected a plain classifier "
+                         f"({bad.num_classes} outputs), got one that already answers 'poisoned'")
+
+
+def _renamed(model, name):
+    """The same network (shared layers and weights) as a functional model called ``name``."""
+    import keras
+
+    return keras.Model(model.inputs[0], model.outputs[0], name=name)
+
+
+def _repaired_branch(inputs, bad, repaired):
+    import keras
+
+    x = inputs
+    if repaired.factor != bad.factor:
+        x = keras.layers.Rescaling(repaired.factor / bad.factor, name="repaired_scaling")(x)
+    return _renamed(repaired.model, "repaired")(x)
+
+
+def build_goodnet(bad_classifier, repaired_classifier):
+    """Build the GoodNet G from a BadNet B and a repaired B' as one Keras model.
+
+    Args:
+        bad_classifier: :class:`goodnet.models.Classifier` of the BadNet B.
+        repaired_classifier: Classifier of the repaired B' (same classes; any scaling).
+
+    Returns:
+        Classifier: G, with B's scaling, N real classes and N+1 outputs
+        (``flags_poisoned`` is True).
+
+    Example:
+        >>> goodnet = build_goodnet(bad, pruned)
+        >>> goodnet.predict(images)  # B's class, or N where B and B' disagree
+    """
+    import keras
+
+    from goodnet.layers import GoodNetCombiner
+
+    _check_pair(bad_classifier, repaired_classifier)
+    inputs = keras.Input(shape=bad_classifier.input_shape, name="input")
+    scores_bad = _renamed(bad_classifier.model, "badnet")(inputs)
+    scores_repaired = _repaired_branch(inputs, bad_classifier, repaired_classifier)
+    outputs = GoodNetCombiner(bad_classifier.num_classes, name="goodnet")([scores_bad, scores_repaired])
+    model = keras.Model(inputs, outputs, name="goodnet_model")
+    return Classifier(model, bad_classifier.scale, bad_classifier.num_classes)
+
+
+def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images=DEFAULT_CHUNK_IMAGES):
+    """Build the STRIP-gated GoodNet: N where B and B' disagree or the STRIP entropy is low.
+
+    Args:
+        bad_classifier: Classifier of the BadNet B (STRIP runs on B).
+        repaired_classifier: Classifier of the repaired B'.
+        strip: a fitted :class:`goodnet.strip.STRIP` on B with ``draws="fixed"``
+            (every input uses the same bank images, so the model is deterministic
+            and its entropies equal ``strip.entropy``).
+        chunk_images: perturbed images per network call inside the model (memory bound).
+
+    Returns:
+        Classifier: the gated G (one model holding B, B', the bank, N and the threshold).
+
+    Example:
+        >>> strip = STRIP(bad, copies=100, draws="fixed", seed=0).fit(valid.images)
+        >>> gated = build_gated_goodnet(bad, pruned, strip)
+    """
+    import keras
+
+    from goodnet.layers import GoodNetCombiner, StripGate
+
+    _check_pair(bad_classifier, repaired_classifier)
+    if not hasattr(strip, "threshold_"):
+        raise ValueError("strip: expected a fitted STRIP (call fit on clean validation data first)")
+    if strip.draws != "fixed":
+        raise ValueError(f"strip: draws: expected 'fixed' for a model file (deterministic), got {strip.draws!r}")
+    if strip.classifier.model is not bad_classifier.model:
+        logger.warning("the STRIP estimator was fitted on another model than the BadNet given")
+    bank = strip.fixed_bank_ * bad_classifier.factor
+    inputs = keras.Input(shape=bad_classifier.input_shape, name="input")
+    gate = StripGate(_renamed(bad_classifier.model, "badnet"), bank.shape, blend=strip.blend, alpha=strip.alpha,
+                     maximum=255.0 * bad_classifier.factor,
+                     chunk_inputs=max(1, chunk_images // len(bank)), name="strip_gate")
+    scores_bad, entropy = gate(inputs)
+    gate.bank.assign(bank.astype(np.float32))
+    scores_repaired = _repaired_branch(inputs, bad_classifier, repaired_classifier)
+    combiner = GoodNetCombiner(bad_classifier.num_classes, threshold=strip.threshold_, name="goodnet")
+    outputs = combiner([scores_bad, scores_repaired, entropy])
+    model = keras.Model(inputs, outputs, name="gated_goodnet_model")
+    return Classifier(model, bad_classifier.scale, bad_classifier.num_classes)
+
+
+def strip_entropy_model(gated_classifier):
+    """A model mapping G's inputs to the STRIP entropies its gate computes (for reports)."""
+    import keras
+
+    gate = gated_classifier.model.get_layer("strip_gate")
+    return keras.Model(gated_classifier.model.inputs, gate.output[1])
