@@ -27,3 +27,33 @@ def save_figure(figure, path):
     with atomic_write(path) as temporary:
         figure.savefig(temporary, format="png")
     return str(path)
+
+
+def strip_entropy_histogram(clean_entropies, poisoned, threshold, path, title="STRIP entropy"):
+    """Histogram of STRIP entropies of clean and poisoned inputs with the threshold line.
+
+    Args:
+        clean_entropies: entropies (bits) of clean inputs.
+        poisoned: {name: entropies} for each poisoned set.
+        threshold: inputs below it are flagged as trojaned.
+        path: destination PNG.
+        title: the plot title.
+
+    Returns:
+        str: ``path``.
+    """
+    import numpy as np
+
+    figure, axes = new_figure()
+    groups = [("clean", np.asarray(clean_entropies, dtype=float))]
+    groups += [(name, np.asarray(values, dtype=float)) for name, values in poisoned.items()]
+    values = np.concatenate([group for _, group in groups] + [[threshold]])
+    bins = np.linspace(values.min(), values.max() + 1e-9, 50)
+    for name, group in groups:
+        axes.hist(group, bins=bins, alpha=0.55, density=True, label=f"{name} ({len(group)})")
+    axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    axes.set_xlabel("mean entropy over perturbed copies (bits)")
+    axes.set_ylabel("density")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
