@@ -157,6 +157,11 @@ class LabFile:
     def __len__(self):
         return int(self._data.shape[0])
 
+    def check_classes(self, num_classes):
+        """Raise DataError unless every label lies in 0..num_classes-1; return self."""
+        LabData(None, self.labels, self.path).check_classes(num_classes)
+        return self
+
     def __enter__(self):
         return self
 
@@ -197,6 +202,19 @@ class LabFile:
         for start in range(0, len(self), batch_size):
             stop = min(start + batch_size, len(self))
             yield self.read_images(start, stop), self.labels[start:stop]
+
+    def sample(self, count, seed=0):
+        """A fixed random subset of at most ``count`` images, read without loading the file.
+
+        Returns:
+            LabData: the sampled images and labels (in file order).
+        """
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(len(self), size=min(count, len(self)), replace=False))
+        images = np.empty((len(indices),) + self.image_shape, dtype=np.float32)
+        for position, index in enumerate(indices):
+            self.read_images(int(index), int(index) + 1, out=images[position:position + 1])
+        return LabData(images, self.labels[indices], self.path)
 
     def read(self, chunk_size=DEFAULT_CHUNK):
         """Read the whole file into a :class:`LabData` (one float32 array, chunked reads)."""

@@ -146,3 +146,51 @@ def evaluate(classifier, clean=None, poisoned=(), batch_size=1024, progress=None
     result.update(score_predictions(clean_predictions, None if clean is None else clean.labels,
                                     poisoned_scores, classifier.num_classes, classifier.flags_poisoned))
     return result
+
+
+def predict_file(classifier, lab_file, batch_size=1024, progress=None):
+    """Predicted classes for every image of an open :class:`goodnet.data.LabFile`, streamed.
+
+    Memory stays bounded by one batch, whatever the file's size.
+    """
+    from goodnet.inference import progress_bar
+
+    forward = classifier.forward()
+    predictions = np.empty(len(lab_file), dtype=np.int64)
+    name = lab_file.path.rsplit("/", 1)[-1]
+    with progress_bar(len(lab_file), f"predict {name}", progress) as bar:
+        start = 0
+        for images, _ in lab_file.batches(batch_size):
+            predictions[start:start + len(images)] = np.asarray(forward(images)).argmax(axis=1)
+            start += len(images)
+            bar.update(len(images))
+    return predictions
+
+
+def evaluate_files(classifier, clean_file=None, poisoned_files=(), batch_size=1024, progress=None):
+    """Like :func:`evaluate`, but streams open LabFiles batch by batch (bounded memory).
+
+    Args:
+        classifier: a :class:`goodnet.models.Classifier`.
+        clean_file: an open :class:`goodnet.data.LabFile` of clean images, or None.
+        poisoned_files: open LabFiles of poisoned images.
+        batch_size: images read and predicted at a time.
+        progress: show progress bars (None: only for long work).
+
+    Returns:
+        dict: the same figures as :func:`evaluate`.
+
+    Example:
+        >>> with LabFile("test.h5") as clean, LabFile("bd_test.h5") as poisoned:
+        ...     figures = evaluate_files(classifier, clean, [poisoned])
+    """
+    clean_predictions = None
+    if clean_file is not None:
+        clean_predictions = predict_file(classifier, clean_file, batch_size, progress)
+    poisoned_scores = [(lab.path, predict_file(classifier, lab, batch_size, progress), lab.labels)
+                       for lab in poisoned_files]
+    result = {"model": classifier.path, "scale": classifier.scale, "num_classes": classifier.num_classes,
+              "flags_poisoned": classifier.flags_poisoned}
+    result.update(score_predictions(clean_predictions, None if clean_file is None else clean_file.labels,
+                                    poisoned_scores, classifier.num_classes, classifier.flags_poisoned))
+    return result

@@ -283,26 +283,32 @@ def _check_input(model, path, image_shape):
         raise ModelError(f"{path}: output: expected one output of class scores (N, classes)")
 
 
-def choose_scale(model, images, labels, sample=256, seed=0):
+SCALE_SAMPLE = 256
+
+
+def choose_scale(model, clean, sample=SCALE_SAMPLE, seed=0):
     """Pick the input scaling ("raw" or "unit") under which the model is more accurate.
 
     Args:
         model: a Keras model.
-        images: clean images, raw pixels.
-        labels: their labels.
+        clean: clean data: a :class:`goodnet.data.LabData` or an open
+            :class:`goodnet.data.LabFile` (only the sample is read).
         sample: how many images to try (a fixed random subset).
         seed: seed of the subset.
 
     Returns:
         tuple: (scale name, {scale: accuracy on the sample}).
     """
-    rng = np.random.default_rng(seed)
-    count = min(sample, len(labels))
-    indices = np.sort(rng.choice(len(labels), size=count, replace=False))
+    if hasattr(clean, "sample"):
+        subset = clean.sample(sample, seed)
+    else:
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(len(clean.labels), size=min(sample, len(clean.labels)), replace=False))
+        subset = clean.subset(indices)
     accuracies = {}
     for scale in ("raw", "unit"):
-        predictions = Classifier(model, scale).predict(images[indices])
-        accuracies[scale] = float(np.mean(predictions == labels[indices]))
+        predictions = Classifier(model, scale).predict(subset.images)
+        accuracies[scale] = float(np.mean(predictions == subset.labels))
     chosen = max(accuracies, key=lambda scale: (accuracies[scale], scale == "raw"))
     return chosen, accuracies
 
@@ -318,7 +324,8 @@ def load_model(path, scale="auto", num_classes=None, clean=None, image_shape=(55
             convention), with a warning.
         num_classes: number of real classes; default: stored in the file, or
             the number of outputs (1284 outputs: the lab's 1283 + "poisoned").
-        clean: optional :class:`goodnet.data.LabData` used by ``scale="auto"``.
+        clean: optional :class:`goodnet.data.LabData` (or open
+            :class:`goodnet.data.LabFile`) used by ``scale="auto"``.
         image_shape: the input shape expected.
 
     Returns:
@@ -347,7 +354,7 @@ def load_model(path, scale="auto", num_classes=None, clean=None, image_shape=(55
         if metadata.get("scale") in SCALES:
             scale, report = metadata["scale"], f"scale {metadata['scale']} (stored in the model file)"
         elif clean is not None:
-            scale, accuracies = choose_scale(model, clean.images, clean.labels)
+            scale, accuracies = choose_scale(model, clean)
             report = (f"scale {scale} (auto: accuracy on a clean sample raw={accuracies['raw']:.3f}, "
                       f"unit={accuracies['unit']:.3f})")
         else:

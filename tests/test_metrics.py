@@ -43,3 +43,44 @@ def test_bad_arguments():
         attack_success_rate([], [])
     with pytest.raises(ValueError, match="1-D"):
         rejection_rate([[1]], 10)
+
+
+PEAK_PROBE = """
+import resource, sys
+import numpy as np
+from goodnet.data import LabFile
+from goodnet.metrics import evaluate_files
+from goodnet.models import load_model
+
+classifier = load_model(sys.argv[2], scale="raw")
+classifier.predict(np.zeros((256, 55, 47, 3), np.float32), batch_size=256)  # warm up TensorFlow
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with LabFile(sys.argv[1]) as clean:
+    figures = evaluate_files(classifier, clean, batch_size=256, progress=False)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024, figures["clean_images"])
+"""
+
+
+def test_streaming_evaluation_keeps_peak_memory_bounded(tmp_path, shared):
+    import os
+    import subprocess
+    import sys
+
+    import h5py
+
+    count = 4000  # stored as float64: 248 MB; as float32 in memory it would be 124 MB
+    path = tmp_path / "big.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as handle:
+        data = handle.create_dataset("data", (count, 3, 55, 47), dtype="f8")
+        for start in range(0, count, 500):
+            data[start:start + 500] = rng.integers(0, 256, (500, 3, 55, 47))
+        handle.create_dataset("label", data=rng.integers(0, 1283, count).astype("f8"))
+    result = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path), str(shared / "models" / "bd_net.h5")],
+                            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth, images = map(int, result.stdout.split())
+    float32_bytes = count * 55 * 47 * 3 * 4
+    assert images == count
+    assert growth < 0.6 * float32_bytes, (growth, float32_bytes)

@@ -63,21 +63,24 @@ def lab_lines(figures):
 
 
 def _file_mode(args):
-    from goodnet.data import load_h5
-    from goodnet.metrics import evaluate
+    import contextlib
+
+    from goodnet.data import LabFile
+    from goodnet.metrics import evaluate_files
     from goodnet.models import load_model
 
     *data_paths, model_path = args.files
     if os.path.splitext(model_path)[1].lower() not in (".h5", ".keras", ".hdf5"):
         raise CommandError(f"{model_path}: expected the model file (.h5 or .keras) last: "
                            "eval.py CLEAN.h5 [POISONED.h5 ...] MODEL")
-    clean = load_h5(data_paths[0])
-    poisoned = [load_h5(path) for path in data_paths[1:]]
-    classifier = load_model(model_path, scale=args.scale, num_classes=args.num_classes, clean=clean)
-    for data in [clean] + poisoned:
-        data.check_classes(classifier.num_classes)
-    progress = False if args.no_progress else None
-    figures = evaluate(classifier, clean, poisoned, batch_size=args.batch_size, progress=progress)
+    with contextlib.ExitStack() as stack:
+        # Files are validated up front and streamed batch by batch: memory stays bounded.
+        clean, *poisoned = [stack.enter_context(LabFile(path)) for path in data_paths]
+        classifier = load_model(model_path, scale=args.scale, num_classes=args.num_classes, clean=clean)
+        for lab in [clean] + poisoned:
+            lab.check_classes(classifier.num_classes)
+        progress = False if args.no_progress else None
+        figures = evaluate_files(classifier, clean, poisoned, batch_size=args.batch_size, progress=progress)
     figures["scale_report"] = classifier.scale_report
     if args.json:
         print_json(figures)
