@@ -5,7 +5,7 @@ The STRIP-gated GoodNet also answers N where the STRIP entropy of x under B is
 below a threshold learned on clean data.
 
 G takes pixels the way B does (B's scaling); B' sits inside G behind a
-``Rescaling`` layer when its scaling differs. Both networks, the clean bank, N
+``PixelScaling`` layer when its scaling differs. Both networks, the clean bank, N
 and the threshold live in one Keras model, saved by :func:`goodnet.models.save_model`
 as a legacy ``.h5`` that :func:`goodnet.load_model` (or plain Keras with
 ``custom_objects=goodnet.layers.custom_objects()``) opens.
@@ -48,11 +48,11 @@ def _renamed(model, name):
 
 
 def _repaired_branch(inputs, bad, repaired):
-    import keras
+    from goodnet.layers import PixelScaling
 
     x = inputs
-    if repaired.factor != bad.factor:
-        x = keras.layers.Rescaling(repaired.factor / bad.factor, name="repaired_scaling")(x)
+    if repaired.divisor != bad.divisor:
+        x = PixelScaling(bad.divisor, repaired.divisor, name="repaired_scaling")(x)
     return _renamed(repaired.model, "repaired")(x)
 
 
@@ -113,10 +113,10 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
         raise ValueError(f"strip: draws: expected 'fixed' for a model file (deterministic), got {strip.draws!r}")
     if strip.classifier.model is not bad_classifier.model:
         logger.warning("the STRIP estimator was fitted on another model than the BadNet given")
-    bank = strip.fixed_bank_ * bad_classifier.factor
+    bank = bad_classifier.scale_images(strip.fixed_bank_)
     inputs = keras.Input(shape=bad_classifier.input_shape, name="input")
     gate = StripGate(_renamed(bad_classifier.model, "badnet"), bank.shape, blend=strip.blend, alpha=strip.alpha,
-                     maximum=255.0 * bad_classifier.factor,
+                     maximum=255.0 / bad_classifier.divisor,
                      chunk_inputs=max(1, chunk_images // len(bank)), name="strip_gate")
     scores_bad, entropy = gate(inputs)
     gate.bank.assign(bank.astype(np.float32))

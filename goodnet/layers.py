@@ -30,8 +30,8 @@ BLENDS = ("add", "alpha")
 
 def custom_objects():
     """The ``custom_objects`` dict plain ``keras.models.load_model`` needs for goodnet models."""
-    return {"GoodNetCombiner": GoodNetCombiner, "StripGate": StripGate,
-            "goodnet>GoodNetCombiner": GoodNetCombiner, "goodnet>StripGate": StripGate}
+    classes = (GoodNetCombiner, StripGate, PixelScaling)
+    return {**{cls.__name__: cls for cls in classes}, **{f"{PACKAGE}>{cls.__name__}": cls for cls in classes}}
 
 
 def entropy_bits(probabilities, axis=-1):
@@ -72,6 +72,39 @@ def superimpose(images, bank, blend="add", alpha=0.5, maximum=255.0):
     if blend == "alpha":
         return (1.0 - alpha) * images + alpha * bank
     raise ValueError(f"blend: expected one of {BLENDS}, got {blend!r}")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PixelScaling(keras.layers.Layer):
+    """``inputs * multiplier / divisor``: converts one model's pixel scaling to another's.
+
+    Division (not multiplication by a reciprocal) gives exactly the values the
+    lab's scripts compute for pixels / 255.
+
+    Args:
+        multiplier: the first model's divisor (back to raw 0-255 pixels).
+        divisor: the second model's divisor.
+    """
+
+    def __init__(self, multiplier=1.0, divisor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.multiplier = float(multiplier)
+        self.divisor = float(divisor)
+
+    def call(self, inputs):
+        if self.multiplier != 1.0:
+            inputs = inputs * self.multiplier
+        if self.divisor != 1.0:
+            inputs = inputs / self.divisor
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"multiplier": self.multiplier, "divisor": self.divisor})
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -148,7 +148,7 @@ class STRIP:
         from goodnet.layers import entropy_bits
 
         model = self.classifier.model
-        factor = float(self.classifier.factor)
+        divisor = float(self.classifier.divisor)
         shape = tuple(self.classifier.input_shape)
         blend, alpha = self.blend, float(self.alpha)
 
@@ -163,8 +163,8 @@ class STRIP:
             else:
                 copies = (1.0 - alpha) * expanded + alpha * drawn
             flat = tf.reshape(copies, (-1,) + shape)
-            if factor != 1.0:
-                flat = flat * factor
+            if divisor != 1.0:
+                flat = flat / divisor
             scores = model(flat, training=False)
             return tf.reshape(entropy_bits(scores), tf.shape(indices))
 

@@ -1,0 +1,110 @@
+"""``goodnet strip`` / ``python strip.py``: STRIP run-time trojan detection on a model.
+
+``strip.py --model M --valid V --test T --poisoned-test BT [BT ...] --frr 0.01``
+holds out a clean bank from V, learns the threshold on the rest of V, then
+reports the false rejection rate on T and the false acceptance rate (poisoned
+inputs not flagged) on each BT, and writes a histogram PNG of the entropies.
+"""
+
+import os
+
+from goodnet.cli import CommandError, add_model_options, positive, print_json
+
+HELP = "STRIP: detect trojaned inputs at run time (FRR on clean test data, FAR on poisoned data)"
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="the model to watch (the BadNet), .h5 or .keras")
+    parser.add_argument("--valid", required=True, help="clean validation file: the bank and the threshold")
+    parser.add_argument("--test", help="clean test file: false rejection rate")
+    parser.add_argument("--poisoned-test", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="poisoned test file(s): false acceptance rate of each")
+    parser.add_argument("--frr", type=float, default=0.01, help="target false rejection rate (default 0.01)")
+    parser.add_argument("--copies", type=positive, default=100, help="perturbed copies per input (default 100)")
+    parser.add_argument("--blend", choices=("add", "alpha"), default="add",
+                        help="superimposition: add (the paper's additive, saturated) or alpha blend")
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the bank image for --blend alpha")
+    parser.add_argument("--threshold", choices=("normal", "quantile"), default="normal",
+                        help="threshold from a normal fit (the paper) or the empirical quantile")
+    parser.add_argument("--draws", choices=("random", "fixed"), default="random",
+                        help="random bank images per input (the paper) or the same ones for every input")
+    parser.add_argument("--bank-size", type=positive, default=None,
+                        help="clean images held out of --valid as the bank (default: half, at most 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bank split and the draws")
+    parser.add_argument("--memory-mb", type=positive, default=1024, help="memory budget of one network call")
+    parser.add_argument("--early-stop", action="store_true",
+                        help="decide clear-cut inputs after --early-copies copies (off by default)")
+    parser.add_argument("--early-copies", type=positive, default=20, help="copies of the early-stopping stage")
+    parser.add_argument("--plot", default="strip_entropy.png", help="histogram PNG (default strip_entropy.png)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write the histogram")
+    add_model_options(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def run(args):
+    import numpy as np
+
+    from goodnet.data import load_h5
+    from goodnet.models import load_model
+    from goodnet.plots import strip_entropy_histogram
+    from goodnet.strip import STRIP
+
+    if not 0.0 < args.frr < 1.0:
+        raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
+    valid = load_h5(args.valid)
+    classifier = load_model(args.model, scale=args.scale, num_classes=args.num_classes, clean=valid)
+    test = load_h5(args.test) if args.test else None
+    poisoned = [load_h5(path) for path in args.poisoned_test]
+    strip = STRIP(classifier, copies=args.copies, blend=args.blend, alpha=args.alpha, draws=args.draws,
+                  threshold_method=args.threshold, frr=args.frr, bank_size=args.bank_size, seed=args.seed,
+                  memory_mb=args.memory_mb, early_stop=args.early_stop, early_copies=args.early_copies,
+                  progress=False if args.no_progress else None)
+    strip.fit(valid.images)
+    report = {"model": args.model, "scale": classifier.scale, "valid": args.valid, "bank_size": len(strip.bank_),
+              "threshold": strip.threshold_, "threshold_method": args.threshold, "target_frr": args.frr,
+              "copies": args.copies, "blend": args.blend, "draws": args.draws,
+              "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,
+              "valid_false_rejection_rate": float(np.mean(strip.clean_entropies_ < strip.threshold_))}
+    histogram = {}
+    clean_entropies = strip.clean_entropies_
+    if test is not None:
+        clean_entropies = strip.entropy(test.images, seed=strip.seed + 2)
+        report["test"] = args.test
+        report["false_rejection_rate"] = float(np.mean(clean_entropies < strip.threshold_))
+        if strip.early_stop:
+            report["early_stop_false_rejection_rate"] = float(np.mean(strip.predict_trojaned(test.images, seed=strip.seed + 2)))
+    report["poisoned"] = []
+    for offset, data in enumerate(poisoned):
+        seed = strip.seed + 3 + offset
+        entropies = strip.entropy(data.images, seed=seed)
+        detected = float(np.mean(entropies < strip.threshold_))
+        item = {"file": data.path, "false_acceptance_rate": 1.0 - detected, "detection_rate": detected,
+                "entropy_mean": float(np.mean(entropies))}
+        if strip.early_stop:
+            item["early_stop_false_acceptance_rate"] = 1.0 - float(np.mean(strip.predict_trojaned(data.images, seed)))
+            item["early_stop_mean_copies"] = float(np.mean(strip.last_copies_used_))
+        report["poisoned"].append(item)
+        histogram[os.path.basename(data.path)] = entropies
+    if not args.no_plot:
+        report["plot"] = strip_entropy_histogram(clean_entropies, histogram, strip.threshold_, args.plot,
+                                                 title=f"STRIP entropy: {os.path.basename(args.model)}")
+    if args.json:
+        print_json(report)
+    else:
+        print("\n".join(_lines(report)))
+    return 0
+
+
+def _lines(report):
+    lines = [f"Threshold: {report['threshold']:.6f} bits ({report['threshold_method']} fit, target FRR "
+             f"{report['target_frr'] * 100:g} %, {report['copies']} copies, {report['blend']} blend)",
+             f"Clean validation entropy: {report['clean_entropy_mean']:.4f} +- {report['clean_entropy_std']:.4f}"]
+    if "false_rejection_rate" in report:
+        lines.append(f"False Rejection Rate: {report['false_rejection_rate'] * 100}")
+    for entry in report.get("poisoned", []):
+        lines.append(f"False Acceptance Rate ({os.path.basename(entry['file'])}): "
+                     f"{entry['false_acceptance_rate'] * 100}")
+    if "plot" in report:
+        lines.append(f"Histogram: {report['plot']}")
+    return lines
