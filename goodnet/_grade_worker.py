@@ -113,6 +113,18 @@ def evaluate_submission(job):
     return figures
 
 
+def _thread_only_progress_lock():
+    """Give tqdm a thread lock: its default multiprocessing lock is a named semaphore
+    that a killed child would leave behind (the resource tracker then warns)."""
+    import threading
+
+    from tqdm import std
+    from tqdm.auto import tqdm
+
+    for bar_class in {std.tqdm, tqdm}:
+        bar_class.set_lock(threading.RLock())
+
+
 def child_main(job, result_path, log_path, memory_limit_mb, headroom_mb):
     """Entry point of the per-submission process (a multiprocessing target).
 
@@ -127,6 +139,7 @@ def child_main(job, result_path, log_path, memory_limit_mb, headroom_mb):
     os.dup2(log, 2)
     os.close(log)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
+    _thread_only_progress_lock()
     _limit_address_space(memory_limit_mb, headroom_mb)
     result = evaluate_submission(job)
     temporary = f"{result_path}.tmp"

@@ -584,7 +584,7 @@ class Grader:
 
 def _row(job, result, baseline, options):
     row = {"submission": os.path.basename(job["path"]), "path": job["path"], "sha256": job["sha256"],
-           "status": result["status"], "error": result.get("error", ""), "score": score_result(result, baseline),
+           "status": result["status"], "error": result.get("error", "").replace(f"{job['path']}: ", ""), "score": score_result(result, baseline),
            "clean_accuracy": result.get("clean_accuracy"), "mean_asr": mean_asr(result) if result["status"] == "ok"
            else None, "poisoned": result.get("poisoned", []), "detection_rate": result.get("detection_rate"),
            "false_rejection_rate": result.get("false_rejection_rate"),
