@@ -1,0 +1,107 @@
+"""``goodnet prune`` / ``python prune.py``: the lab's pruning defense.
+
+    prune.py --model M --valid V [--poisoned-valid BV ...] --out DIR
+             [--layer conv_3] [--drops 2 4 10] [--policy first-reached|last-within]
+
+Ranks the channels of ``--layer`` by mean clean activation (measured at the
+pooling layer after it), prunes them in increasing order, records clean
+accuracy and the ASR of every poisoned validation file after each channel,
+and writes ``DIR/model_X=<X>.h5``, ``DIR/prune_curve.{csv,json,png}``.
+"""
+
+import os
+
+from goodnet.cli import CommandError, add_model_options, print_json
+
+HELP = "pruning defense: prune the dormant channels of a convolution, save models at X points of accuracy lost"
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, metavar="M", help="the BadNet (.h5 or .keras)")
+    parser.add_argument("--valid", required=True, metavar="V", help="clean validation data (lab .h5 layout)")
+    parser.add_argument("--poisoned-valid", nargs="*", default=[], metavar="BV",
+                        help="poisoned validation files (labels = attack target), any number")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--layer", default="conv_3", help="convolution to prune (default conv_3)")
+    parser.add_argument("--drops", nargs="+", type=float, default=[2, 4, 10], metavar="X",
+                        help="accuracy drops in points at which models are saved (default 2 4 10)")
+    parser.add_argument("--policy", choices=("first-reached", "last-within"), default="first-reached",
+                        help="first-reached (the lab's rule): first model at least X points below; "
+                             "last-within: last model still less than X points below")
+    parser.add_argument("--method", choices=("auto", "incremental", "masked-tail", "full"), default="auto",
+                        help="sweep method (default auto: the fastest exact one that applies; full = "
+                             "re-run the whole model at every step)")
+    parser.add_argument("--format", choices=(".h5", ".keras"), default=".h5", help="saved model format (default .h5)")
+    add_model_options(parser)
+    parser.add_argument("--no-plot", action="store_true", help="do not write prune_curve.png")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def _drops(values):
+    drops = []
+    for value in values:
+        if not value > 0:
+            raise CommandError(f"--drops: expected accuracy drops above 0 points, got {value:g}")
+        drops.append(int(value) if float(value).is_integer() else float(value))
+    if len(set(drops)) != len(drops):
+        raise CommandError("--drops: expected distinct values")
+    return tuple(drops)
+
+
+def load_inputs(args):
+    """(classifier, clean LabData, poisoned LabData list) from the command's options."""
+    from goodnet.data import load_h5
+    from goodnet.models import load_model
+
+    clean = load_h5(args.valid)
+    poisoned = [load_h5(path) for path in args.poisoned_valid]
+    classifier = load_model(args.model, scale=args.scale, num_classes=args.num_classes, clean=clean)
+    for data in [clean] + poisoned:
+        data.check_classes(classifier.num_classes)
+    return classifier, clean, poisoned
+
+
+def table_lines(summary):
+    """The short stdout table: baseline, every 5th step and the selected steps."""
+    curve = summary["curve"]
+    names = summary["poisoned_files"]
+    selected = {step: drop for drop, step in summary["selected"].items() if step is not None}
+    header = f"{'step':>4} {'channel':>7} {'pruned':>7} {'clean acc':>9}" + "".join(f" {'ASR ' + name:>14}" for name in names)
+    lines = [f"{summary['model']}: {summary['layer']} measured at {summary['measured_at']}, "
+             f"method {summary['method']}", header]
+    last = len(curve) - 1
+    for row in curve:
+        step = row["step"]
+        if step % 5 and step not in selected and step != last:
+            continue
+        text = (f"{step:>4} {row['channel']:>7} {row['fraction_pruned'] * 100:>6.1f}% "
+                f"{row['clean_accuracy'] * 100:>8.3f}%")
+        text += "".join(f" {row[f'attack_success_rate[{name}]'] * 100:>13.3f}%" for name in names)
+        if step in selected:
+            text += f"  <- model_X={selected[step]}"
+        lines.append(text)
+    for drop, step in summary["selected"].items():
+        path = summary["models"].get(drop)
+        lines.append(f"X={drop}: " + (f"step {step} -> {path}" if path else "accuracy never dropped that far; not saved"))
+    return lines
+
+
+def run(args):
+    from goodnet.pruning import run_pruning_defense
+
+    drops = _drops(args.drops)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CommandError(f"{args.out}: --out: expected a folder, found a file")
+    classifier, clean, poisoned = load_inputs(args)
+    result = run_pruning_defense(classifier, clean, poisoned, args.out, layer=args.layer, drops=drops,
+                                 policy=args.policy, method=args.method, batch_size=args.batch_size,
+                                 progress=False if args.no_progress else None,
+                                 protect=[args.model, args.valid, *args.poisoned_valid],
+                                 plot=not args.no_plot, extension=args.format)
+    summary = result["summary"]
+    if args.json:
+        print_json(summary)
+    else:
+        print("\n".join(table_lines(summary)))
+    return 0
