@@ -57,3 +57,41 @@ def strip_entropy_histogram(clean_entropies, poisoned, threshold, path, title="S
     axes.set_title(title)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+def plot_prune_curve(curve, selected, path, title="pruning sweep"):
+    """Clean accuracy and attack success rate against the fraction of channels pruned.
+
+    Args:
+        curve: a :class:`goodnet.pruning.PruneCurve`.
+        selected: {X: step or None}, the saved models, marked and labelled.
+        path: destination PNG.
+        title: the figure's title.
+
+    Returns:
+        str: ``path``.
+
+    Example:
+        >>> plot_prune_curve(defense.curve_, defense.selected_, "out/prune_curve.png")
+    """
+    figure, axes = new_figure()
+    fraction = curve.fraction_pruned * 100.0
+    axes.plot(fraction, curve.clean_accuracy * 100.0, color="tab:blue", marker=".", label="clean accuracy")
+    for index, name in enumerate(curve.poisoned_names):
+        axes.plot(fraction, curve.attack_success[:, index] * 100.0, marker=".", linestyle="--",
+                  label=f"attack success ({name})")
+    for drop, step in selected.items():
+        if step is None:
+            continue
+        accuracy = curve.clean_accuracy[step] * 100.0
+        axes.axvline(fraction[step], color="grey", linewidth=0.8, linestyle=":")
+        axes.plot([fraction[step]], [accuracy], marker="o", color="black")
+        axes.annotate(f"X={drop:g}\n{step} ch, {accuracy:.1f}%", (fraction[step], accuracy),
+                      textcoords="offset points", xytext=(-8, -28), ha="right", fontsize=8)
+    axes.set_xlabel("channels pruned (%)")
+    axes.set_ylabel("rate (%)")
+    axes.set_ylim(-2, 102)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=8)
+    return save_figure(figure, path)
