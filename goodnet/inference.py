@@ -1,5 +1,14 @@
-"""One batched, compiled inference path for every goodnet component."""
+"""One batched, compiled inference path for every goodnet component.
 
+:func:`compiled_forward` turns a Keras model into a ``tf.function`` of raw
+pixels; an :class:`Execution` says where and how it runs: on the CPU or the
+GPU (``device``), replicated over several devices with
+``tf.distribute.MirroredStrategy`` (``devices``), in mixed precision
+(``precision``, never silently: its effect on predictions is measured by
+:func:`precision_agreement`), and optionally compiled with XLA.
+"""
+
+import dataclasses
 import logging
 
 import numpy as np
@@ -30,8 +39,93 @@ def progress_bar(total, description, enabled=None, unit="img"):
                 leave=False, dynamic_ncols=True)
 
 
-def compiled_forward(model, divisor=1.0):
-    """Return a ``tf.function`` computing ``model(images / divisor)`` in inference mode.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DEVICE_KINDS = ("auto", "cpu", "gpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """Where and how inference runs.
+
+    Args:
+        device: "cpu", "gpu" or "auto" (the GPU when TensorFlow sees one).
+        devices: replicate the model over this many devices of that kind with
+            ``tf.distribute.MirroredStrategy`` and split every batch between
+            them (None or 1: one device).
+        precision: "float32", "mixed_float16" or "mixed_bfloat16".
+        jit_compile: compile the forward pass with XLA.
+
+    Example:
+        >>> Execution(device="gpu", devices=2, precision="mixed_float16")
+    """
+
+    device: str = "auto"
+    devices: int = None
+    precision: str = "float32"
+    jit_compile: bool = False
+
+    def __post_init__(self):
+        if self.device not in DEVICE_KINDS:
+            raise ValueError(f"device: expected one of {', '.join(DEVICE_KINDS)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.devices is not None and int(self.devices) < 1:
+            raise ValueError(f"devices: expected a positive number of devices, got {self.devices}")
+
+    def device_names_all(self):
+        """Every visible logical device of the kind this execution uses."""
+        import tensorflow as tf
+
+        gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+        if self.device == "gpu" and not gpus:
+            raise ValueError("device: 'gpu' asked for, but TensorFlow sees no GPU "
+                             "(install goodnet[gpu] and check the CUDA driver, or use --device cpu)")
+        if self.device == "gpu" or (self.device == "auto" and gpus):
+            return gpus
+        return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+    def device_names(self):
+        """The logical devices this execution uses, e.g. ['/device:GPU:0'] or two CPUs."""
+        names = self.device_names_all()
+        wanted = int(self.devices or 1)
+        if wanted > len(names):
+            kind = "GPU" if "GPU" in names[0] else "CPU"
+            raise ValueError(f"devices: {wanted} asked for, TensorFlow sees {len(names)} logical {kind} device(s)")
+        return names[:wanted]
+
+    def describe(self):
+        """A short human-readable description (for reports and bench output)."""
+        names = self.device_names()
+        extra = [] if self.precision == "float32" else [self.precision]
+        if self.jit_compile:
+            extra.append("XLA")
+        strategy = "MirroredStrategy over " if len(names) > 1 else ""
+        return f"{strategy}{', '.join(names)}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def with_precision(model, precision):
+    """A clone of ``model`` computing in ``precision`` (a Keras dtype policy), weights copied.
+
+    The output layer stays float32 so that softmax scores keep full range.
+    """
+    import keras
+
+    if precision == "float32":
+        return model
+    last = model.layers[-1].name
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32" if layer.name == last else keras.DTypePolicy(precision)
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def compiled_forward(model, divisor=1.0, execution=None):
+    """Return a compiled function computing ``model(images / divisor)`` in inference mode.
 
     Unit scaling divides by 255 exactly as the lab's scripts do (float32
     division of 0-255 pixels gives the same values as the lab's float64
@@ -42,22 +136,82 @@ def compiled_forward(model, divisor=1.0):
     Args:
         model: a Keras model.
         divisor: input scaling (1.0 for raw pixels, 255.0 for unit scaling).
+        execution: an :class:`Execution` (default: one device, float32).
 
     Returns:
-        callable: images (float32 tensor) -> outputs tensor.
+        callable: images (float32 array or tensor) -> float32 outputs.
     """
     import tensorflow as tf
 
+    execution = execution or Execution()
+    names = execution.device_names()
+    model = with_precision(model, execution.precision)
     input_shape = tuple(model.inputs[0].shape[1:])
     divisor = float(divisor)
+    if len(names) > 1:
+        return _mirrored_forward(model, divisor, names, execution.jit_compile)
 
-    @tf.function(input_signature=[tf.TensorSpec((None,) + input_shape, tf.float32)], reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec((None,) + input_shape, tf.float32)], reduce_retracing=True,
+                 jit_compile=execution.jit_compile or None)
     def forward(images):
         if divisor != 1.0:
             images = images / divisor
-        return model(images, training=False)
+        return tf.cast(model(images, training=False), tf.float32)
+
+    if execution.device == "auto":
+        return forward
+
+    def placed(images):
+        with tf.device(names[0]):
+            return forward(images)
+
+    return placed
+
+
+def _mirrored_forward(model, divisor, names, jit_compile):
+    """Data-parallel inference: the batch is split across ``names`` with MirroredStrategy."""
+    import keras
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(names)
+    with strategy.scope():
+        replica = keras.models.clone_model(model)
+    replica.set_weights(model.get_weights())
+
+    def replica_step(images):
+        if divisor != 1.0:
+            images = images / divisor
+        return tf.cast(replica(images, training=False), tf.float32)
+
+    step = tf.function(lambda images: strategy.run(replica_step, args=(images,)), reduce_retracing=True,
+                       jit_compile=jit_compile or None)
+
+    def forward(images):
+        images = np.asarray(images, dtype=np.float32)
+        parts = np.array_split(images, len(names))
+        counts = [len(part) for part in parts]
+        # A replica handed an empty part gets one stand-in image whose output is dropped.
+        parts = [part if len(part) else images[:1] for part in parts]
+        distributed = strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(parts[context.replica_id_in_sync_group]))
+        outputs = strategy.experimental_local_results(step(distributed))
+        return np.concatenate([np.asarray(output)[:count] for output, count in zip(outputs, counts)], axis=0)
 
     return forward
+
+
+def precision_agreement(model, divisor, images, precision, batch_size=DEFAULT_BATCH):
+    """Measure what a reduced precision does to predictions on ``images``.
+
+    Returns:
+        dict: ``precision``, ``images``, ``top1_agreement`` (fraction of
+        images whose top-1 class is unchanged) and ``max_abs_score_difference``.
+    """
+    reference = run_batches(compiled_forward(model, divisor), images, batch_size, False)
+    reduced = run_batches(compiled_forward(model, divisor, Execution(precision=precision)), images, batch_size, False)
+    return {"precision": precision, "images": int(len(images)),
+            "top1_agreement": float(np.mean(reference.argmax(axis=1) == reduced.argmax(axis=1))),
+            "max_abs_score_difference": float(np.max(np.abs(reference - reduced)))}
 
 
 def run_batches(function, images, batch_size=DEFAULT_BATCH, progress=None, description="predict"):

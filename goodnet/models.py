@@ -86,7 +86,7 @@ class Classifier:
         (2,)
     """
 
-    def __init__(self, model, scale="raw", num_classes=None, path=""):
+    def __init__(self, model, scale="raw", num_classes=None, path="", execution=None):
         if scale not in SCALES:
             raise ValueError(f"scale: expected one of {sorted(SCALES)}, got {scale!r}")
         self.model = model
@@ -96,7 +96,14 @@ class Classifier:
         if self.num_classes not in (self.output_size, self.output_size - 1):
             raise ModelError(f"{self.path or 'model'}: output: {self.output_size} outputs cannot serve "
                              f"{self.num_classes} classes (expected N or N+1 outputs)")
+        self.execution = execution
         self._forward = None
+
+    def configure(self, execution):
+        """Run inference as ``execution`` (a :class:`goodnet.inference.Execution`) says; return self."""
+        self.execution = execution
+        self._forward = None
+        return self
 
     @property
     def divisor(self):
@@ -131,7 +138,7 @@ class Classifier:
     def forward(self):
         """The compiled forward function (raw pixels in, model outputs out)."""
         if self._forward is None:
-            self._forward = compiled_forward(self.model, self.divisor)
+            self._forward = compiled_forward(self.model, self.divisor, self.execution)
         return self._forward
 
     def predict_proba(self, images, batch_size=DEFAULT_BATCH, progress=None):
@@ -144,7 +151,7 @@ class Classifier:
 
     def with_model(self, model):
         """A Classifier of the same scaling and classes around another model."""
-        return Classifier(model, self.scale, self.num_classes, self.path)
+        return Classifier(model, self.scale, self.num_classes, self.path, self.execution)
 
 
 def _first_line(error):

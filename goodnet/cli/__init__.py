@@ -151,7 +151,32 @@ def add_model_options(parser, scale_default="auto"):
                         help="input scaling: raw 0-255 pixels, unit = pixels/255, or auto (try both on clean data)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="number N of real classes (default: from the model; 1284 outputs mean 1283 + 'poisoned')")
-    parser.add_argument("--batch-size", type=int, default=1024, help="images per inference call (default 1024)")
+    parser.add_argument("--batch-size", type=positive, default=1024, help="images per inference call (default 1024)")
+    add_execution_options(parser)
+
+
+def add_execution_options(parser):
+    """Options saying where inference runs: ``--device``, ``--devices``, ``--strategy``, ``--precision``, ``--xla``."""
+    group = parser.add_argument_group("execution")
+    group.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                       help="run inference on the CPU, the GPU, or the GPU when TensorFlow sees one (default auto)")
+    group.add_argument("--devices", type=positive, default=None,
+                       help="split every batch across this many devices (tf.distribute.MirroredStrategy)")
+    group.add_argument("--strategy", choices=("default", "mirrored"), default="default",
+                       help="mirrored: split every batch across all visible devices of the chosen kind")
+    group.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32",
+                       help="compute precision; a mixed mode's effect on predictions is measured and reported")
+    group.add_argument("--xla", action="store_true", help="compile the forward pass with XLA")
+
+
+def execution_from_args(args):
+    """The :class:`goodnet.inference.Execution` that the execution options describe."""
+    from goodnet.inference import Execution
+
+    devices = args.devices
+    if args.strategy == "mirrored" and devices is None:
+        devices = len(Execution(device=args.device, devices=None).device_names_all())
+    return Execution(device=args.device, devices=devices, precision=args.precision, jit_compile=args.xla)
 
 
 def positive(value):

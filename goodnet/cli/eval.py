@@ -12,7 +12,9 @@ Two forms:
 
 import os
 
-from goodnet.cli import CommandError, add_model_options, print_json
+from goodnet.cli import CommandError, add_model_options, execution_from_args, print_json
+
+PRECISION_SAMPLE = 1024
 
 HELP = "evaluate a model: clean accuracy, attack success rate, detection and false rejection rates"
 
@@ -33,6 +35,7 @@ def _image_mode(args):
     model_path, image_path = args.files
     image = load_image(image_path, resize=args.resize)
     classifier = load_model(model_path, scale=args.scale, num_classes=args.num_classes)
+    classifier.configure(execution_from_args(args))
     scores = classifier.predict_proba(image[None])[0]
     predicted = int(scores.argmax())
     if args.json:
@@ -59,6 +62,11 @@ def lab_lines(figures):
             lines.append(f"Detection Rate{suffix}: {entry['detection_rate'] * 100}")
         if "false_rejection_rate" in figures:
             lines.append(f"False Rejection Rate: {figures['false_rejection_rate'] * 100}")
+    report = figures.get("precision_report")
+    if report:
+        lines.append(f"Precision {report['precision']}: top-1 agreement with float32 on {report['images']} clean "
+                     f"images {report['top1_agreement'] * 100}%, largest score difference "
+                     f"{report['max_abs_score_difference']:.2e}")
     return lines
 
 
@@ -66,6 +74,7 @@ def _file_mode(args):
     import contextlib
 
     from goodnet.data import LabFile
+    from goodnet.inference import precision_agreement
     from goodnet.metrics import evaluate_files
     from goodnet.models import load_model
 
@@ -79,8 +88,15 @@ def _file_mode(args):
         classifier = load_model(model_path, scale=args.scale, num_classes=args.num_classes, clean=clean)
         for lab in [clean] + poisoned:
             lab.check_classes(classifier.num_classes)
+        execution = execution_from_args(args)
+        classifier.configure(execution)
         progress = False if args.no_progress else None
         figures = evaluate_files(classifier, clean, poisoned, batch_size=args.batch_size, progress=progress)
+        figures["execution"] = execution.describe()
+        if execution.precision != "float32":
+            figures["precision_report"] = precision_agreement(classifier.model, classifier.divisor,
+                                                              clean.sample(PRECISION_SAMPLE).images,
+                                                              execution.precision)
     figures["scale_report"] = classifier.scale_report
     if args.json:
         print_json(figures)
