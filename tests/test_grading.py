@@ -163,6 +163,7 @@ def submissions(shared, tmp_path_factory):
     make_lambda_keras(folder / "lambda.keras", markers / "keras_payload_ran")
     make_custom_layer_model(folder / "custom_layer.keras")
     make_endless_model(folder / "endless.h5")
+    make_small_model(folder / "flags_poisoned.keras", input_shape=(55, 47, 3), outputs=1284)
     (folder / "notes.txt").write_text("not a model: ignored\n")
     return folder, markers
 
@@ -314,11 +315,29 @@ def test_real_submissions_score_like_plain_keras(graded, lab_data, shared):
             baseline_accuracy, baseline_asr, row["clean_accuracy"], row["mean_asr"]))
 
 
+def test_model_with_a_poisoned_output_gets_detection_rate_and_frr(graded, submissions, lab_data):
+    import keras
+
+    from goodnet.data import load_h5
+
+    folder, _ = submissions
+    row = graded["rows"]["flags_poisoned.keras"]
+    assert row["status"] == "ok" and row["flags_poisoned"] is True
+    model = keras.models.load_model(folder / "flags_poisoned.keras", compile=False)
+    clean, poisoned = load_h5(lab_data["clean"]), load_h5(lab_data["poisoned"])
+    factor = 1.0 if row["scale"] == "raw" else 1.0 / 255.0
+    clean_answers = np.argmax(model.predict(clean.images * factor, verbose=0), axis=1)
+    poisoned_answers = np.argmax(model.predict(poisoned.images * factor, verbose=0), axis=1)
+    assert row["false_rejection_rate"] == pytest.approx(np.mean(clean_answers == 1283))
+    assert row["detection_rate"] == pytest.approx(np.mean(poisoned_answers == 1283))
+    assert row["clean_accuracy"] == pytest.approx(np.mean(clean_answers == clean.labels))
+
+
 def test_scoreboard_files_agree_and_are_sorted(graded):
     board, out = graded["board"], graded["out"]
     scores = [row["score"] for row in board.rows if row["score"] is not None]
-    assert scores == sorted(scores, reverse=True) and len(scores) == len(REAL)
-    assert [row["rank"] for row in board.rows[:len(REAL)]] == list(range(1, len(REAL) + 1))
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(REAL) + 1
+    assert [row["rank"] for row in board.rows[:len(scores)]] == list(range(1, len(scores) + 1))
     document = json.loads((out / "scoreboard.json").read_text())
     assert [row["submission"] for row in document["submissions"]] == [row["submission"] for row in board.rows]
     assert document["score"] == "DER"
