@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from goodnet.metrics import accuracy, attack_success_rate
+from goodnet.pruning import prune_model
 
 logger = logging.getLogger(__name__)
 
@@ -67,34 +68,6 @@ def apply_masks(layer, kernel_mask, bias_mask):
     layer.kernel.assign(layer.kernel * kernel_mask)
     if bias_mask is not None:
         layer.bias.assign(layer.bias * bias_mask)
-
-
-def clone_with_pruned_channels(classifier, layer_name, channels):
-    """A copy of ``classifier`` whose ``layer_name`` has ``channels`` zeroed (kernel and bias).
-
-    Args:
-        classifier: a :class:`goodnet.models.Classifier`.
-        layer_name: a convolution's name (``conv_3`` in the lab network).
-        channels: output-channel indices to prune.
-
-    Returns:
-        Classifier: the pruned copy (the original is untouched).
-    """
-    import keras
-
-    source = classifier.model
-    try:
-        layer = source.get_layer(layer_name)
-    except ValueError:
-        raise ValueError(f"{classifier.path or 'model'}: layer: no layer named {layer_name!r}") from None
-    if not isinstance(layer, keras.layers.Conv2D):
-        raise ValueError(f"{classifier.path or 'model'}: layer: {layer_name!r} is a "
-                         f"{type(layer).__name__}, expected a Conv2D")
-    model = keras.models.clone_model(source)
-    model.set_weights(source.get_weights())
-    target = model.get_layer(layer_name)
-    apply_masks(target, *channel_masks(target, channels))
-    return classifier.with_model(model)
 
 
 @dataclasses.dataclass
@@ -167,7 +140,7 @@ class FinePruning:
         if len(self.holdout_indices_) == 0:
             raise ValueError(f"{clean.path}: label: too few images per class to hold any out for early stopping")
         tune, holdout = clean.subset(self.tune_indices_), clean.subset(self.holdout_indices_)
-        pruned = clone_with_pruned_channels(classifier, self.layer, channels)
+        pruned = classifier.with_model(prune_model(classifier.model, self.layer, channels, classifier.path))
         model = pruned.model
         target = model.get_layer(self.layer)
         masks = channel_masks(target, channels)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from goodnet.data import LabData
-from goodnet.finepruning import FinePruning, clone_with_pruned_channels, split_holdout
+from goodnet.finepruning import FinePruning, split_holdout
 from goodnet.models import Classifier, build_deepid
 
 
@@ -35,25 +35,6 @@ def test_split_is_per_class_disjoint_and_complete():
         split_holdout(labels, 1.0)
 
 
-def test_pruned_clone_matches_zeroing_weights_by_hand(tiny_task):
-    classifier, clean, _ = tiny_task
-    pruned = clone_with_pruned_channels(classifier, "conv_3", [1, 5, 59])
-    reference = keras.models.clone_model(classifier.model)
-    weights = classifier.model.get_layer("conv_3").get_weights()
-    kernel, bias = weights[0].copy(), weights[1].copy()
-    kernel[..., [1, 5, 59]] = 0
-    bias[[1, 5, 59]] = 0
-    reference.set_weights(classifier.model.get_weights())
-    reference.get_layer("conv_3").set_weights([kernel, bias])
-    np.testing.assert_array_equal(pruned.predict_proba(clean.images),
-                                  reference.predict(clean.images / np.float32(255), verbose=0))
-    assert np.any(classifier.model.get_layer("conv_3").get_weights()[0][..., 1] != 0)  # original untouched
-    with pytest.raises(ValueError, match="no layer named 'conv_9'"):
-        clone_with_pruned_channels(classifier, "conv_9", [0])
-    with pytest.raises(ValueError, match="expected a Conv2D"):
-        clone_with_pruned_channels(classifier, "fc_1", [0])
-
-
 def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_task):
     classifier, clean, poisoned = tiny_task
     channels = list(range(0, 60, 2))
@@ -62,6 +43,9 @@ def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_ta
     assert np.all(kernel[..., channels] == 0) and np.all(bias[channels] == 0)
     assert np.any(kernel[..., 1] != 0)
     assert [record.epoch for record in first.history_][:2] == [0, 1]
+    assert first.pruned_channels_ == channels
+    with pytest.raises(ValueError, match="no layer named 'conv_9'"):
+        FinePruning(layer="conv_9").fit(classifier, [0], clean)
     assert len(first.history_[0].attack_success_rates) == 1
     assert first.history_[first.best_epoch_].holdout_accuracy == max(r.holdout_accuracy for r in first.history_)
     # Another poisoned file (or none) must not change anything that was chosen or learned.
