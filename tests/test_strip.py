@@ -26,7 +26,7 @@ def _reference_entropies(classifier, images, bank, indices, blend, alpha):
     for image, rows in zip(images, indices):
         drawn = bank[rows]
         copies = np.clip(image + drawn, 0, 255) if blend == "add" else (1 - alpha) * image + alpha * drawn
-        scores = classifier.model.predict(copies.astype(np.float32) / np.float32(classifier.divisor), verbose=0)
+        scores = np.asarray(classifier.model(copies.astype(np.float32) / np.float32(classifier.divisor), training=False))
         result.append(entropy_reference(scores))
     return np.array(result)
 
