@@ -179,3 +179,96 @@ class FinePruning:
                 row[f"asr:{name}"] = rate
             rows.append(row)
         return rows
+
+
+def channels_to_prune(defense, drop=None, count=None):
+    """How many (and which) channels to prune: the first ``count`` of the ranking, or the sweep's X-point step.
+
+    Args:
+        defense: a fitted :class:`goodnet.pruning.PruningDefense`.
+        drop: accuracy drop X in points; the step the defense selected for it
+            (the lab's rule). Ignored when ``count`` is given.
+        count: an explicit number of channels.
+
+    Returns:
+        np.ndarray: channel indices in pruning order.
+    """
+    if count is None:
+        from goodnet.pruning import select_steps
+
+        step = select_steps(defense.curve_.clean_accuracy, (drop,), defense.policy)[drop]
+        count = step if step is not None else len(defense.ranking_)
+        if step is None:
+            logger.warning("accuracy never dropped by %s points: pruning every channel", drop)
+    if not 0 <= count <= len(defense.ranking_):
+        raise ValueError(f"channels: expected 0..{len(defense.ranking_)} channels to prune, got {count}")
+    return defense.ranking_[:count]
+
+
+def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=4, count=None, epochs=10,
+                     learning_rate=1e-4, holdout_fraction=0.2, patience=3, seed=0, protect=(), plot=True,
+                     progress=None):
+    """Rank, prune and fine-tune, then write ``model_fp.h5`` and the fine-tuning curve into ``out_dir``.
+
+    Args:
+        classifier: the suspect model.
+        clean: clean validation LabData (ranking, fine-tuning, hold-out).
+        poisoned: poisoned validation LabData (reported only).
+        out_dir: output folder.
+        layer: the convolution to prune.
+        drop: prune up to the sweep's X-point step (the lab's rule) ...
+        count: ... or exactly this many channels.
+        epochs, learning_rate, holdout_fraction, patience, seed: see :class:`FinePruning`.
+        protect: input paths never to overwrite.
+        plot: write ``fineprune_curve.png``.
+        progress: progress bars.
+
+    Returns:
+        dict: ``fine_pruning`` (the fitted estimator), ``defense`` (the sweep),
+        ``summary`` (JSON-ready) and ``files``.
+    """
+    import json
+    import os
+
+    from goodnet.files import write_text
+    from goodnet.models import save_model
+    from goodnet.pruning import PruningDefense
+
+    defense = PruningDefense(classifier, layer, progress=progress).fit(clean, poisoned)
+    channels = channels_to_prune(defense, drop, count)
+    fine = FinePruning(layer, epochs, learning_rate, holdout_fraction=holdout_fraction, patience=patience,
+                       seed=seed).fit(classifier, channels, clean, poisoned)
+    os.makedirs(out_dir, exist_ok=True)
+    protect = tuple(protect) + tuple(data.path for data in [clean, *poisoned] if data.path)
+    names = [os.path.basename(data.path) or f"poisoned_{index}" for index, data in enumerate(poisoned)]
+    rows = fine.curve_rows(names)
+    files = {"model": save_model(fine.model_, os.path.join(out_dir, "model_fp.h5"), protect=protect),
+             "csv": os.path.join(out_dir, "fineprune_curve.csv"),
+             "json": os.path.join(out_dir, "fineprune_curve.json")}
+    write_text(files["csv"], _csv_text(rows), protect=protect)
+    if plot:
+        from goodnet.plots import plot_fineprune_curve
+
+        files["png"] = plot_fineprune_curve(rows, os.path.join(out_dir, "fineprune_curve.png"),
+                                            title=f"fine-pruning {layer}: {len(channels)} channels pruned")
+    summary = {"model": classifier.path, "layer": layer, "channels_pruned": [int(c) for c in channels],
+               "drop": drop if count is None else None, "epochs_run": len(rows) - 1, "best_epoch": fine.best_epoch_,
+               "fine_tuning_images": int(len(fine.tune_indices_)), "holdout_images": int(len(fine.holdout_indices_)),
+               "baseline_holdout_accuracy": float(np.mean(classifier.predict(clean.images[fine.holdout_indices_])
+                                                          == clean.labels[fine.holdout_indices_])),
+               "holdout_accuracy": rows[fine.best_epoch_]["holdout_accuracy"],
+               "attack_success_rates": {name: rows[fine.best_epoch_][f"asr:{name}"] for name in names},
+               "curve": rows, "files": files}
+    write_text(files["json"], json.dumps(summary, indent=2, default=float) + "\n", protect=protect)
+    return {"fine_pruning": fine, "defense": defense, "summary": summary, "files": files}
+
+
+def _csv_text(rows):
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

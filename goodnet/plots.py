@@ -95,3 +95,29 @@ def plot_prune_curve(curve, selected, path, title="pruning sweep"):
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)
     return save_figure(figure, path)
+
+
+def plot_fineprune_curve(rows, path, title="fine-pruning"):
+    """Hold-out clean accuracy and attack success rates per fine-tuning epoch (epoch 0: pruned, not tuned).
+
+    Args:
+        rows: :meth:`goodnet.finepruning.FinePruning.curve_rows` output.
+        path: destination PNG.
+        title: the figure's title.
+
+    Returns:
+        str: ``path``.
+    """
+    figure, axes = new_figure()
+    epochs = [row["epoch"] for row in rows]
+    axes.plot(epochs, [row["holdout_accuracy"] * 100 for row in rows], marker="o", label="clean accuracy (hold-out)")
+    for key in [key for key in rows[0] if key.startswith("asr:")]:
+        axes.plot(epochs, [row[key] * 100 for row in rows], marker="s", linestyle="--",
+                  label=f"attack success ({key[4:]})")
+    axes.set_xlabel("fine-tuning epoch")
+    axes.set_ylabel("rate (%)")
+    axes.set_ylim(-2, 102)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="center right", fontsize=8)
+    return save_figure(figure, path)

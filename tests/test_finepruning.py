@@ -57,3 +57,34 @@ def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_ta
         np.testing.assert_array_equal(a, b)
     rows = first.curve_rows(["bd.h5"])
     assert set(rows[1]) == {"epoch", "loss", "holdout_accuracy", "asr:bd.h5"}
+
+
+def test_fineprune_command_writes_model_curve_and_plot(tiny_task, tmp_path, capsys):
+    import json
+
+    from goodnet.cli import main
+    from goodnet.data import save_h5
+    from goodnet.models import load_model, save_model
+
+    classifier, clean, poisoned = tiny_task
+    model_path = save_model(classifier, tmp_path / "bad.h5")
+    save_h5(tmp_path / "valid.h5", clean.images, clean.labels, dtype="float32")
+    save_h5(tmp_path / "bd_valid.h5", poisoned.images, poisoned.labels, dtype="float32")
+    out = tmp_path / "fp"
+    code = main(["fineprune", "--model", str(model_path), "--valid", str(tmp_path / "valid.h5"),
+                 "--poisoned-valid", str(tmp_path / "bd_valid.h5"), "--out", str(out), "--channels", "20",
+                 "--epochs", "2", "--learning-rate", "1e-3", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fineprune_curve.csv", "fineprune_curve.json",
+                                                     "fineprune_curve.png", "model_fp.h5"]
+    assert len(summary["channels_pruned"]) == 20 and summary["holdout_images"] + summary["fine_tuning_images"] == 120
+    repaired = load_model(out / "model_fp.h5")
+    kernel = repaired.model.get_layer("conv_3").get_weights()[0]
+    assert np.all(kernel[..., summary["channels_pruned"]] == 0) and repaired.scale == "unit"
+    _, holdout = split_holdout(clean.labels, 0.2, seed=0)
+    assert summary["holdout_accuracy"] == np.mean(repaired.predict(clean.images[holdout]) == clean.labels[holdout])
+    assert summary["attack_success_rates"]["bd_valid.h5"] == np.mean(repaired.predict(poisoned.images) == 0)
+    code = main(["fineprune", "--model", str(model_path), "--valid", str(tmp_path / "valid.h5"),
+                 "--out", str(model_path)])
+    assert code == 2 and "expected a folder" in capsys.readouterr().err
