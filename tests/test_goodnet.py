@@ -179,3 +179,29 @@ def test_repair_cli_strip_and_errors(shared, real_images, tmp_path, make_lab_fil
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and error[0].startswith("goodnet repair: error:")
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
+def test_prune_goodnet_option_writes_a_goodnet_beside_each_model(shared, real_images, tmp_path, make_lab_file,
+                                                                 capsys):
+    from goodnet.cli import main
+    from goodnet.models import load_model
+
+    names, images, rows = real_images
+    rng = np.random.default_rng(4)
+    clean = [i for i, row in enumerate(rows) if row["content"] == "clean"]
+    valid_images = np.clip(np.concatenate([images[clean]] * 4) + rng.normal(0, 4, (4 * len(clean),) + images.shape[1:]),
+                           0, 255)
+    valid_labels = np.tile([int(rows[i]["identity"]) for i in clean], 4)
+    valid = make_lab_file("valid.h5", valid_images, valid_labels, dtype="float32")
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(shared / "models" / "bd_net.h5"), "--valid", str(valid), "--out", str(out),
+                 "--drops", "10", "--goodnet", "--no-plot", "--json", "--scale", "raw"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(summary["goodnets"]) == set(summary["models"]) == {"10"}
+    bad = load_model(shared / "models" / "bd_net.h5", scale="raw")
+    pruned = load_model(summary["models"]["10"])
+    goodnet = load_model(summary["goodnets"]["10"])
+    assert goodnet.flags_poisoned and goodnet.scale == "raw"
+    probe = _probe_images(real_images)
+    bad_answer, pruned_answer = bad.predict(probe), pruned.predict(probe)
+    np.testing.assert_array_equal(goodnet.predict(probe), np.where(bad_answer == pruned_answer, bad_answer, POISONED))

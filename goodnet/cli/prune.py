@@ -33,6 +33,9 @@ def add_arguments(parser):
                              "re-run the whole model at every step)")
     parser.add_argument("--format", choices=(".h5", ".keras"), default=".h5", help="saved model format (default .h5)")
     add_model_options(parser)
+    parser.add_argument("--goodnet", action="store_true",
+                        help="also write goodnet_X=<X>.h5 beside each model_X: answers N+1 where the pruned model "
+                             "and the BadNet disagree")
     parser.add_argument("--no-plot", action="store_true", help="do not write prune_curve.png")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -87,6 +90,19 @@ def table_lines(summary):
     return lines
 
 
+def write_goodnets(classifier, defense, out_dir, extension=".h5", protect=()):
+    """Write ``goodnet_X=<X>.h5`` (BadNet + pruned model, N+1 where they disagree) for every selected X."""
+    from goodnet.goodnet import build_goodnet
+    from goodnet.models import save_model
+    from goodnet.pruning import model_filename
+
+    paths = {}
+    for drop, pruned in defense.selected_classifiers().items():
+        name = model_filename(drop, extension).replace("model_", "goodnet_", 1)
+        paths[str(drop)] = save_model(build_goodnet(classifier, pruned), os.path.join(out_dir, name), protect=protect)
+    return paths
+
+
 def run(args):
     from goodnet.pruning import run_pruning_defense
 
@@ -100,8 +116,13 @@ def run(args):
                                  protect=[args.model, args.valid, *args.poisoned_valid],
                                  plot=not args.no_plot, extension=args.format)
     summary = result["summary"]
+    if args.goodnet:
+        summary["goodnets"] = write_goodnets(classifier, result["defense"], args.out, args.format,
+                                             protect=[args.model, args.valid, *args.poisoned_valid])
     if args.json:
         print_json(summary)
     else:
         print("\n".join(table_lines(summary)))
+        for drop, path in summary.get("goodnets", {}).items():
+            print(f"GoodNet X={drop}: {path}")
     return 0
