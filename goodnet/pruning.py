@@ -393,27 +393,29 @@ class _IncrementalTail:
                 convolution = convolution + self._window(activations, row, column) @ self.kernel[row, column]
         return linear_1.astype(np.float32), (convolution + self.conv_bias).astype(np.float32)
 
-    def remove_channel(self, linear_1, convolution, activations, channel):
-        """Subtract one channel's contribution (activations (n, H, W, C) of the affected rows), in place."""
-        channels = activations.shape[-1]
-        values = activations[..., channel]
-        linear_1 -= values.reshape(len(values), -1) @ self.dense_1[channel::channels]
-        for row in range(self.kernel.shape[0]):
-            for column in range(self.kernel.shape[1]):
-                window = self._window(values[..., None], row, column)
-                convolution -= window * self.kernel[row, column, channel]
+    def remove_channel(self, linear_1, convolution, values, channel):
+        """Subtract one channel's contribution (its activations (n, H, W) in the affected rows), in place."""
+        channels = self.kernel.shape[2]
+        count = len(values)
+        linear_1 -= values.reshape(count, -1) @ np.ascontiguousarray(self.dense_1[channel::channels])
+        taps = [self._window(values[..., None], row, column)
+                for row in range(self.kernel.shape[0]) for column in range(self.kernel.shape[1])]
+        patches = np.concatenate(taps, axis=-1)                    # (n, h, w, kh * kw)
+        weights = self.kernel[:, :, channel, :].reshape(-1, self.kernel.shape[-1])
+        convolution -= (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(convolution.shape)
 
     def decide(self, linear_1, convolution):
         """(top-1 class, whether it leads the runner-up by more than the margin) per row."""
         count = len(linear_1)
-        branch = np.maximum(convolution, 0.0).reshape(count, -1) @ self.dense_2 + self.bias_2
-        hidden = np.maximum(linear_1 + branch, 0.0)
-        logits = hidden @ self.output + self.bias_out
-        top_two = np.argpartition(logits, -2, axis=1)[:, -2:]
-        values = np.take_along_axis(logits, top_two, axis=1)
-        order = np.argsort(values, axis=1)
-        best = np.take_along_axis(top_two, order[:, 1:], axis=1)[:, 0]
-        lead = np.take_along_axis(values, order[:, 1:], axis=1)[:, 0] - np.take_along_axis(values, order[:, :1], axis=1)[:, 0]
+        branch = np.maximum(convolution, 0.0).reshape(count, -1) @ self.dense_2
+        hidden = np.maximum(linear_1 + branch + self.bias_2, 0.0)
+        logits = hidden @ self.output
+        logits += self.bias_out
+        best = logits.argmax(axis=1)
+        rows = np.arange(count)
+        top = logits[rows, best].copy()
+        logits[rows, best] = -np.inf
+        lead = top - logits.max(axis=1)
         return best.astype(np.int32), lead > self.margin
 
 
@@ -663,14 +665,18 @@ class PruningDefense:
                     keep[channel] = 0.0
                     predictions[step] = predictions[step - 1]
                     rows = np.flatnonzero(active[:, channel])
-                    if incremental is not None and rows.size:
+                    if incremental is not None and rows.size == len(activations):
+                        incremental.remove_channel(linear_1, convolution, activations[..., channel], channel)
+                    elif incremental is not None and rows.size:
                         part_1, part_conv = linear_1[rows], convolution[rows]
-                        incremental.remove_channel(part_1, part_conv, activations[rows], channel)
+                        incremental.remove_channel(part_1, part_conv, activations[rows, ..., channel], channel)
                         linear_1[rows], convolution[rows] = part_1, part_conv
                 if rows.size:
                     exact_rows = rows
                     if incremental is not None:
-                        best, sure = incremental.decide(linear_1[rows], convolution[rows])
+                        whole = rows.size == len(activations)
+                        best, sure = incremental.decide(linear_1 if whole else linear_1[rows],
+                                                        convolution if whole else convolution[rows])
                         predictions[step, rows[sure]] = best[sure]
                         exact_rows = rows[~sure]
                     if exact_rows.size:
