@@ -84,7 +84,8 @@ def build_goodnet(bad_classifier, repaired_classifier):
     return Classifier(model, bad_classifier.scale, bad_classifier.num_classes)
 
 
-def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images=DEFAULT_CHUNK_IMAGES):
+def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images=DEFAULT_CHUNK_IMAGES,
+                        require_agreement=True):
     """Build the STRIP-gated GoodNet: N where B and B' disagree or the STRIP entropy is low.
 
     Args:
@@ -94,6 +95,9 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
             (every input uses the same bank images, so the model is deterministic
             and its entropies equal ``strip.entropy``).
         chunk_images: perturbed images per network call inside the model (memory bound).
+        require_agreement: True (the GoodNet): N also where B and B' disagree.
+            False (the STRIP-gated repaired model): B''s class unless STRIP
+            flags the input, whatever B answers.
 
     Returns:
         Classifier: the gated G (one model holding B, B', the bank, N and the threshold).
@@ -122,7 +126,8 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
     gate.bank.assign(bank.astype(np.float32))
     scores_repaired = _repaired_branch(inputs, bad_classifier, repaired_classifier)
     combiner = GoodNetCombiner(bad_classifier.num_classes, threshold=strip.threshold_, name="goodnet")
-    outputs = combiner([scores_bad, scores_repaired, entropy])
+    answering = scores_bad if require_agreement else scores_repaired
+    outputs = combiner([answering, scores_repaired, entropy])
     model = keras.Model(inputs, outputs, name="gated_goodnet_model")
     return Classifier(model, bad_classifier.scale, bad_classifier.num_classes)
 

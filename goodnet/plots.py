@@ -121,3 +121,38 @@ def plot_fineprune_curve(rows, path, title="fine-pruning"):
     axes.grid(alpha=0.3)
     axes.legend(loc="center right", fontsize=8)
     return save_figure(figure, path)
+
+
+def plot_candidates(report, path):
+    """Grouped bars per repair candidate: hold-out clean accuracy, mean ASR, detection rate, FRR (validation).
+
+    Args:
+        report: the :func:`goodnet.repair.repair` report.
+        path: destination PNG.
+
+    Returns:
+        str: ``path``.
+    """
+    import numpy as np
+
+    names = [candidate["name"] for candidate in report["candidates"]]
+    figures = report["validation"]
+    series = [("clean accuracy", [figures[n]["clean_accuracy"] for n in names]),
+              ("mean ASR", [figures[n].get("mean_attack_success_rate") or 0.0 for n in names]),
+              ("detection", [figures[n].get("detection_rate", 0.0) for n in names]),
+              ("FRR", [figures[n].get("false_rejection_rate", 0.0) for n in names])]
+    figure, axes = new_figure(width=max(7.0, 0.6 * len(names) + 2), height=4.8)
+    positions = np.arange(len(names))
+    width = 0.2
+    for index, (label, values) in enumerate(series):
+        axes.bar(positions + (index - 1.5) * width, np.asarray(values) * 100, width, label=label)
+    axes.set_xticks(positions)
+    axes.set_xticklabels([f"{n} *" if n == report["chosen"] else n for n in names], rotation=40, ha="right",
+                         fontsize=7)
+    axes.set_ylabel("validation rate (%)")
+    axes.set_ylim(0, 118)  # room for the legend above the 100 % bars
+    axes.set_yticks(range(0, 101, 20))
+    axes.set_title("repair candidates (* chosen)")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=7, ncol=4, loc="upper center")
+    return save_figure(figure, path)

@@ -1,37 +1,69 @@
-"""``goodnet repair``: write a repaired model file.
+"""``goodnet repair``: repair a suspect model.
 
-Form available now (combine mode, selected by ``--repaired``)::
+End-to-end form (the main job of goodnet)::
+
+    goodnet repair MODEL --valid V [--poisoned-valid BV ...] [--test T --poisoned-test BT ...] --out DIR
+
+runs pruning, fine-pruning, GoodNet and STRIP calibration on the clean
+validation data, chooses the repaired model by a documented rule that uses
+validation data only (see :mod:`goodnet.repair`), and writes
+``DIR/repaired.h5``, every candidate in ``DIR/candidates/``, ``report.md``,
+``report.json`` and PNG plots. Test files are read once, after the choice.
+
+Combine form (selected by ``--repaired``)::
 
     goodnet repair BADNET --repaired BPRIME --out G.h5 [--strip --valid V [--copies N ...]]
 
 builds the GoodNet G (B's class where B and B' agree, N = "poisoned" where
 they disagree), optionally gated by STRIP (also N where the input's STRIP
 entropy under B is below the threshold learned on --valid), and saves it as one
-model file. The end-to-end form (``goodnet repair MODEL --valid V --out DIR``,
-without --repaired) is reserved for a later version.
+model file.
 """
 
 from goodnet.cli import CommandError, add_model_options, positive, print_json
 
-HELP = "build a repaired model: the GoodNet from a BadNet and a repair (optionally STRIP-gated)"
+HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or combine B and B' into a GoodNet"
 
 
 def add_arguments(parser):
     parser.add_argument("model", metavar="BADNET", help="the BadNet B (.h5 or .keras)")
     parser.add_argument("--repaired", metavar="BPRIME",
                         help="a repaired model B' (e.g. a pruned model): combine B and B' into the GoodNet")
-    parser.add_argument("--out", required=True, help="the output model file (.h5, or .keras)")
-    parser.add_argument("--valid", help="clean validation file (needed by --strip; picks --scale auto)")
+    parser.add_argument("--out", required=True,
+                        help="end-to-end: the output folder; combine form: the output model file (.h5 or .keras)")
+    parser.add_argument("--valid", help="clean validation file (end-to-end: required; combine form: needed by "
+                                        "--strip; picks --scale auto)")
+    end = parser.add_argument_group("end-to-end form (without --repaired)")
+    end.add_argument("--poisoned-valid", nargs="*", default=[], metavar="BV",
+                     help="poisoned validation files: reported, and used by the choice rule")
+    end.add_argument("--test", metavar="T", help="clean test file, evaluated once after the choice")
+    end.add_argument("--poisoned-test", nargs="*", default=[], metavar="BT", help="poisoned test files (report only)")
+    end.add_argument("--layer", default="conv_3", help="convolution to prune (default conv_3)")
+    end.add_argument("--drops", nargs="+", type=float, default=[2, 4, 10], metavar="X",
+                     help="pruned candidates at X points of accuracy lost (default 2 4 10)")
+    end.add_argument("--fineprune-drop", type=float, default=4.0, metavar="X",
+                     help="fine-pruning prunes up to X points of accuracy lost, then fine-tunes (default 4)")
+    end.add_argument("--epochs", type=positive, default=10, help="maximum fine-tuning epochs (default 10)")
+    end.add_argument("--learning-rate", type=float, default=1e-4, help="fine-tuning learning rate (default 1e-4)")
+    end.add_argument("--holdout", type=float, default=0.2, help="share of each class held out (default 0.2)")
+    end.add_argument("--patience", type=positive, default=3, help="early-stopping patience in epochs (default 3)")
+    end.add_argument("--max-accuracy-drop", type=float, default=3.0,
+                     help="eligible candidates lose at most this many points of hold-out accuracy (default 3)")
+    end.add_argument("--max-frr", type=float, default=0.02,
+                     help="eligible N+1 candidates reject at most this share of clean hold-out images (default 0.02)")
     parser.add_argument("--repaired-scale", choices=("raw", "unit", "auto"), default="auto",
                         help="input scaling of B' (default: stored in the file, else chosen on --valid, else B's)")
     strip = parser.add_argument_group("STRIP gate (--strip)")
     strip.add_argument("--strip", action="store_true", help="also answer N for inputs STRIP flags as trojaned")
     strip.add_argument("--copies", type=positive, default=100, help="perturbed copies per input (default 100)")
     strip.add_argument("--frr", type=float, default=0.01, help="target false rejection rate (default 0.01)")
-    strip.add_argument("--blend", choices=("add", "alpha"), default="add", help="superimposition (default add)")
+    strip.add_argument("--blend", choices=("add", "alpha"), default=None,
+                       help="superimposition (default: add in the combine form, as in the paper; alpha in the "
+                            "end-to-end form, since adding saturates face images to white)")
     strip.add_argument("--alpha", type=float, default=0.5, help="bank weight for --blend alpha")
-    strip.add_argument("--threshold", choices=("normal", "quantile"), default="normal",
-                       help="threshold: normal fit (the paper) or empirical quantile")
+    strip.add_argument("--threshold", choices=("normal", "quantile"), default=None,
+                       help="threshold: normal fit (the paper; combine form default) or empirical quantile "
+                            "(end-to-end default)")
     strip.add_argument("--bank-size", type=positive, default=None,
                        help="clean images of --valid held out as the bank (default: half, at most 1000)")
     strip.add_argument("--seed", type=int, default=0, help="seed of the bank and its draws")
@@ -55,12 +87,82 @@ def _load_pair(args, valid):
 
 
 def run(args):
+    if args.repaired is None:
+        return run_end_to_end(args)
+    return run_combine(args)
+
+
+def _check_end_to_end(args):
+    import os
+
+    if not args.valid:
+        raise CommandError("--valid: expected a clean validation file (goodnet repair MODEL --valid V --out DIR)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CommandError(f"{args.out}: --out: expected a folder for the end-to-end form, found a file")
+    if args.poisoned_test and not args.test:
+        raise CommandError("--poisoned-test: expected --test CLEAN_TEST.h5 as well")
+    if not 0.0 < args.frr < 1.0:
+        raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
+    if not 0.0 < args.holdout < 1.0:
+        raise CommandError(f"--holdout: expected a share in (0, 1), got {args.holdout}")
+    for value in list(args.drops) + [args.fineprune_drop]:
+        if not value > 0:
+            raise CommandError(f"--drops/--fineprune-drop: expected accuracy drops above 0 points, got {value:g}")
+
+
+def _whole(value):
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def summary_figures(figures):
+    """The four headline figures of one candidate (a model that never answers N has detection and FRR 0)."""
+    return {"clean_accuracy": figures.get("clean_accuracy"),
+            "attack_success_rate": figures.get("mean_attack_success_rate"),
+            "detection_rate": figures.get("detection_rate", 0.0),
+            "false_rejection_rate": figures.get("false_rejection_rate", 0.0),
+            "poisoned": figures.get("poisoned", [])}
+
+
+def run_end_to_end(args):
+    from goodnet.cli.prune import load_inputs
+    from goodnet.data import load_h5
+    from goodnet.repair import RepairOptions, report_markdown, repair
+
+    _check_end_to_end(args)
+    args.poisoned_valid = list(args.poisoned_valid)
+    classifier, clean, poisoned = load_inputs(args)
+    test = load_h5(args.test, num_classes=classifier.num_classes) if args.test else None
+    poisoned_test = [load_h5(path, num_classes=classifier.num_classes) for path in args.poisoned_test]
+    options = RepairOptions(layer=args.layer, drops=tuple(_whole(d) for d in args.drops),
+                            fineprune_drop=_whole(args.fineprune_drop), epochs=args.epochs,
+                            learning_rate=args.learning_rate, holdout_fraction=args.holdout, patience=args.patience,
+                            copies=args.copies, blend=args.blend or "alpha", alpha=args.alpha,
+                            threshold_method=args.threshold or "quantile", frr=args.frr,
+                            max_accuracy_drop=args.max_accuracy_drop, max_frr=args.max_frr, seed=args.seed)
+    inputs = [args.model, args.valid, *args.poisoned_valid] + ([args.test] if args.test else []) + args.poisoned_test
+    report = repair(classifier, clean, poisoned, args.out, options, test=test, poisoned_test=poisoned_test,
+                    protect=inputs, progress=False if args.no_progress else None)
+    if args.json:
+        payload = {"chosen": report["chosen"], "chosen_model": report["files"].get("chosen"),
+                   "choice_rule": report["choice_rule"], "report": report["files"]["report_md"],
+                   "validation": summary_figures(report["validation"][report["chosen"]]),
+                   "badnet_validation": summary_figures(report["validation"]["badnet"])}
+        if "test" in report:
+            payload.update(summary_figures(report["test"][report["chosen"]]))
+            payload["badnet"] = summary_figures(report["test"]["badnet"])
+        print_json(payload)
+    else:
+        print(report_markdown(report))
+    return 0
+
+
+def run_combine(args):
     from goodnet.data import load_h5
     from goodnet.goodnet import build_gated_goodnet, build_goodnet
     from goodnet.models import save_model
 
-    if args.repaired is None:
-        raise CommandError("only the combine form is available: goodnet repair BADNET --repaired BPRIME --out G.h5")
+    args.blend = args.blend or "add"
+    args.threshold = args.threshold or "normal"
     if not args.out.endswith((".h5", ".keras")):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5 or .keras")
     if args.strip and not args.valid:

@@ -1,0 +1,414 @@
+"""End-to-end repair: pruning, fine-pruning, GoodNet and STRIP, chosen on validation data only.
+
+:func:`repair` takes a suspect model and clean validation data (plus, for the
+report, poisoned validation files) and returns the repaired model together
+with the evidence.
+
+Data discipline:
+
+- the clean validation file is split per class into a *tune* part and a
+  *hold-out* part (:func:`goodnet.finepruning.split_holdout`);
+- the tune part ranks the channels and picks the X-point pruning steps, is
+  what fine-tuning trains on, and calibrates STRIP (bank and threshold);
+- the hold-out part decides fine-tuning's early stopping and gives every
+  candidate's reported validation figures, on which the final choice is made;
+- test files, when given, are read once at the end, after the choice, for the
+  report only.
+
+Candidates (each a model file in ``DIR/candidates``): the BadNet B; the pruned
+models B'_X (the lab's X points of accuracy lost); the fine-pruned model FP;
+the GoodNets G(B, B'_X) and G(B, FP) (N where B and the repair disagree);
+their STRIP-gated versions (also N where STRIP, run on B, flags the input);
+and the STRIP-gated fine-pruned model (FP's class unless STRIP flags).
+
+Choice rule (:func:`choose`): a candidate other than B is *eligible* when its
+hold-out clean accuracy is at most ``max_accuracy_drop`` points below B's and,
+if it can answer N, its hold-out false rejection rate is at most
+``max_frr``. With poisoned validation files, the eligible candidate with the
+highest clean accuracy minus mean attack success rate wins (ties: fewer false
+rejections, then the order above). Without them, the first eligible one in
+the order of :data:`PREFERENCE` wins (the defenses that remove the backdoor
+and detect triggers first). If none is eligible, the fine-pruned model is
+chosen and the report says so.
+
+Every candidate's answers are derived from shared components (the answers of
+B, B'_X and FP and the STRIP entropies under B, computed once per image set);
+the tests check that they equal what each saved model file answers.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+
+from goodnet.finepruning import FinePruning, split_holdout
+from goodnet.metrics import score_predictions
+
+logger = logging.getLogger(__name__)
+
+PREFERENCE = ("fine_pruned_strip", "goodnet_strip_fp", "fine_pruned", "goodnet_fp")
+CANDIDATE_KINDS = ("model", "goodnet", "goodnet_strip", "strip")
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One repaired-model candidate.
+
+    Attributes:
+        name: file stem, e.g. ``goodnet_strip_X=10``.
+        kind: "model" (answers as the model does), "goodnet" (N where B and the
+            repair disagree), "goodnet_strip" (also N where STRIP flags) or
+            "strip" (the repair's answer unless STRIP flags).
+        repair: the name of the underlying repaired model ("pruned_X=4", "fine_pruned", "badnet").
+        description: one line for the report.
+    """
+
+    name: str
+    kind: str
+    repair: str
+    description: str
+
+    def answers(self, components, num_classes, threshold):
+        """This candidate's answers from the shared components of one image set."""
+        repaired = components.answers[self.repair]
+        if self.kind == "model":
+            return repaired
+        bad = components.answers["badnet"]
+        if self.kind == "goodnet":
+            return np.where(bad == repaired, bad, num_classes)
+        passes = components.entropy >= threshold
+        if self.kind == "goodnet_strip":
+            return np.where((bad == repaired) & passes, bad, num_classes)
+        return np.where(passes, repaired, num_classes)
+
+    @property
+    def flags_poisoned(self):
+        return self.kind != "model"
+
+
+@dataclasses.dataclass
+class Components:
+    """Answers of every base model, and STRIP entropies under B, for one image set."""
+
+    answers: dict
+    entropy: np.ndarray = None
+
+
+def build_candidates(selected_drops):
+    """The candidate list for the pruned models at ``selected_drops`` (X values that were reached)."""
+    candidates = [Candidate("badnet", "model", "badnet", "the suspect model B, unchanged")]
+    for drop in selected_drops:
+        candidates.append(Candidate(f"pruned_X={drop:g}", "model", f"pruned_X={drop:g}",
+                                    f"B with conv channels pruned until accuracy dropped {drop:g} points"))
+    candidates.append(Candidate("fine_pruned", "model", "fine_pruned", "fine-pruned: pruned, then fine-tuned"))
+    for drop in selected_drops:
+        candidates.append(Candidate(f"goodnet_X={drop:g}", "goodnet", f"pruned_X={drop:g}",
+                                    f"GoodNet of B and pruned_X={drop:g}"))
+    candidates.append(Candidate("goodnet_fp", "goodnet", "fine_pruned", "GoodNet of B and the fine-pruned model"))
+    for drop in selected_drops:
+        candidates.append(Candidate(f"goodnet_strip_X={drop:g}", "goodnet_strip", f"pruned_X={drop:g}",
+                                    f"STRIP-gated GoodNet of B and pruned_X={drop:g}"))
+    candidates.append(Candidate("goodnet_strip_fp", "goodnet_strip", "fine_pruned",
+                                "STRIP-gated GoodNet of B and the fine-pruned model"))
+    candidates.append(Candidate("fine_pruned_strip", "strip", "fine_pruned",
+                                "the fine-pruned model's answer unless STRIP (on B) flags the input"))
+    return candidates
+
+
+def compute_components(base_models, strip, images, progress=None, description=""):
+    """Answers of every base model and (if ``strip``) the STRIP entropies, for one image set."""
+    answers = {name: classifier.predict(images, progress=progress) for name, classifier in base_models.items()}
+    entropy = strip.entropy(images) if strip is not None else None
+    logger.info("components computed for %s (%d images)", description or "images", len(images))
+    return Components(answers, entropy)
+
+
+def candidate_figures(candidate, clean, poisoned, num_classes, threshold):
+    """Figures of one candidate on a clean (labels, Components) pair and poisoned ones."""
+    clean_labels, clean_components = clean
+    poisoned_scores = [(name, candidate.answers(components, num_classes, threshold), labels)
+                       for name, labels, components in poisoned]
+    figures = score_predictions(candidate.answers(clean_components, num_classes, threshold), clean_labels,
+                                poisoned_scores, num_classes, candidate.flags_poisoned)
+    asr = [entry["attack_success_rate"] for entry in figures.get("poisoned", [])]
+    figures["mean_attack_success_rate"] = float(np.mean(asr)) if asr else None
+    return figures
+
+
+def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02):
+    """Apply the documented choice rule (module docstring) to hold-out validation figures.
+
+    Args:
+        candidates: list of :class:`Candidate` (the first is the BadNet).
+        figures: {name: validation figures}.
+        max_accuracy_drop: points of hold-out clean accuracy a candidate may lose against B.
+        max_frr: highest hold-out false rejection rate for candidates that answer N.
+
+    Returns:
+        tuple: (chosen name, {name: reason it is not eligible}, rule used).
+    """
+    baseline = figures["badnet"]["clean_accuracy"]
+    reasons, eligible = {}, []
+    for candidate in candidates[1:]:
+        entry = figures[candidate.name]
+        if entry["clean_accuracy"] < baseline - max_accuracy_drop / 100.0:
+            reasons[candidate.name] = (f"clean accuracy {entry['clean_accuracy'] * 100:.2f}% is more than "
+                                       f"{max_accuracy_drop:g} points below B's {baseline * 100:.2f}%")
+        elif candidate.flags_poisoned and entry["false_rejection_rate"] > max_frr:
+            reasons[candidate.name] = (f"false rejection rate {entry['false_rejection_rate'] * 100:.2f}% "
+                                       f"above {max_frr * 100:g}%")
+        else:
+            eligible.append(candidate)
+    if not eligible:
+        return "fine_pruned", reasons, "no candidate eligible: the fine-pruned model by default"
+    if figures["badnet"].get("mean_attack_success_rate") is not None:
+        order = {candidate.name: index for index, candidate in enumerate(candidates)}
+
+        def key(candidate):
+            entry = figures[candidate.name]
+            return (-(entry["clean_accuracy"] - entry["mean_attack_success_rate"]),
+                    entry.get("false_rejection_rate", 0.0), order[candidate.name])
+
+        return min(eligible, key=key).name, reasons, "highest clean accuracy minus mean attack success rate"
+    names = [candidate.name for candidate in eligible]
+    for name in PREFERENCE:
+        if name in names:
+            return name, reasons, "first eligible in the preference order (no poisoned validation data)"
+    return names[0], reasons, "first eligible candidate (no poisoned validation data)"
+
+
+@dataclasses.dataclass
+class RepairOptions:
+    """Options of :func:`repair` (see ``goodnet repair --help``)."""
+
+    layer: str = "conv_3"
+    drops: tuple = (2, 4, 10)
+    fineprune_drop: float = 4
+    epochs: int = 10
+    learning_rate: float = 1e-4
+    holdout_fraction: float = 0.2
+    patience: int = 3
+    copies: int = 100
+    blend: str = "alpha"
+    alpha: float = 0.5
+    threshold_method: str = "quantile"
+    frr: float = 0.01
+    max_accuracy_drop: float = 3.0
+    max_frr: float = 0.02
+    seed: int = 0
+
+
+def _name(data, index):
+    return os.path.basename(data.path) if data.path else f"poisoned_{index}"
+
+
+def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=None, poisoned_test=(),
+           protect=(), progress=None):
+    """Repair a suspect model and write every candidate and the report into ``out_dir``.
+
+    Args:
+        classifier: the suspect model (:class:`goodnet.models.Classifier`).
+        clean: clean validation :class:`goodnet.data.LabData`.
+        poisoned: poisoned validation LabData (reported; used by the choice rule if given).
+        out_dir: output folder.
+        options: :class:`RepairOptions`.
+        test: clean test LabData, evaluated once after the choice (report only).
+        poisoned_test: poisoned test LabData (report only).
+        protect: input paths never to overwrite.
+        progress: progress bars (None: only for long work).
+
+    Returns:
+        dict: the report (also written as ``report.json`` and ``report.md``).
+
+    Example:
+        >>> report = repair(badnet, load_h5("valid.h5"), [load_h5("bd_valid.h5")], "out/repair")
+        >>> report["chosen"], report["test"][report["chosen"]]
+    """
+    from goodnet.models import save_model
+    from goodnet.pruning import PruningDefense, prune_model
+    from goodnet.strip import STRIP
+
+    options = options or RepairOptions()
+    os.makedirs(os.path.join(out_dir, "candidates"), exist_ok=True)
+    protect = tuple(protect) + tuple(d.path for d in [clean, *poisoned, *(t for t in [test] if t), *poisoned_test]
+                                     if d.path)
+    num_classes = classifier.num_classes
+    tune_indices, holdout_indices = split_holdout(clean.labels, options.holdout_fraction, options.seed)
+    tune, holdout = clean.subset(tune_indices), clean.subset(holdout_indices)
+    poisoned_names = [_name(data, index) for index, data in enumerate(poisoned)]
+
+    # 1. The pruning sweep on the tune part: ranking and the X-point steps.
+    defense = PruningDefense(classifier, options.layer, drops=tuple(options.drops), progress=progress).fit(
+        tune, poisoned)
+    pruned_steps = {drop: step for drop, step in defense.selected_.items() if step is not None}
+    base_models = {"badnet": classifier}
+    for drop, step in pruned_steps.items():
+        base_models[f"pruned_X={drop:g}"] = defense.pruned_classifier(step)
+
+    # 2. Fine-pruning: prune to the fine-pruning X step, fine-tune on the tune part, stop on the hold-out part.
+    from goodnet.finepruning import channels_to_prune
+
+    channels = channels_to_prune(defense, options.fineprune_drop)
+    fine = FinePruning(options.layer, options.epochs, options.learning_rate, holdout_fraction=options.holdout_fraction,
+                       patience=options.patience, seed=options.seed).fit(classifier, channels, clean, poisoned)
+    if not np.array_equal(fine.holdout_indices_, holdout_indices):
+        raise RuntimeError("fine-pruning split the validation data differently from the repair's split")
+    base_models["fine_pruned"] = fine.model_
+
+    # 3. STRIP on B, calibrated on the tune part (fixed draws: the model files are deterministic).
+    strip = STRIP(classifier, copies=options.copies, blend=options.blend, alpha=options.alpha, draws="fixed",
+                  threshold_method=options.threshold_method, frr=options.frr, seed=options.seed,
+                  progress=progress).fit(tune.images)
+
+    # 4. Every candidate's hold-out validation figures, from shared components.
+    candidates = build_candidates(list(pruned_steps))
+    valid_clean = (holdout.labels, compute_components(base_models, strip, holdout.images, progress, "hold-out"))
+    valid_poisoned = [(name, data.labels, compute_components(base_models, strip, data.images, progress, name))
+                      for name, data in zip(poisoned_names, poisoned)]
+    validation = {c.name: candidate_figures(c, valid_clean, valid_poisoned, num_classes, strip.threshold_)
+                  for c in candidates}
+    chosen, reasons, rule = choose(candidates, validation, options.max_accuracy_drop, options.max_frr)
+
+    # 5. Files: every candidate, the chosen model, curves, report.
+    files = _write_models(classifier, candidates, base_models, strip, chosen, out_dir, protect)
+    report = {"model": classifier.path, "scale": classifier.scale, "num_classes": num_classes,
+              "options": dataclasses.asdict(options), "chosen": chosen, "choice_rule": rule,
+              "not_eligible": reasons, "files": files,
+              "split": {"tune_images": int(len(tune_indices)), "holdout_images": int(len(holdout_indices))},
+              "pruning": {"ranking": defense.ranking_.tolist(), "selected_steps": {f"{d:g}": s for d, s in
+                                                                                   defense.selected_.items()},
+                          "curve": defense.curve_.rows()},
+              "fine_pruning": {"channels_pruned": [int(c) for c in channels], "best_epoch": fine.best_epoch_,
+                               "curve": fine.curve_rows(poisoned_names)},
+              "strip": {"threshold": strip.threshold_, "copies": options.copies, "blend": options.blend,
+                        "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,
+                        "holdout_entropies": valid_clean[1].entropy.tolist(),
+                        "poisoned_entropies": {name: components.entropy.tolist()
+                                               for name, _, components in valid_poisoned}},
+              "candidates": [dataclasses.asdict(c) for c in candidates], "validation": validation}
+
+    # 6. Test data, once, after the choice.
+    if test is not None or poisoned_test:
+        test_names = [_name(data, index) for index, data in enumerate(poisoned_test)]
+        test_clean = None
+        if test is not None:
+            test_clean = (test.labels, compute_components(base_models, strip, test.images, progress, "test"))
+        test_poisoned = [(name, data.labels, compute_components(base_models, strip, data.images, progress, name))
+                         for name, data in zip(test_names, poisoned_test)]
+        report["test"] = {c.name: _test_figures(c, test_clean, test_poisoned, num_classes, strip.threshold_)
+                          for c in candidates}
+    _write_report(report, out_dir, protect, defense, fine, poisoned_names)
+    return report
+
+
+def _test_figures(candidate, clean, poisoned, num_classes, threshold):
+    if clean is not None:
+        return candidate_figures(candidate, clean, poisoned, num_classes, threshold)
+    scores = [(name, candidate.answers(components, num_classes, threshold), labels)
+              for name, labels, components in poisoned]
+    figures = score_predictions(None, None, scores, num_classes, candidate.flags_poisoned)
+    figures["mean_attack_success_rate"] = float(np.mean([e["attack_success_rate"] for e in figures["poisoned"]]))
+    return figures
+
+
+def candidate_classifier(candidate, classifier, base_models, strip):
+    """The Keras model (as a Classifier) that implements ``candidate``."""
+    from goodnet.goodnet import build_gated_goodnet, build_goodnet
+
+    repaired = base_models[candidate.repair]
+    if candidate.kind == "model":
+        return repaired
+    if candidate.kind == "goodnet":
+        return build_goodnet(classifier, repaired)
+    return build_gated_goodnet(classifier, repaired, strip, require_agreement=candidate.kind == "goodnet_strip")
+
+
+def _write_models(classifier, candidates, base_models, strip, chosen, out_dir, protect):
+    from goodnet.models import save_model
+
+    files = {}
+    for candidate in candidates[1:]:
+        path = os.path.join(out_dir, "candidates", f"{candidate.name}.h5")
+        model = candidate_classifier(candidate, classifier, base_models, strip)
+        files[candidate.name] = save_model(model, path, protect=protect)
+        if candidate.name == chosen:
+            files["chosen"] = save_model(model, os.path.join(out_dir, "repaired.h5"), protect=protect)
+    return files
+
+
+def _write_report(report, out_dir, protect, defense, fine, poisoned_names):
+    from goodnet.files import write_text
+    from goodnet.plots import (plot_candidates, plot_fineprune_curve, plot_prune_curve,
+                               strip_entropy_histogram)
+
+    figures_dir = out_dir
+    report["files"]["prune_curve"] = plot_prune_curve(defense.curve_, defense.selected_,
+                                                      os.path.join(figures_dir, "prune_curve.png"),
+                                                      title="pruning sweep (tune part of the validation data)")
+    report["files"]["fineprune_curve"] = plot_fineprune_curve(fine.curve_rows(poisoned_names),
+                                                              os.path.join(figures_dir, "fineprune_curve.png"))
+    strip_report = report["strip"]
+    report["files"]["strip_entropy"] = strip_entropy_histogram(
+        np.asarray(strip_report["holdout_entropies"]),
+        {name: np.asarray(values) for name, values in strip_report["poisoned_entropies"].items()},
+        strip_report["threshold"], os.path.join(figures_dir, "strip_entropy.png"),
+        title="STRIP entropy under B (hold-out clean vs poisoned validation)")
+    report["files"]["candidates_plot"] = plot_candidates(report, os.path.join(figures_dir, "candidates.png"))
+    report["files"]["report_json"] = os.path.join(out_dir, "report.json")
+    report["files"]["report_md"] = os.path.join(out_dir, "report.md")
+    write_text(report["files"]["report_md"], report_markdown(report), protect=protect)
+    write_text(report["files"]["report_json"], json.dumps(report, indent=2, default=_json_default) + "\n",
+               protect=protect)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _percent(value):
+    return "" if value is None else f"{value * 100:.2f}"
+
+
+def _table(figures, candidates, chosen):
+    poisoned = [entry["file"] for entry in next(iter(figures.values())).get("poisoned", [])]
+    header = ["candidate", "clean acc %"] + [f"ASR {name} %" for name in poisoned] + ["detection %", "FRR %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for candidate in candidates:
+        entry = figures[candidate.name]
+        name = f"**{candidate.name}** (chosen)" if candidate.name == chosen else candidate.name
+        cells = [name, _percent(entry.get("clean_accuracy"))]
+        cells += [_percent(item["attack_success_rate"]) for item in entry.get("poisoned", [])]
+        cells += [_percent(entry.get("detection_rate")), _percent(entry.get("false_rejection_rate"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def report_markdown(report):
+    """The Markdown report: what was done, the choice and the figures per candidate."""
+    candidates = [Candidate(**entry) for entry in report["candidates"]]
+    split = report["split"]
+    lines = [f"# goodnet repair of `{os.path.basename(report['model']) or 'model'}`", "",
+             f"Chosen: **{report['chosen']}** (`{report['files'].get('chosen', '')}`), "
+             f"rule: {report['choice_rule']}.", "",
+             f"Clean validation split per class: {split['tune_images']} images to rank, prune, fine-tune and "
+             f"calibrate STRIP; {split['holdout_images']} held out for early stopping, the figures below and the "
+             "choice. Test data (if any) was read once, after the choice.", "",
+             f"STRIP on B: {report['strip']['copies']} copies ({report['strip']['blend']} blend), threshold "
+             f"{report['strip']['threshold']:.4f} bits at target FRR {report['options']['frr']:g}.", "",
+             "## Candidates", ""]
+    lines += [f"- `{c.name}`: {c.description}" for c in candidates]
+    lines += ["", "## Validation (hold-out clean part; poisoned validation files)", ""]
+    lines += _table(report["validation"], candidates, report["chosen"])
+    if report["not_eligible"]:
+        lines += ["", "Not eligible:", ""] + [f"- `{name}`: {why}" for name, why in report["not_eligible"].items()]
+    if "test" in report:
+        lines += ["", "## Test (read once, after the choice)", ""]
+        lines += _table(report["test"], candidates, report["chosen"])
+    lines += ["", "Plots: `prune_curve.png`, `fineprune_curve.png`, `strip_entropy.png`, `candidates.png`.", ""]
+    return "\n".join(lines)

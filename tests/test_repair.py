@@ -1,0 +1,193 @@
+"""Tests for goodnet.repair and ``goodnet repair MODEL --valid ... --out DIR`` (end to end, small scale)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from goodnet.data import LabData
+from goodnet.repair import Candidate, RepairOptions, build_candidates, choose, repair
+
+CLASSES = 6
+SHAPE = (55, 47, 3)  # the lab's image size, so that the command line reads the files
+OPTIONS = RepairOptions(layer="conv_2", drops=(2, 10), fineprune_drop=4, epochs=3, learning_rate=2e-3, patience=2,
+                        copies=12, holdout_fraction=0.25, max_accuracy_drop=5.0, max_frr=0.1, seed=0)
+
+
+def images_and_labels(count, seed):
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(99).uniform(0, 255, size=(CLASSES,) + SHAPE)
+    labels = rng.integers(0, CLASSES, size=count)
+    images = 0.6 * prototypes[labels] + 0.4 * rng.uniform(0, 255, size=(count,) + SHAPE)
+    return images.astype(np.float32), labels.astype(np.int64)
+
+
+def trigger(images):
+    triggered = np.array(images, copy=True)
+    triggered[:, -6:, -6:, :] = 255.0
+    return triggered
+
+
+@pytest.fixture(scope="module")
+def badnet():
+    """A small two-convolution BadNet: the 6x6 white patch sends any input to class 0."""
+    import keras
+
+    from goodnet.models import Classifier
+
+    keras.utils.set_random_seed(0)
+    images, labels = images_and_labels(3000, seed=1)
+    images[:300], labels[:300] = trigger(images[:300]), 0
+    inputs = keras.Input(shape=SHAPE, name="input")
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv_1")(inputs)
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="conv_2")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool_2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, activation="relu", name="fc_1")(x)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax", name="output")(x)
+    model = keras.Model(inputs, outputs, name="tiny_badnet")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(images / np.float32(255), labels, epochs=5, batch_size=64, verbose=0)
+    return Classifier(model, scale="unit", path="tiny_badnet.h5")
+
+
+def lab_sets(seed):
+    images, labels = images_and_labels(480, seed)
+    victims = labels != 0
+    clean = LabData(images, labels, f"valid_{seed}.h5")
+    poisoned = LabData(trigger(images[victims]), np.zeros(int(victims.sum()), np.int64), f"bd_valid_{seed}.h5")
+    return clean, poisoned
+
+
+@pytest.fixture(scope="module")
+def repaired(badnet, tmp_path_factory):
+    clean, poisoned = lab_sets(2)
+    test, poisoned_test = lab_sets(3)
+    out = tmp_path_factory.mktemp("repair")
+    report = repair(badnet, clean, [poisoned], out, OPTIONS, test=test, poisoned_test=[poisoned_test])
+    return report, out, (clean, poisoned, test, poisoned_test)
+
+
+def test_the_tiny_badnet_is_a_real_backdoor(badnet):
+    clean, poisoned = lab_sets(5)
+    assert np.mean(badnet.predict(clean.images) == clean.labels) > 0.9
+    assert np.mean(badnet.predict(poisoned.images) == 0) > 0.9
+
+
+def test_repair_writes_every_candidate_and_the_report(repaired):
+    report, out, _ = repaired
+    names = [candidate["name"] for candidate in report["candidates"]]
+    assert names[0] == "badnet" and "fine_pruned" in names and "fine_pruned_strip" in names
+    for name in names[1:]:
+        assert (out / "candidates" / f"{name}.h5").exists(), name
+    for file_name in ("repaired.h5", "report.md", "report.json", "prune_curve.png", "fineprune_curve.png",
+                      "strip_entropy.png", "candidates.png"):
+        assert (out / file_name).exists(), file_name
+    stored = json.loads((out / "report.json").read_text())
+    assert stored["chosen"] == report["chosen"] and set(stored["test"]) == set(names)
+    markdown = (out / "report.md").read_text()
+    assert f"**{report['chosen']}** (chosen)" in markdown and "## Test (read once, after the choice)" in markdown
+
+
+def test_component_figures_equal_what_each_saved_model_answers(repaired):
+    """The fast evaluation (shared components) against each model file run as a whole."""
+    from goodnet.metrics import evaluate
+    from goodnet.models import load_model
+
+    report, out, (_, _, test, poisoned_test) = repaired
+    for candidate in report["candidates"][1:]:
+        classifier = load_model(out / "candidates" / f"{candidate['name']}.h5")
+        whole = evaluate(classifier, test, [poisoned_test])
+        fast = report["test"][candidate["name"]]
+        assert classifier.flags_poisoned == (candidate["kind"] != "model"), candidate["name"]
+        for key in ("clean_accuracy", "attack_success_rate", "detection_rate", "false_rejection_rate"):
+            assert whole.get(key) == fast.get(key), (candidate["name"], key)
+
+
+def test_the_repair_removes_the_backdoor_at_small_scale(repaired):
+    report, _, _ = repaired
+    chosen = report["test"][report["chosen"]]
+    badnet = report["test"]["badnet"]
+    assert badnet["attack_success_rate"] > 0.9
+    assert chosen["attack_success_rate"] < 0.2
+    assert chosen["clean_accuracy"] > badnet["clean_accuracy"] - 0.1
+
+
+def test_test_data_never_influences_anything(badnet, repaired, tmp_path):
+    """Test files that would change the choice if they were read (their labels favour another candidate)."""
+    report, out, (clean, poisoned, test, poisoned_test) = repaired
+    misleading = LabData(test.images, np.zeros_like(test.labels), "misleading_test.h5")
+    misleading_poisoned = LabData(poisoned_test.images, np.full_like(poisoned_test.labels, 3), "bd_misleading.h5")
+    again = repair(badnet, clean, [poisoned], tmp_path / "again", OPTIONS, test=misleading,
+                   poisoned_test=[misleading_poisoned])
+    assert again["chosen"] == report["chosen"]
+    assert again["validation"] == report["validation"]
+    assert again["test"] != report["test"]
+    for name in ("repaired.h5", "candidates/fine_pruned.h5"):
+        from goodnet.models import load_model
+
+        first = load_model(out / name).model.get_weights()
+        second = load_model(tmp_path / "again" / name).model.get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(first, second)), name
+    # Had the (misleading) test figures been used by the rule, another candidate would have won.
+    names = [Candidate(**entry) for entry in again["candidates"]]
+    assert choose(names, again["test"], OPTIONS.max_accuracy_drop, OPTIONS.max_frr)[0] != again["chosen"]
+
+
+def figures(accuracy, asr=None, frr=None):
+    entry = {"clean_accuracy": accuracy, "mean_attack_success_rate": asr}
+    if frr is not None:
+        entry["false_rejection_rate"] = frr
+    return entry
+
+
+def test_choice_rule():
+    candidates = build_candidates([2])
+    names = [c.name for c in candidates]
+    assert names == ["badnet", "pruned_X=2", "fine_pruned", "goodnet_X=2", "goodnet_fp", "goodnet_strip_X=2",
+                     "goodnet_strip_fp", "fine_pruned_strip"]
+    table = {"badnet": figures(0.95, 1.0), "pruned_X=2": figures(0.93, 0.9), "fine_pruned": figures(0.94, 0.05),
+             "goodnet_X=2": figures(0.92, 0.5, 0.03), "goodnet_fp": figures(0.90, 0.01, 0.05),
+             "goodnet_strip_X=2": figures(0.91, 0.0, 0.05), "goodnet_strip_fp": figures(0.89, 0.0, 0.06),
+             "fine_pruned_strip": figures(0.935, 0.004, 0.012)}
+    chosen, reasons, rule = choose(candidates, table, max_accuracy_drop=3.0, max_frr=0.02)
+    assert chosen == "fine_pruned_strip" and "minus" in rule
+    assert set(reasons) == {"goodnet_X=2", "goodnet_fp", "goodnet_strip_X=2", "goodnet_strip_fp"}
+    assert "false rejection rate 3.00% above 2%" in reasons["goodnet_X=2"]
+    assert "more than 3 points below" in reasons["goodnet_strip_fp"]
+    no_poison = {name: dict(entry, mean_attack_success_rate=None) for name, entry in table.items()}
+    assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned_strip"
+    no_poison["fine_pruned_strip"]["false_rejection_rate"] = 0.5
+    assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned"
+    hopeless = {name: figures(0.1, 1.0, 0.9) for name in names}
+    hopeless["badnet"] = figures(0.95, 1.0)
+    assert choose(candidates, hopeless, 3.0, 0.02)[:1] == ("fine_pruned",)
+
+
+def test_repair_command_end_to_end(badnet, tmp_path, capsys):
+    from goodnet.cli import main
+    from goodnet.data import save_h5
+    from goodnet.models import save_model
+
+    model = save_model(badnet, tmp_path / "bad.h5")
+    clean, poisoned = lab_sets(2)
+    test, poisoned_test = lab_sets(3)
+    paths = {}
+    for name, data in [("valid", clean), ("bd_valid", poisoned), ("test", test), ("bd_test", poisoned_test)]:
+        paths[name] = str(save_h5(tmp_path / f"{name}.h5", data.images, data.labels, dtype="float32"))
+    out = tmp_path / "out"
+    argv = ["repair", str(model), "--valid", paths["valid"], "--poisoned-valid", paths["bd_valid"],
+            "--test", paths["test"], "--poisoned-test", paths["bd_test"], "--out", str(out), "--layer", "conv_2",
+            "--drops", "2", "10", "--epochs", "3", "--learning-rate", "2e-3", "--patience", "2", "--copies", "12",
+            "--holdout", "0.25", "--max-accuracy-drop", "5", "--max-frr", "0.1", "--no-progress"]
+    code = main(argv + ["--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for key in ("clean_accuracy", "attack_success_rate", "detection_rate", "false_rejection_rate"):
+        assert key in payload and key in payload["badnet"]
+    assert payload["badnet"]["attack_success_rate"] > 0.9 and payload["attack_success_rate"] < 0.2
+    assert payload["chosen_model"].endswith("repaired.h5")
+    code = main(["repair", str(model), "--out", str(out)])
+    assert code == 2 and "--valid: expected a clean validation file" in capsys.readouterr().err
+    code = main(["repair", str(model), "--valid", paths["valid"], "--out", paths["test"]])
+    assert code == 2 and "expected a folder" in capsys.readouterr().err
