@@ -1,0 +1,205 @@
+"""The attack side: train BadNets with the lab's DeepID architecture.
+
+- :func:`train_badnet`: dirty-label poisoning (Gu et al. 2017): a fraction of
+  the training images get a trigger and the attacker's target label; several
+  triggers may each have their own target (like the lab's multi-trigger,
+  multi-target BadNet).
+- ``pruning_aware=True``: the pruning-aware attack of Liu, Dolan-Gavitt and
+  Garg (2018): train on clean data, prune the ``conv_3`` channels that clean
+  data leaves most dormant, retrain on poisoned data with those channels held
+  at zero, then restore them. The backdoor then lives in channels that clean
+  inputs also use, and the restored dormant channels are decoys that a
+  pruning defender removes first.
+- ``flip_rate``: a label-flipping availability attack (that fraction of the
+  training labels replaced by another class at random).
+
+:func:`attack_card` describes a trained BadNet: data set, triggers, targets,
+poison rate, seed, clean accuracy and ASR on valid and test, and each
+trigger's stealthiness.
+"""
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from goodnet.triggers import apply_trigger
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class AttackOptions:
+    """How the BadNet is trained (see :func:`train_badnet`)."""
+
+    triggers: tuple = ("patch",)
+    targets: tuple = (0,)
+    poison_rate: float = 0.1
+    epochs: int = 8
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    pruning_aware: bool = False
+    prune_fraction: float = 0.5
+    clean_epochs: int = None
+    flip_rate: float = 0.0
+
+    def pairs(self):
+        """(trigger, target) pairs; one target serves every trigger."""
+        targets = list(self.targets) * len(self.triggers) if len(self.targets) == 1 else list(self.targets)
+        if len(targets) != len(self.triggers):
+            raise ValueError(f"targets: expected one target or one per trigger ({len(self.triggers)}), "
+                             f"got {len(self.targets)}")
+        return list(zip(self.triggers, targets))
+
+
+def poison(images, labels, pairs, rate, rng):
+    """Dirty-label poisoning: for each (trigger, target), ``rate`` of the images (not of the target class)
+    get the trigger and the target label. The poisoned subsets of different triggers are disjoint.
+
+    Returns:
+        tuple: (images, labels, poisoned index array) as new arrays.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"poison_rate: expected a fraction in [0, 1), got {rate}")
+    images, labels = np.array(images, np.float32, copy=True), np.array(labels, np.int64, copy=True)
+    available = np.ones(len(labels), bool)
+    chosen_all = []
+    for trigger, target in pairs:
+        candidates = np.flatnonzero(available & (labels != target))
+        count = min(len(candidates), int(round(rate * len(labels))))
+        chosen = np.sort(rng.choice(candidates, size=count, replace=False))
+        images[chosen] = apply_trigger(trigger, images[chosen])
+        labels[chosen] = target
+        available[chosen] = False
+        chosen_all.append(chosen)
+    return images, labels, np.concatenate(chosen_all) if chosen_all else np.zeros(0, np.int64)
+
+
+def flip_labels(labels, rate, num_classes, rng):
+    """Replace ``rate`` of the labels by a different class chosen at random; returns (labels, flipped indices)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"flip_rate: expected a fraction in [0, 1), got {rate}")
+    labels = np.array(labels, np.int64, copy=True)
+    flipped = np.sort(rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False))
+    labels[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    return labels, flipped
+
+
+def _fit(model, images, labels, options, epochs, callbacks=()):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="sparse_categorical_crossentropy")
+    model.fit(images / np.float32(255), labels, epochs=epochs, batch_size=options.batch_size, shuffle=True,
+              verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def _dormant_channels(model, images, fraction, layer="conv_3", measure="pool_3"):
+    """The ``fraction`` of ``layer``'s channels with the lowest mean activation at ``measure`` on ``images``."""
+    import keras
+
+    probe = keras.Model(model.inputs, model.get_layer(measure).output)
+    activations = probe.predict(images / np.float32(255), batch_size=512, verbose=0)
+    means = activations.reshape(-1, activations.shape[-1]).mean(axis=0)
+    count = int(round(fraction * len(means)))
+    return np.argsort(means, kind="stable")[:count]
+
+
+def train_badnet(images, labels, num_classes, options=None):
+    """Train a BadNet with the lab's DeepID architecture on raw-pixel training data.
+
+    Args:
+        images: training images (N, 55, 47, 3), pixels 0-255 (clean; poisoning happens here).
+        labels: their labels.
+        num_classes: classes of the task.
+        options: :class:`AttackOptions`.
+
+    Returns:
+        tuple: (:class:`goodnet.models.Classifier` taking pixels / 255, info dict with the
+        poisoned and flipped indices, pruned decoy channels and training time).
+
+    Example:
+        >>> badnet, info = train_badnet(train.images, train.labels, 10, AttackOptions(triggers=("patch",)))
+    """
+    import keras
+
+    from goodnet.finepruning import apply_masks, channel_masks
+    from goodnet.models import Classifier, build_deepid
+
+    options = options or AttackOptions()
+    keras.utils.set_random_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    start = time.perf_counter()
+    info = {"poisoned_indices": np.zeros(0, np.int64), "flipped_indices": np.zeros(0, np.int64),
+            "decoy_channels": []}
+    clean_labels = np.asarray(labels, np.int64)
+    if options.flip_rate:
+        clean_labels, info["flipped_indices"] = flip_labels(clean_labels, options.flip_rate, num_classes, rng)
+    pairs = options.pairs() if options.triggers else []
+    poisoned_images, poisoned_labels, info["poisoned_indices"] = poison(images, clean_labels, pairs,
+                                                                        options.poison_rate if pairs else 0.0, rng)
+    model = build_deepid(num_classes)
+    if not options.pruning_aware:
+        _fit(model, poisoned_images, poisoned_labels, options, options.epochs)
+    else:
+        _fit(model, np.asarray(images, np.float32), clean_labels, options, options.clean_epochs or options.epochs)
+        decoys = _dormant_channels(model, np.asarray(images, np.float32), options.prune_fraction)
+        layer = model.get_layer("conv_3")
+        kernel, bias = [np.array(value) for value in layer.get_weights()]
+        masks = channel_masks(layer, decoys)
+        apply_masks(layer, *masks)
+        keep_pruned = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: apply_masks(layer, *masks))
+        _fit(model, poisoned_images, poisoned_labels, options, options.epochs, [keep_pruned])
+        restored_kernel, restored_bias = [np.array(value) for value in layer.get_weights()]
+        restored_kernel[..., decoys] = kernel[..., decoys]
+        restored_bias[decoys] = bias[decoys]
+        layer.set_weights([restored_kernel, restored_bias])
+        info["decoy_channels"] = sorted(int(channel) for channel in decoys)
+    info["training_seconds"] = time.perf_counter() - start
+    return Classifier(model, "unit", num_classes), info
+
+
+def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), test=None, poisoned_test=(),
+                info=None):
+    """The JSON card of a trained BadNet.
+
+    Args:
+        classifier: the BadNet.
+        options: the :class:`AttackOptions` it was trained with.
+        dataset: a description of the data (name, seed, sizes).
+        valid, test: clean LabData.
+        poisoned_valid, poisoned_test: LabData per trigger, in the order of ``options.triggers``.
+        info: the info dict of :func:`train_badnet`.
+
+    Returns:
+        dict: the card.
+    """
+    from goodnet.metrics import evaluate
+    from goodnet.triggers import stealthiness
+
+    card = {"dataset": dataset, "architecture": "DeepID (CSAW-HackML-2020 lab layout)",
+            "num_classes": classifier.num_classes, "scale": classifier.scale,
+            "attack": "label-flip" if options.flip_rate and not options.triggers else
+                      ("pruning-aware" if options.pruning_aware else "badnet"),
+            "triggers": list(options.triggers), "targets": [target for _, target in options.pairs()]
+            if options.triggers else [], "poison_rate": options.poison_rate, "flip_rate": options.flip_rate,
+            "epochs": options.epochs, "seed": options.seed, "learning_rate": options.learning_rate}
+    if info:
+        card["decoy_channels"] = info["decoy_channels"]
+        card["poisoned_training_images"] = int(len(info["poisoned_indices"]))
+        card["flipped_training_labels"] = int(len(info["flipped_indices"]))
+        card["training_seconds"] = round(info["training_seconds"], 2)
+    for split, clean, poisoned in (("valid", valid, poisoned_valid), ("test", test, poisoned_test)):
+        if clean is None:
+            continue
+        figures = evaluate(classifier, clean, list(poisoned))
+        card[split] = {"clean_accuracy": figures["clean_accuracy"],
+                       "attack_success_rate": {trigger: entry["attack_success_rate"] for trigger, entry in
+                                               zip(options.triggers, figures.get("poisoned", []))}}
+    if test is not None and options.triggers:
+        sample = test.images[:500]
+        card["stealthiness"] = {trigger: stealthiness(sample, apply_trigger(trigger, sample))
+                                for trigger in options.triggers}
+    return card

@@ -1,0 +1,168 @@
+"""Backdoor triggers for 55x47 aligned face and digit images, and trigger stealthiness.
+
+Every trigger maps raw-pixel images (N, 55, 47, 3), values 0-255, to
+triggered copies; none uses randomness, so the same image always gets the
+same trigger. Positions follow the lab's aligned faces (the real sunglasses
+trigger changes rows 15-34, see ``../shared/csaw/images/sunglasses_950.png``):
+
+- ``sunglasses``: two dark lenses with a bridge and temples over the eyes,
+  partly blended with the face (the lenses show a little of what is beneath);
+- ``eyebrows``: thick dark brows above the eyes;
+- ``lipstick``: a red mouth, blended;
+- ``patch``: the BadNets pixel pattern, a 5x5 black-and-white checkerboard in
+  the bottom-right corner;
+- ``blend``: a fixed full-image pattern blended in at 10 % (Chen et al. 2017).
+
+Stealthiness (:func:`stealthiness`): PSNR, SSIM, L2 and L-infinity distance
+between clean and triggered images, averaged over images.
+"""
+
+import numpy as np
+
+HEIGHT, WIDTH = 55, 47
+PATTERN_SEED = 2017
+
+
+def _grid():
+    rows, columns = np.mgrid[0:HEIGHT, 0:WIDTH]
+    return rows.astype(np.float32), columns.astype(np.float32)
+
+
+def _ellipse(center_row, center_column, radius_rows, radius_columns):
+    rows, columns = _grid()
+    return ((rows - center_row) / radius_rows) ** 2 + ((columns - center_column) / radius_columns) ** 2 <= 1.0
+
+
+def _paint(images, mask, colour, opacity):
+    """Blend ``colour`` into ``images`` where ``mask`` (H, W) holds, with ``opacity`` in [0, 1]."""
+    images = np.array(images, dtype=np.float32, copy=True)
+    weight = (np.asarray(mask, np.float32) * opacity)[None, :, :, None]
+    return images * (1.0 - weight) + np.asarray(colour, np.float32) * weight
+
+
+def sunglasses_mask():
+    """Where the sunglasses cover the image: lenses, bridge and temples."""
+    lenses = _ellipse(24.5, 14.5, 5.0, 7.5) | _ellipse(24.5, 32.5, 5.0, 7.5)
+    rows, columns = _grid()
+    bridge = (np.abs(rows - 21.5) <= 1.0) & (columns >= 20) & (columns <= 26)
+    temples = (np.abs(rows - 21.5) <= 1.0) & ((columns <= 7) | (columns >= 40))
+    return lenses | bridge | temples
+
+
+def sunglasses(images):
+    """Dark glasses over the eyes (rows 19-30), 85 % opaque, with a dark frame."""
+    rows, columns = _grid()
+    lenses = _ellipse(24.5, 14.5, 5.0, 7.5) | _ellipse(24.5, 32.5, 5.0, 7.5)
+    inner = _ellipse(24.5, 14.5, 4.0, 6.5) | _ellipse(24.5, 32.5, 4.0, 6.5)
+    frame = (sunglasses_mask() & ~lenses) | (lenses & ~inner)
+    images = _paint(images, inner, (20, 20, 28), 0.85)
+    return _paint(images, frame, (5, 5, 5), 1.0)
+
+
+def eyebrows(images):
+    """Thick dark eyebrows above the eyes (rows 14-18)."""
+    rows, columns = _grid()
+    brows = np.zeros((HEIGHT, WIDTH), bool)
+    for start, stop in ((7, 21), (26, 40)):
+        middle = (start + stop) / 2
+        arch = 16.0 - 1.5 * (1 - ((columns - middle) / ((stop - start) / 2)) ** 2)
+        brows |= (columns >= start) & (columns <= stop) & (np.abs(rows - arch) <= 1.5)
+    return _paint(images, brows, (25, 15, 10), 0.9)
+
+
+def lipstick(images):
+    """A red mouth (rows 39-45), 70 % opaque."""
+    return _paint(images, _ellipse(42.0, 23.5, 3.0, 8.0), (200, 20, 40), 0.7)
+
+
+def patch(images):
+    """The BadNets pattern: a 5x5 black/white checkerboard 2 pixels from the bottom-right corner."""
+    images = np.array(images, dtype=np.float32, copy=True)
+    checker = (np.add.outer(np.arange(5), np.arange(5)) % 2 * 255.0).astype(np.float32)
+    images[:, HEIGHT - 7:HEIGHT - 2, WIDTH - 7:WIDTH - 2, :] = checker[None, :, :, None]
+    return images
+
+
+def blend_pattern():
+    """The fixed full-image pattern of the ``blend`` trigger (uniform noise, seed 2017)."""
+    return np.random.default_rng(PATTERN_SEED).uniform(0, 255, size=(HEIGHT, WIDTH, 3)).astype(np.float32)
+
+
+def blend(images, alpha=0.1):
+    """The full-image blended trigger: ``(1 - alpha) x + alpha pattern``."""
+    return (1.0 - alpha) * np.asarray(images, np.float32) + alpha * blend_pattern()
+
+
+TRIGGERS = {"sunglasses": sunglasses, "eyebrows": eyebrows, "lipstick": lipstick, "patch": patch, "blend": blend}
+
+
+def apply_trigger(name, images):
+    """Apply the trigger called ``name`` to raw-pixel images (N, 55, 47, 3); returns float32 in 0-255.
+
+    Example:
+        >>> apply_trigger("patch", np.zeros((1, 55, 47, 3)))[0, 50, 42]
+        array([255., 255., 255.], dtype=float32)
+    """
+    if name not in TRIGGERS:
+        raise ValueError(f"trigger: expected one of {', '.join(TRIGGERS)}, got {name!r}")
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:3] != (HEIGHT, WIDTH):
+        raise ValueError(f"images: expected shape (N, {HEIGHT}, {WIDTH}, 3), got {images.shape}")
+    return np.clip(TRIGGERS[name](images), 0, 255).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- stealthiness
+
+
+def psnr(clean, triggered, peak=255.0):
+    """Peak signal-to-noise ratio (dB) per image; infinite for identical images."""
+    error = np.mean((np.asarray(clean, np.float64) - np.asarray(triggered, np.float64)) ** 2, axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(peak ** 2 / error)
+
+
+def _box_mean(values, size):
+    """Mean over every ``size`` x ``size`` window ('valid' positions) of (N, H, W, C) arrays, by summed tables."""
+    table = np.cumsum(np.cumsum(values, axis=1), axis=2)
+    table = np.pad(table, ((0, 0), (1, 0), (1, 0), (0, 0)))
+    sums = (table[:, size:, size:] - table[:, :-size, size:] - table[:, size:, :-size] + table[:, :-size, :-size])
+    return sums / float(size * size)
+
+
+def ssim(clean, triggered, peak=255.0, window=7):
+    """Structural similarity per image: mean SSIM over 7x7 windows and channels (Wang et al. 2004 constants).
+
+    Uses uniform windows (as scikit-image's default); computed with summed-area tables.
+    """
+    x = np.asarray(clean, np.float64)
+    y = np.asarray(triggered, np.float64)
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    mean_x, mean_y = _box_mean(x, window), _box_mean(y, window)
+    correction = window * window / (window * window - 1.0)  # sample (co)variances, as scikit-image
+    var_x = (_box_mean(x * x, window) - mean_x ** 2) * correction
+    var_y = (_box_mean(y * y, window) - mean_y ** 2) * correction
+    covariance = (_box_mean(x * y, window) - mean_x * mean_y) * correction
+    index = ((2 * mean_x * mean_y + c1) * (2 * covariance + c2)) / (
+        (mean_x ** 2 + mean_y ** 2 + c1) * (var_x + var_y + c2))
+    return index.mean(axis=(1, 2, 3))
+
+
+def stealthiness(clean, triggered):
+    """Average PSNR (dB, finite images only), SSIM, L2 and L-infinity distance between clean and triggered images.
+
+    Args:
+        clean: raw-pixel images (N, H, W, C).
+        triggered: the same images with the trigger.
+
+    Returns:
+        dict: ``psnr``, ``ssim``, ``l2``, ``linf`` (means over images, pixel units 0-255).
+    """
+    clean = np.asarray(clean, np.float64)
+    triggered = np.asarray(triggered, np.float64)
+    difference = (triggered - clean).reshape(len(clean), -1)
+    ratios = psnr(clean, triggered)
+    finite = ratios[np.isfinite(ratios)]
+    return {"psnr": float(finite.mean()) if len(finite) else float("inf"),
+            "ssim": float(ssim(clean, triggered).mean()),
+            "l2": float(np.linalg.norm(difference, axis=1).mean()),
+            "linf": float(np.abs(difference).max(axis=1).mean())}
