@@ -11,7 +11,12 @@ paper) or an empirical quantile. Inputs below the threshold are flagged.
 
 Speed: all copies of a chunk of inputs are built, run through the compiled
 network and reduced to entropies in one TensorFlow call; the chunk holds as many
-inputs as fit in ``memory_mb``. There is no per-input Python loop.
+inputs as fit in ``memory_mb``. There is no per-input Python loop. For the
+alpha blend, when the network starts with a convolution, the blend is done on
+that convolution's pre-activations (linear, so equal up to float rounding):
+conv_1 runs once per input and once per bank image instead of once per copy.
+The optional early stopping decides clear-cut inputs after a fraction of the
+copies (see :meth:`STRIP.predict_trojaned`).
 
 Note: ART's STRIP (``art.defences.transformer.poisoning.STRIP``) takes the
 entropy along the wrong axis (over the copies instead of over the classes);
@@ -30,6 +35,7 @@ logger = logging.getLogger(__name__)
 BLENDS = ("add", "alpha")
 DRAWS = ("random", "fixed")
 THRESHOLD_METHODS = ("normal", "quantile")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def entropy_reference(probabilities):
@@ -50,6 +56,40 @@ def bytes_per_image(model):
         except (AttributeError, ValueError, TypeError):
             continue
     return 4 * values
+
+
+def _pre_activation(conv, images):
+    """A Conv2D layer's output before its activation (convolution plus bias)."""
+    import keras
+
+    pre = conv.convolution_op(images, conv.kernel)
+    if conv.use_bias:
+        pre = pre + keras.ops.reshape(conv.bias, (1,) * (len(pre.shape) - 1) + (-1,))
+    return pre
+
+
+def bfloat16_copy(model):
+    """A copy of a Keras model computing in bfloat16, except the layers giving its outputs (float32).
+
+    Args:
+        model: a functional or sequential Keras model.
+
+    Returns:
+        keras.Model with the same weights (rounded to bfloat16).
+    """
+    import keras
+
+    output_ids = {id(tensor) for tensor in model.outputs}
+
+    def clone(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer) and id(layer.output) not in output_ids:
+            config["dtype"] = "bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _images(images, name="images"):
@@ -80,12 +120,24 @@ class STRIP:
             bank is given (default: half of them, at most 1000, at least ``copies``).
         seed: seed of the bank split and of the draws.
         memory_mb: memory budget of one network call (sets the chunk size).
-        early_stop: in :meth:`predict_trojaned`, decide inputs after
-            ``early_copies`` copies when their mean entropy is more than
-            ``early_z`` standard errors from the threshold (optional, off by default).
-        early_copies: copies of the first stage of early stopping.
+        early_stop: in :meth:`predict_trojaned`, also decide an input as soon as
+            its running mean entropy is more than ``early_z`` standard errors
+            from the threshold (optional, off by default: it can change a few
+            decisions; see :meth:`predict_trojaned`).
+        early_copies: copies per stage of :meth:`predict_trojaned` (10: stages 10, 20, ..., N).
         early_z: the decision margin in standard errors.
-        batch_progress: progress bar (None: after 3 s; False: never).
+        fast_alpha: for the "alpha" blend, blend the first convolution's
+            pre-activations instead of the pixels when the network starts with a
+            Conv2D (the same result up to float rounding, about a quarter less
+            arithmetic on the lab network); False always runs the whole network
+            on blended pixels. The "add" blend saturates at 255, which is not
+            linear, so it always blends pixels.
+        precision: "float32" (default) or "bfloat16": run a bfloat16 copy of the
+            network (its output layer kept in float32), about 1.5-2x faster on
+            CPUs with AMX/AVX512-BF16; an approximation (optional, off by
+            default): entropies move by up to about 0.01 bit on the lab BadNet
+            and a few decisions can change (bench/bench_strip.py measures it).
+        progress: progress bar (None: after 3 s; False: never).
 
     Attributes (after ``fit``):
         bank_: the clean bank, raw pixels.
@@ -93,6 +145,7 @@ class STRIP:
         clean_entropies_: entropies of the clean fit inputs.
         entropy_mean_, entropy_std_: their mean and standard deviation.
         threshold_: inputs with entropy below it are flagged as trojaned.
+        path_: "linear" (alpha blend of conv_1 pre-activations) or "direct" (pixels blended).
 
     Example:
         >>> strip = STRIP(bad, copies=100, frr=0.01).fit(valid.images)
@@ -100,8 +153,8 @@ class STRIP:
     """
 
     def __init__(self, classifier, copies=100, blend="add", alpha=0.5, draws="random", threshold_method="normal",
-                 frr=0.01, bank_size=None, seed=0, memory_mb=1024, early_stop=False, early_copies=20,
-                 early_z=3.0, progress=None):
+                 frr=0.01, bank_size=None, seed=0, memory_mb=1024, early_stop=False, early_copies=10,
+                 early_z=3.0, fast_alpha=True, precision="float32", progress=None):
         self.classifier = classifier
         self.copies = copies
         self.blend = blend
@@ -115,6 +168,8 @@ class STRIP:
         self.early_stop = early_stop
         self.early_copies = early_copies
         self.early_z = early_z
+        self.fast_alpha = fast_alpha
+        self.precision = precision
         self.progress = progress
 
     # -- parameters -----------------------------------------------------------------
@@ -127,49 +182,120 @@ class STRIP:
             raise ValueError(f"alpha: expected a blend weight in (0, 1), got {self.alpha}")
         if self.draws not in DRAWS:
             raise ValueError(f"draws: expected one of {DRAWS}, got {self.draws!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method: expected one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
         if not 0.0 < float(self.frr) < 1.0:
             raise ValueError(f"frr: expected a false rejection rate in (0, 1), got {self.frr}")
-        if self.early_stop and not 1 <= int(self.early_copies) <= int(self.copies):
-            raise ValueError(f"early_copies: expected 1..copies ({self.copies}), got {self.early_copies}")
+        if int(self.early_copies) < 1:
+            raise ValueError(f"early_copies: expected a positive number of copies per stage, got {self.early_copies}")
 
     def _check_fitted(self):
         if not hasattr(self, "threshold_"):
             raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
 
     # -- the fast path --------------------------------------------------------------
+    def _linear_split(self):
+        """(first convolution, rest of the network) when the alpha blend can be done after conv_1, else None.
+
+        The alpha blend is linear and so is a convolution before its activation:
+        ``conv((1 - a) x + a b) = (1 - a) conv(x) + a conv(b)`` (the bias too, as
+        the weights sum to 1). When the model's input feeds exactly one Conv2D
+        (channels last, one group, float32), the pre-activation of every input and of
+        every bank image is computed once and each copy only adds two of them.
+        Results differ from blending pixels only by float rounding.
+        """
+        if self.blend != "alpha" or not self.fast_alpha:
+            return None
+        import keras
+
+        model = self._network
+        try:
+            source = model.inputs[0]
+            consumers = [layer for layer in model.layers
+                         if any(tensor is source for node in layer._inbound_nodes for tensor in node.input_tensors)]
+            if len(consumers) != 1 or type(consumers[0]) is not keras.layers.Conv2D:
+                return None
+            conv = consumers[0]
+            if (conv.data_format != "channels_last" or conv.groups != 1 or len(conv._inbound_nodes) != 1
+                    or conv.compute_dtype != "float32" or conv.kernel.dtype != "float32"):
+                return None
+            rest = keras.Model(conv.output, model.outputs, name=f"{model.name}_after_{conv.name}")
+        except (AttributeError, ValueError, TypeError, IndexError) as error:
+            logger.info("STRIP: direct path (the network cannot be split after its first layer: %s)", error)
+            return None
+        return conv, rest
+
     def _function(self):
-        """Compiled: (inputs (K,H,W,C) raw, bank, indices (K,M)) -> per-copy entropies (K, M)."""
+        """Compiled: (inputs (K,H,W,C) raw, bank, indices (K,M)) -> per-copy entropies (K, M).
+
+        On the linear path ``bank`` is ``alpha`` times the bank's conv_1 pre-activations (see :meth:`_linear_split`).
+        """
         if getattr(self, "_compiled", None) is not None:
             return self._compiled
         import tensorflow as tf
 
         from goodnet.layers import entropy_bits
 
-        model = self.classifier.model
+        model = self._network
         divisor = float(self.classifier.divisor)
         shape = tuple(self.classifier.input_shape)
         blend, alpha = self.blend, float(self.alpha)
+        split = self._split
 
-        @tf.function(reduce_retracing=True, input_signature=[
-            tf.TensorSpec((None,) + shape, tf.float32), tf.TensorSpec((None,) + shape, tf.float32),
-            tf.TensorSpec((None, None), tf.int32)])
-        def per_copy(images, bank, indices):
-            drawn = tf.gather(bank, indices)                      # (K, M, H, W, C)
-            expanded = images[:, None]
-            if blend == "add":
-                copies = tf.clip_by_value(expanded + drawn, 0.0, 255.0)
-            else:
-                copies = (1.0 - alpha) * expanded + alpha * drawn
-            flat = tf.reshape(copies, (-1,) + shape)
-            if divisor != 1.0:
-                flat = flat / divisor
-            scores = model(flat, training=False)
-            return tf.reshape(entropy_bits(scores), tf.shape(indices))
+        if split is not None:
+            conv, rest = split
+            pre_shape = tuple(int(size) for size in conv.output.shape[1:])
+
+            @tf.function(reduce_retracing=True, input_signature=[
+                tf.TensorSpec((None,) + shape, tf.float32), tf.TensorSpec((None,) + pre_shape, tf.float32),
+                tf.TensorSpec((None, None), tf.int32)])
+            def per_copy(images, bank_pre, indices):
+                # bank_pre holds alpha * conv_1(bank) already, so each copy costs one gather and one add
+                pre = (1.0 - alpha) * _pre_activation(conv, images / divisor if divisor != 1.0 else images)
+                mixed = pre[:, None] + tf.gather(bank_pre, indices)   # (K, M, ...)
+                flat = tf.reshape(mixed, (-1,) + pre_shape)
+                scores = rest(conv.activation(flat), training=False)
+                return tf.reshape(entropy_bits(scores), tf.shape(indices))
+        else:
+            @tf.function(reduce_retracing=True, input_signature=[
+                tf.TensorSpec((None,) + shape, tf.float32), tf.TensorSpec((None,) + shape, tf.float32),
+                tf.TensorSpec((None, None), tf.int32)])
+            def per_copy(images, bank, indices):
+                drawn = tf.gather(bank, indices)                      # (K, M, H, W, C)
+                expanded = images[:, None]
+                if blend == "add":
+                    copies = tf.clip_by_value(expanded + drawn, 0.0, 255.0)
+                else:
+                    copies = (1.0 - alpha) * expanded + alpha * drawn
+                flat = tf.reshape(copies, (-1,) + shape)
+                if divisor != 1.0:
+                    flat = flat / divisor
+                scores = model(flat, training=False)
+                return tf.reshape(entropy_bits(scores), tf.shape(indices))
 
         self._compiled = per_copy
         return per_copy
+
+    def _bank_operand(self):
+        """The bank as the compiled function takes it: pixels, or conv_1 pre-activations on the linear path."""
+        if getattr(self, "_bank_tensor", None) is None:
+            import tensorflow as tf
+
+            if self._split is None:
+                self._bank_tensor = tf.constant(self.bank_, tf.float32)
+            else:
+                conv, _ = self._split
+                divisor = float(self.classifier.divisor)
+                alpha = float(self.alpha)
+                pre_function = tf.function(lambda images: alpha * _pre_activation(
+                    conv, images / divisor if divisor != 1.0 else images))
+                size = max(1, self.chunk_inputs(1))
+                parts = [pre_function(tf.constant(self.bank_[start:start + size], tf.float32))
+                         for start in range(0, len(self.bank_), size)]
+                self._bank_tensor = tf.concat(parts, axis=0)
+        return self._bank_tensor
 
     def chunk_inputs(self, copies=None):
         """Inputs per network call so that all their copies fit in ``memory_mb``."""
@@ -192,15 +318,14 @@ class STRIP:
 
         images = _images(images)
         indices = np.asarray(indices, dtype=np.int32)
-        if not hasattr(self, "_bank_tensor"):
-            self._bank_tensor = tf.constant(self.bank_, tf.float32)
+        bank = self._bank_operand()
         function = self._function()
         size = self.chunk_inputs(indices.shape[1])
         results = []
         with progress_bar(len(images) * indices.shape[1], description, self.progress, unit="copy") as bar:
             for start in range(0, len(images), size):
                 stop = start + size
-                results.append(function(images[start:stop], self._bank_tensor, indices[start:stop]).numpy())
+                results.append(function(tf.constant(images[start:stop]), bank, tf.constant(indices[start:stop])).numpy())
                 bar.update(len(images[start:stop]) * indices.shape[1])
         if not results:
             return np.zeros((0, indices.shape[1]), np.float32)
@@ -248,8 +373,14 @@ class STRIP:
                              f"got {images.shape} and bank {bank.shape}")
         if len(bank) < int(self.copies):
             raise ValueError(f"bank: expected at least copies={self.copies} clean images, got {len(bank)}")
-        self.__dict__.pop("_bank_tensor", None)
+        self._bank_tensor = None
         self._compiled = None
+        self._network = bfloat16_copy(self.classifier.model) if self.precision == "bfloat16" else self.classifier.model
+        self._split = self._linear_split()
+        if self._split is not None and len(bank) * int(np.prod(self._split[0].output.shape[1:])) * 4 > \
+                int(self.memory_mb) * 2 ** 20:
+            self._split = None  # the bank's pre-activations would not fit the memory budget
+        self.path_ = "direct" if self._split is None else "linear"
         self.bank_ = bank
         self.fixed_indices_ = np.sort(rng.choice(len(bank), int(self.copies), replace=False)).astype(np.int32)
         self.fixed_bank_ = bank[self.fixed_indices_]
@@ -270,30 +401,63 @@ class STRIP:
         indices = self.draw_indices(len(images), seed)
         return self.per_copy_entropies(images, indices).astype(np.float64).mean(axis=1)
 
-    def predict_trojaned(self, images, seed=None):
-        """Whether each input is flagged as trojaned (entropy below ``threshold_``).
+    def early_stages(self):
+        """Copies after which :meth:`predict_trojaned` looks at the undecided inputs: every ``early_copies``, then ``copies``."""
+        step = max(2, int(self.early_copies))
+        return list(range(step, int(self.copies), step)) + [int(self.copies)]
 
-        With ``early_stop`` the decision for most inputs is taken after
-        ``early_copies`` copies; ``last_copies_used_`` records how many each used.
+    def predict_trojaned(self, images, seed=None):
+        """Whether each input is flagged as trojaned (its full-N entropy below ``threshold_``).
+
+        The copies are run in stages (:meth:`early_stages`, e.g. 10, 20, ..., 100)
+        on the same draws as :meth:`entropy` with this seed, and an input stops
+        as soon as its decision is known:
+
+        - exactly (always on): entropies are >= 0, so once the sum of an input's
+          per-copy entropies reaches ``copies * threshold_`` its full-N mean
+          cannot fall below the threshold: not flagged. The decisions are those
+          of the full N (up to float rounding of the sums at an exact tie);
+        - statistically (``early_stop=True`` only, it can change decisions):
+          when the running mean is more than ``early_z`` standard errors from the
+          threshold, the standard error being that of the difference between the
+          full-N mean and the running mean, ``s sqrt((N - n) / (N n))`` with s the
+          sample standard deviation of the n per-copy entropies so far.
+
+        ``last_copies_used_`` records how many copies each input used.
         """
         self._check_fitted()
         images = _images(images)
-        if not self.early_stop or int(self.early_copies) >= int(self.copies):
-            self.last_copies_used_ = np.full(len(images), int(self.copies))
-            return self.entropy(images, seed) < self.threshold_
+        total = int(self.copies)
         indices = self.draw_indices(len(images), seed)
-        early = int(self.early_copies)
-        first = self.per_copy_entropies(images, indices[:, :early], "STRIP (early)").astype(np.float64)
-        means = first.mean(axis=1)
-        error = np.maximum(first.std(axis=1, ddof=1) if early > 1 else np.inf, 1e-6) / np.sqrt(early)
-        undecided = np.abs(means - self.threshold_) <= self.early_z * error
-        used = np.full(len(images), early)
-        if undecided.any():
-            rest = self.per_copy_entropies(images[undecided], indices[undecided, early:], "STRIP (rest)")
-            means[undecided] = (first[undecided].sum(axis=1) + rest.astype(np.float64).sum(axis=1)) / self.copies
-            used[undecided] = int(self.copies)
+        bound = total * float(self.threshold_)
+        sums = np.zeros(len(images))
+        squares = np.zeros(len(images))
+        used = np.zeros(len(images), np.int64)
+        flagged = np.zeros(len(images), bool)
+        undecided = np.arange(len(images))
+        done = 0
+        for stage in self.early_stages():
+            block = self.per_copy_entropies(images[undecided], indices[undecided, done:stage],
+                                            f"STRIP ({stage} copies)").astype(np.float64)
+            sums[undecided] += block.sum(axis=1)
+            squares[undecided] += np.square(block).sum(axis=1)
+            used[undecided] = done = stage
+            means = sums[undecided] / stage
+            if stage == total:
+                flagged[undecided] = sums[undecided] / total < self.threshold_
+                break
+            clear = sums[undecided] >= bound                       # exact: cannot be flagged any more
+            if self.early_stop:
+                variance = np.maximum(squares[undecided] - stage * np.square(means), 0.0) / (stage - 1)
+                spread = np.sqrt(variance * (total - stage) / (total * stage))
+                confident = np.abs(means - self.threshold_) > float(self.early_z) * spread
+                flagged[undecided[confident & ~clear]] = means[confident & ~clear] < self.threshold_
+                clear |= confident
+            undecided = undecided[~clear]
+            if len(undecided) == 0:
+                break
         self.last_copies_used_ = used
-        return means < self.threshold_
+        return flagged
 
 
 def threshold_for(clean_entropies, frr, method="normal"):

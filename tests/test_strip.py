@@ -31,10 +31,13 @@ def _reference_entropies(classifier, images, bank, indices, blend, alpha):
     return np.array(result)
 
 
-@pytest.mark.parametrize("blend", ["add", "alpha"])
-def test_fast_entropies_match_slow_reference(tiny_badnet, tiny_data, blend):
+@pytest.mark.parametrize("blend, fast_alpha, path", [("add", True, "direct"), ("alpha", True, "linear"),
+                                                     ("alpha", False, "direct")])
+def test_fast_entropies_match_slow_reference(tiny_badnet, tiny_data, blend, fast_alpha, path):
     images, _ = tiny_data
-    strip = STRIP(tiny_badnet, copies=12, blend=blend, alpha=0.4, bank_size=60, seed=3).fit(images[:150])
+    strip = STRIP(tiny_badnet, copies=12, blend=blend, alpha=0.4, bank_size=60, seed=3,
+                  fast_alpha=fast_alpha).fit(images[:150])
+    assert strip.path_ == path
     test = images[150:170]
     indices = strip.draw_indices(len(test), seed=11)
     assert indices.shape == (20, 12)
@@ -100,6 +103,95 @@ def test_early_stopping_agrees_with_full_copies(tiny_badnet, tiny_data):
     assert np.mean(decided_full != decided_early) <= 0.05
 
 
+def _sequential_reference(per_copy, threshold, stage, z, early_stop):
+    """The staged stopping rule on precomputed per-copy entropies, one input at a time in plain Python."""
+    total = per_copy.shape[1]
+    flagged, used = [], []
+    for row in per_copy.astype(np.float64):
+        for count in list(range(max(2, stage), total, max(2, stage))) + [total]:
+            seen = row[:count]
+            if count == total:
+                flagged.append(seen.mean() < threshold)
+                break
+            if seen.sum() >= total * threshold:
+                flagged.append(False)
+                break
+            error = seen.std(ddof=1) * np.sqrt((total - count) / (total * count))
+            if early_stop and abs(seen.mean() - threshold) > z * error:
+                flagged.append(seen.mean() < threshold)
+                break
+        used.append(count)
+    return np.array(flagged), np.array(used)
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_staged_stopping_matches_a_plain_reference(tiny_badnet, tiny_data, early_stop):
+    images, _ = tiny_data
+    strip = STRIP(tiny_badnet, copies=30, blend="alpha", bank_size=100, frr=0.05, early_stop=early_stop,
+                  early_copies=5, early_z=2.0).fit(images[:300])
+    mixed = np.concatenate([images[300:380], add_trigger(images[380:460])])
+    flagged = strip.predict_trojaned(mixed, seed=5)
+    per_copy = strip.per_copy_entropies(mixed, strip.draw_indices(len(mixed), seed=5))
+    expected_flags, expected_used = _sequential_reference(per_copy, strip.threshold_, 5, 2.0, early_stop)
+    np.testing.assert_array_equal(flagged, expected_flags)
+    np.testing.assert_array_equal(strip.last_copies_used_, expected_used)
+    assert strip.last_copies_used_.min() < 30
+    if not early_stop:  # the exact rule: the very decisions of all N copies
+        np.testing.assert_array_equal(flagged, strip.entropy(mixed, seed=5) < strip.threshold_)
+        assert (strip.last_copies_used_[flagged] == 30).all()
+
+
+def test_linear_path_on_the_lab_badnet_matches_a_per_copy_keras_reference(bd_net, shared):
+    from goodnet.data import load_image
+
+    folder = shared / "images"
+    clean = np.stack([load_image(folder / f"cl_{index}.png") for index in range(5)]).astype(np.float32)
+    sunglasses = np.stack([load_image(folder / f"sun_{index}.png") for index in range(2)]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    bank = np.clip(np.concatenate([clean, clean[:, :, ::-1]]) + rng.normal(0, 4, (10, 55, 47, 3)), 0, 255)
+    options = dict(copies=6, blend="alpha", alpha=0.5, progress=False)
+    linear = STRIP(bd_net, **options).fit(clean[:3], bank=bank)
+    direct = STRIP(bd_net, fast_alpha=False, **options).fit(clean[:3], bank=bank)
+    assert (linear.path_, direct.path_) == ("linear", "direct")
+    inputs = np.concatenate([clean[3:], sunglasses])
+    indices = linear.draw_indices(len(inputs), seed=2)
+    reference = _reference_entropies(bd_net, inputs, linear.bank_.astype(np.float32), indices, "alpha", 0.5)
+    np.testing.assert_allclose(direct.per_copy_entropies(inputs, indices), reference, atol=1e-5)
+    np.testing.assert_allclose(linear.per_copy_entropies(inputs, indices), reference, atol=1e-4)
+    assert linear.threshold_ == pytest.approx(direct.threshold_, abs=1e-4)
+
+
+def test_bfloat16_copy_is_close_and_keeps_the_output_layer_in_float32(tiny_badnet, tiny_data):
+    from goodnet.strip import bfloat16_copy
+
+    images, _ = tiny_data
+    copy = bfloat16_copy(tiny_badnet.model)
+    assert copy.layers[-1].compute_dtype == "float32" and copy.get_layer("conv_1").compute_dtype == "bfloat16"
+    scaled = images[:50] / np.float32(255)
+    np.testing.assert_allclose(np.asarray(copy(scaled)), np.asarray(tiny_badnet.model(scaled)), atol=0.05)
+    options = dict(copies=10, blend="alpha", bank_size=100, frr=0.05)
+    exact = STRIP(tiny_badnet, **options).fit(images[:300])
+    rounded = STRIP(tiny_badnet, precision="bfloat16", **options).fit(images[:300])
+    assert rounded.path_ == "direct"
+    np.testing.assert_allclose(rounded.entropy(images[300:340]), exact.entropy(images[300:340]), atol=0.05)
+    assert tiny_badnet.model.get_layer("conv_1").compute_dtype == "float32", "the original model is untouched"
+
+
+def test_linear_path_needs_a_convolution_on_the_input(tiny_data):
+    import keras
+
+    from goodnet.models import Classifier
+
+    inputs = keras.Input((16, 16, 3))
+    hidden = keras.layers.Rescaling(1.0, name="rescale")(inputs)
+    hidden = keras.layers.Conv2D(4, 3, activation="relu", name="conv_1")(hidden)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(hidden))
+    classifier = Classifier(keras.Model(inputs, outputs), scale="unit")
+    images, _ = tiny_data
+    strip = STRIP(classifier, copies=5, blend="alpha", bank_size=20).fit(images[:40])
+    assert strip.path_ == "direct"
+
+
 def test_bad_parameters_and_unfitted_use(tiny_badnet, tiny_data):
     images, _ = tiny_data
     with pytest.raises(ValueError, match="not fitted"):
@@ -108,6 +200,10 @@ def test_bad_parameters_and_unfitted_use(tiny_badnet, tiny_data):
         STRIP(tiny_badnet, blend="max").fit(images)
     with pytest.raises(ValueError, match="frr"):
         STRIP(tiny_badnet, frr=1.5).fit(images)
+    with pytest.raises(ValueError, match="precision"):
+        STRIP(tiny_badnet, precision="int8").fit(images)
+    with pytest.raises(ValueError, match="early_copies"):
+        STRIP(tiny_badnet, early_copies=0).fit(images)
     with pytest.raises(ValueError, match="bank"):
         STRIP(tiny_badnet, copies=50).fit(images[:60], bank=images[:10])
     with pytest.raises(ValueError, match="shape"):
