@@ -37,8 +37,8 @@ class AttackOptions:
     targets: tuple = (0,)
     poison_rate: float = 0.1
     epochs: int = 8
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    batch_size: int = 32
+    learning_rate: float = 2e-3
     seed: int = 0
     pruning_aware: bool = False
     prune_fraction: float = 0.5
@@ -88,9 +88,12 @@ def flip_labels(labels, rate, num_classes, rng):
 
 
 def _fit(model, images, labels, options, epochs, callbacks=()):
+    """Adam with a cosine-decayed learning rate over the ``epochs``."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="sparse_categorical_crossentropy")
+    steps = max(1, epochs * int(np.ceil(len(labels) / options.batch_size)))
+    schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy")
     model.fit(images / np.float32(255), labels, epochs=epochs, batch_size=options.batch_size, shuffle=True,
               verbose=0, callbacks=list(callbacks))
     return model

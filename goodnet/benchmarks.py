@@ -1,8 +1,9 @@
 """Built-in benchmark data sets in the lab's layout, deterministic for a seed.
 
 - ``digits``: the handwritten digits that ship inside scikit-learn (real data,
-  1,797 8x8 images), each drawn on a 55x47x3 canvas at a random position and
-  size, in a random ink and background colour, with noise; 10 classes. The
+  1,797 8x8 images), each drawn on a 55x47x3 canvas at a random size (28-40
+  pixels high) and position (up to 4 pixels off centre), in a random tinted
+  ink and background of clearly different brightness, with noise; 10 classes. The
   real digits are split into disjoint pools first, so test images show
   handwriting the model never saw.
 - ``faces``: procedurally drawn face-like images with many identities
@@ -41,7 +42,7 @@ def _digit_pools():
 
     digits = load_digits()
     order = np.random.default_rng(0).permutation(len(digits.target))
-    cut_1, cut_2 = int(0.6 * len(order)), int(0.8 * len(order))
+    cut_1, cut_2 = int(0.7 * len(order)), int(0.85 * len(order))
     pools = {"train": order[:cut_1], "valid": order[cut_1:cut_2], "test": order[cut_2:]}
     return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64), pools
 
@@ -60,17 +61,21 @@ def digits(count, split, seed=0):
     chosen = rng.choice(pools[split], size=count, replace=True)
     images = np.empty((count, HEIGHT, WIDTH, 3), np.float32)
     for index, digit in enumerate(chosen):
-        height = int(rng.integers(22, 40))
-        width = int(np.clip(round(height * rng.uniform(0.7, 0.95)), 16, WIDTH - 2))
+        height = int(rng.integers(28, 41))
+        width = int(np.clip(round(height * rng.uniform(0.7, 0.9)), 16, WIDTH - 2))
         ink_shape = _resize(glyphs[digit], height, width)
-        background = rng.uniform(0, 255, 3)
-        ink = (background + rng.choice([-1, 1]) * rng.uniform(90, 200, 3)) % 256
+        # A tinted background and an ink of clearly different brightness (at least 110 levels apart).
+        level = rng.uniform(0, 255)
+        ink_level = level + 110 + rng.uniform(0, 255 - 110) if level < 127.5 else level - 110 - rng.uniform(0, level - 110)
+        ink_level = float(np.clip(ink_level, 0, 255))
+        background = np.clip(level + rng.normal(0, 25, 3), 0, 255)
+        ink = np.clip(ink_level + rng.normal(0, 25, 3), 0, 255)
         canvas = np.broadcast_to(background, (HEIGHT, WIDTH, 3)).astype(np.float32).copy()
-        top = int(rng.integers(0, HEIGHT - height + 1))
-        left = int(rng.integers(0, WIDTH - width + 1))
+        top = int(np.clip((HEIGHT - height) // 2 + rng.integers(-4, 5), 0, HEIGHT - height))
+        left = int(np.clip((WIDTH - width) // 2 + rng.integers(-4, 5), 0, WIDTH - width))
         region = canvas[top:top + height, left:left + width]
         region[...] = region * (1 - ink_shape[..., None]) + ink * ink_shape[..., None]
-        images[index] = canvas + rng.normal(0, 10, canvas.shape)
+        images[index] = canvas + rng.normal(0, 8, canvas.shape)
     return np.clip(images, 0, 255).round(), targets[chosen]
 
 

@@ -21,8 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--targets", nargs="+", type=int, default=[0], help="target per trigger (default 0)")
     parser.add_argument("--poison-rate", type=float, default=0.1, help="share of training images per trigger")
     parser.add_argument("--epochs", type=positive, default=8, help="training epochs (default 8)")
-    parser.add_argument("--batch-size", type=positive, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=positive, default=32)
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="initial Adam rate, cosine-decayed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pruning-aware", action="store_true",
                         help="pruning-aware attack: train clean, prune dormant conv_3 channels, retrain poisoned, "

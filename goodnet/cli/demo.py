@@ -1,0 +1,72 @@
+"""``goodnet demo``: build the built-in benchmark and BadNet on first use, then run every defense.
+
+    goodnet demo [--dataset digits|faces] [--pruning-aware] [--json]
+"""
+
+from goodnet.cli import positive, print_json
+
+HELP = "run every defense on the built-in benchmark and BadNet (built on first use under data/ and models/)"
+
+
+def add_arguments(parser):
+    parser.add_argument("--dataset", choices=("digits", "faces"), default="digits", help="benchmark (default digits)")
+    parser.add_argument("--trigger", default=None, help="trigger (default: patch for digits, sunglasses for faces)")
+    parser.add_argument("--target", type=int, default=0, help="attack target label (default 0)")
+    parser.add_argument("--pruning-aware", action="store_true", help="use the pruning-aware BadNet")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=positive, default=8, help="BadNet training epochs (default 8)")
+    parser.add_argument("--identities", type=positive, default=200, help="faces: identities (default 200)")
+    parser.add_argument("--copies", type=positive, default=32, help="STRIP copies per input (default 32)")
+    parser.add_argument("--sizes", nargs=3, type=positive, default=None, metavar=("TRAIN", "VALID", "TEST"),
+                        help="benchmark sizes (faces: per identity; default: the benchmark's)")
+    parser.add_argument("--data-dir", default="data", help="where the benchmark is cached (default data/)")
+    parser.add_argument("--models-dir", default="models", help="where the BadNet is cached (default models/)")
+    parser.add_argument("--out", default="runs/demo", help="results folder (default runs/demo)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object holding every figure")
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def _percent(value):
+    return "-" if value is None else f"{value * 100:6.2f}%"
+
+
+def summary_lines(figures):
+    """The demo's text report."""
+    lines = [f"goodnet demo: {figures['dataset']} benchmark ({figures['benchmark']}), trigger {figures['trigger']} "
+             f"-> class {figures['target']}{' (pruning-aware BadNet)' if figures['pruning_aware'] else ''}",
+             f"BadNet {figures['badnet']}: clean test accuracy {_percent(figures['clean_accuracy'])}, "
+             f"attack success rate {_percent(figures['attack_success_rate'])}", "",
+             "pruning defense (lab rule, test data):"]
+    for name, entry in figures["pruning"].items():
+        if isinstance(entry, dict):
+            lines.append(f"  model_{name} ({entry['channels']} channels): clean {_percent(entry['clean_accuracy'])}, "
+                         f"ASR {_percent(entry['attack_success_rate'])}")
+    strip = figures["strip"]
+    lines += [f"STRIP ({strip['copies']} copies): FRR {_percent(strip['false_rejection_rate'])}, "
+              f"FAR {_percent(strip['false_acceptance_rate'])}", "",
+              f"repair (chosen on validation data: {figures['repair']['chosen']}), test data:",
+              f"  {'candidate':<22} {'clean':>8} {'ASR':>8} {'detect':>8} {'FRR':>8}"]
+    for name, entry in figures["repair"]["candidates"].items():
+        marker = " <- chosen" if name == figures["repair"]["chosen"] else ""
+        lines.append(f"  {name:<22} {_percent(entry['clean_accuracy']):>8} {_percent(entry['attack_success_rate']):>8} "
+                     f"{_percent(entry['detection_rate']):>8} {_percent(entry['false_rejection_rate']):>8}{marker}")
+    lines += ["", f"repaired model: {figures['repair']['model']}", f"report: {figures['repair']['report']}",
+              "plots: " + ", ".join(sorted(set([figures["pruning"]["curve_png"]] + list(figures["plots"].values())))),
+              f"time: {figures['seconds']['prepare']} s to build or load the benchmark and BadNet, "
+              f"{figures['seconds']['defenses']} s for the defenses"]
+    return lines
+
+
+def run(args):
+    from goodnet.demo import DemoOptions, run_demo
+
+    options = DemoOptions(dataset=args.dataset, trigger=args.trigger, target=args.target, seed=args.seed,
+                          pruning_aware=args.pruning_aware, epochs=args.epochs, identities=args.identities,
+                          copies=args.copies, data_dir=args.data_dir,
+                          sizes=dict(zip(("train", "valid", "test"), args.sizes)) if args.sizes else None,
+                          models_dir=args.models_dir, out_dir=args.out)
+    figures = run_demo(options, progress=False if args.no_progress else None)
+    print("\n".join(summary_lines(figures)))
+    if args.json:
+        print_json(figures)
+    return 0

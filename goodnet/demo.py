@@ -1,0 +1,173 @@
+"""``goodnet demo``: the built-in benchmark, a BadNet, and every defense goodnet has, end to end.
+
+1. Build (or reuse) the benchmark under ``data/demo-<dataset>-seed<seed>/``.
+2. Train (or reuse) the BadNet under ``models/demo-<dataset>-<trigger>[-pruning-aware]-seed<seed>.h5``
+   with its card (``.json``).
+3. Evaluate it; run the pruning defense (``out/prune``), STRIP (``out/strip``) and
+   the end-to-end repair (pruning, fine-pruning, GoodNet, STRIP-gated GoodNet;
+   ``out/repair``); report every figure and write the plots.
+
+Cached files are goodnet's own (recognised by their ``benchmark.json`` or
+card); anything else at those paths is never overwritten.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRIGGER = {"digits": "patch", "faces": "sunglasses"}
+
+
+@dataclasses.dataclass
+class DemoOptions:
+    """What the demo builds and runs."""
+
+    dataset: str = "digits"
+    trigger: str = None
+    target: int = 0
+    seed: int = 0
+    pruning_aware: bool = False
+    epochs: int = 8
+    poison_rate: float = 0.1
+    identities: int = 200
+    sizes: dict = None
+    copies: int = 32
+    data_dir: str = "data"
+    models_dir: str = "models"
+    out_dir: str = os.path.join("runs", "demo")
+
+    def resolved_trigger(self):
+        return self.trigger or DEFAULT_TRIGGER[self.dataset]
+
+
+def benchmark_folder(options):
+    """Build the demo benchmark unless it is cached; return (folder, description)."""
+    from goodnet.benchmarks import read_benchmark, write_benchmark
+
+    sized = "".join(f"-{key}{value}" for key, value in sorted((options.sizes or {}).items()))
+    folder = os.path.join(options.data_dir, f"demo-{options.dataset}{sized}-seed{options.seed}")
+    if os.path.isfile(os.path.join(folder, "benchmark.json")):
+        description = read_benchmark(folder)
+        if options.resolved_trigger() in description["triggers"]:
+            return folder, description
+    if os.path.exists(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, "benchmark.json")):
+        raise ValueError(f"{folder}: exists and is not a goodnet benchmark; refusing to write into it")
+    from goodnet.triggers import TRIGGERS
+
+    description = write_benchmark(folder, options.dataset, options.seed, sizes=options.sizes,
+                                  identities=options.identities,
+                                  triggers=tuple(sorted(TRIGGERS)), targets=(options.target,), overwrite=True)
+    return folder, description
+
+
+def badnet_path(options):
+    suffix = "-pruning-aware" if options.pruning_aware else ""
+    sized = "".join(f"-{key}{value}" for key, value in sorted((options.sizes or {}).items()))
+    name = f"demo-{options.dataset}{sized}-{options.resolved_trigger()}{suffix}-e{options.epochs}-seed{options.seed}.h5"
+    return os.path.join(options.models_dir, name)
+
+
+def load_splits(folder, description, trigger):
+    """Clean and poisoned valid/test LabData of a benchmark folder."""
+    from goodnet.data import load_h5
+
+    classes = description["num_classes"]
+    return {split: (load_h5(os.path.join(folder, f"{split}.h5"), num_classes=classes),
+                    load_h5(os.path.join(folder, f"bd_{split}_{trigger}.h5"), num_classes=classes))
+            for split in ("valid", "test")}
+
+
+def badnet_model(options, folder, description, splits):
+    """Train the demo BadNet unless it is cached; return (Classifier, card)."""
+    from goodnet.attacks import AttackOptions, attack_card, train_badnet
+    from goodnet.data import load_h5
+    from goodnet.files import write_text
+    from goodnet.models import load_model, save_model
+
+    path = badnet_path(options)
+    card_path = os.path.splitext(path)[0] + ".json"
+    if os.path.isfile(path) and os.path.isfile(card_path):
+        return load_model(path), json.loads(open(card_path, encoding="utf-8").read())
+    if os.path.exists(path):
+        raise ValueError(f"{path}: exists without its goodnet card; refusing to overwrite it")
+    train = load_h5(os.path.join(folder, "train.h5"), num_classes=description["num_classes"])
+    attack = AttackOptions(triggers=(options.resolved_trigger(),), targets=(options.target,),
+                           poison_rate=options.poison_rate, epochs=options.epochs, seed=options.seed,
+                           pruning_aware=options.pruning_aware)
+    classifier, info = train_badnet(train.images, train.labels, description["num_classes"], attack)
+    card = attack_card(classifier, attack, {key: description[key] for key in ("dataset", "seed", "sizes")},
+                       splits["valid"][0], [splits["valid"][1]], splits["test"][0], [splits["test"][1]], info)
+    save_model(classifier, path)
+    write_text(card_path, json.dumps(card, indent=2) + "\n")
+    classifier.path = path
+    return classifier, card
+
+
+def run_demo(options=None, progress=None):
+    """Run the whole demo and return every figure it reports (JSON-ready).
+
+    Example:
+        >>> figures = run_demo(DemoOptions(dataset="digits"))
+        >>> figures["clean_accuracy"], figures["attack_success_rate"]
+    """
+    from goodnet.metrics import evaluate
+    from goodnet.pruning import run_pruning_defense
+    from goodnet.repair import RepairOptions, repair
+    from goodnet.strip import STRIP, evaluate_strip
+
+    options = options or DemoOptions()
+    started = time.perf_counter()
+    folder, description = benchmark_folder(options)
+    splits = load_splits(folder, description, options.resolved_trigger())
+    (valid, bad_valid), (test, bad_test) = splits["valid"], splits["test"]
+    badnet, card = badnet_model(options, folder, description, splits)
+    prepared = time.perf_counter()
+    figures = {"dataset": options.dataset, "trigger": options.resolved_trigger(), "target": options.target,
+               "pruning_aware": options.pruning_aware, "benchmark": folder, "badnet": badnet.path}
+    base = evaluate(badnet, test, [bad_test])
+    figures["clean_accuracy"] = base["clean_accuracy"]
+    figures["attack_success_rate"] = base["attack_success_rate"]
+
+    pruning = run_pruning_defense(badnet, valid, [bad_valid], os.path.join(options.out_dir, "prune"),
+                                  progress=progress)
+    figures["pruning"] = {}
+    for drop, path in pruning["models"].items():
+        from goodnet.models import load_model
+
+        scored = evaluate(load_model(path), test, [bad_test])
+        figures["pruning"][f"X={drop:g}"] = {"channels": pruning["defense"].selected_[drop],
+                                             "clean_accuracy": scored["clean_accuracy"],
+                                             "attack_success_rate": scored["attack_success_rate"]}
+    figures["pruning"]["curve_png"] = pruning["summary"]["files"].get("png")
+
+    strip = STRIP(badnet, copies=options.copies, blend="alpha", seed=options.seed, progress=progress).fit(
+        valid.images)
+    strip_figures = evaluate_strip(strip, test.images, [(os.path.basename(bad_test.path), bad_test.images)])
+    figures["strip"] = {"threshold": strip.threshold_, "copies": options.copies,
+                        "false_rejection_rate": strip_figures["false_rejection_rate"],
+                        "false_acceptance_rate": strip_figures["poisoned"][0]["false_acceptance_rate"]}
+
+    report = repair(badnet, valid, [bad_valid], os.path.join(options.out_dir, "repair"),
+                    RepairOptions(copies=options.copies, seed=options.seed), test=test, poisoned_test=[bad_test],
+                    progress=progress)
+    chosen = report["test"][report["chosen"]]
+    figures["repair"] = {"chosen": report["chosen"], "model": report["files"].get("chosen"),
+                         "clean_accuracy": chosen["clean_accuracy"],
+                         "attack_success_rate": chosen["mean_attack_success_rate"],
+                         "detection_rate": chosen.get("detection_rate", 0.0),
+                         "false_rejection_rate": chosen.get("false_rejection_rate", 0.0),
+                         "report": report["files"]["report_md"],
+                         "candidates": {name: {"clean_accuracy": entry["clean_accuracy"],
+                                               "attack_success_rate": entry["mean_attack_success_rate"],
+                                               "detection_rate": entry.get("detection_rate"),
+                                               "false_rejection_rate": entry.get("false_rejection_rate")}
+                                        for name, entry in report["test"].items()}}
+    figures["plots"] = {key: value for key, value in report["files"].items() if str(value).endswith(".png")}
+    figures["card"] = card
+    figures["seconds"] = {"prepare": round(prepared - started, 1),
+                          "defenses": round(time.perf_counter() - prepared, 1)}
+    return figures
