@@ -316,6 +316,8 @@ class STRIP:
         """
         import tensorflow as tf
 
+        if not hasattr(self, "bank_"):
+            raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
         images = _images(images)
         indices = np.asarray(indices, dtype=np.int32)
         bank = self._bank_operand()
