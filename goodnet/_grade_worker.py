@@ -28,6 +28,7 @@ import sys
 import time
 
 from goodnet.cli import quiet_tensorflow
+from goodnet.files import json_default
 
 quiet_tensorflow()
 
@@ -144,15 +145,7 @@ def child_main(job, result_path, log_path, memory_limit_mb, headroom_mb):
     result = evaluate_submission(job)
     temporary = f"{result_path}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, default=_json_default)
+        json.dump(result, handle, default=json_default)
     os.replace(temporary, result_path)
     sys.stdout.flush()
     sys.stderr.flush()
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")

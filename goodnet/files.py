@@ -67,3 +67,14 @@ def write_text(path, text, **kwargs):
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
     return path
+
+
+def json_default(value):
+    """``json.dumps(default=...)`` for NumPy scalars and arrays."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -141,10 +141,16 @@ def evaluate(classifier, clean=None, poisoned=(), batch_size=1024, progress=None
         clean_predictions = classifier.predict(clean.images, batch_size, progress)
     poisoned_scores = [(data.path, classifier.predict(data.images, batch_size, progress), data.labels)
                        for data in poisoned]
+    return _classifier_figures(classifier, clean_predictions, None if clean is None else clean.labels,
+                               poisoned_scores)
+
+
+def _classifier_figures(classifier, clean_predictions, clean_labels, poisoned_scores):
+    """The evaluation dict: the classifier's description plus :func:`score_predictions`."""
     result = {"model": classifier.path, "scale": classifier.scale, "num_classes": classifier.num_classes,
               "flags_poisoned": classifier.flags_poisoned}
-    result.update(score_predictions(clean_predictions, None if clean is None else clean.labels,
-                                    poisoned_scores, classifier.num_classes, classifier.flags_poisoned))
+    result.update(score_predictions(clean_predictions, clean_labels, poisoned_scores, classifier.num_classes,
+                                    classifier.flags_poisoned))
     return result
 
 
@@ -189,8 +195,5 @@ def evaluate_files(classifier, clean_file=None, poisoned_files=(), batch_size=10
         clean_predictions = predict_file(classifier, clean_file, batch_size, progress)
     poisoned_scores = [(lab.path, predict_file(classifier, lab, batch_size, progress), lab.labels)
                        for lab in poisoned_files]
-    result = {"model": classifier.path, "scale": classifier.scale, "num_classes": classifier.num_classes,
-              "flags_poisoned": classifier.flags_poisoned}
-    result.update(score_predictions(clean_predictions, None if clean_file is None else clean_file.labels,
-                                    poisoned_scores, classifier.num_classes, classifier.flags_poisoned))
-    return result
+    return _classifier_figures(classifier, clean_predictions, None if clean_file is None else clean_file.labels,
+                               poisoned_scores)

@@ -226,8 +226,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
         >>> report = repair(badnet, load_h5("valid.h5"), [load_h5("bd_valid.h5")], "out/repair")
         >>> report["chosen"], report["test"][report["chosen"]]
     """
-    from goodnet.models import save_model
-    from goodnet.pruning import PruningDefense, prune_model
+    from goodnet.pruning import PruningDefense
     from goodnet.strip import STRIP
 
     options = options or RepairOptions()
@@ -339,7 +338,7 @@ def _write_models(classifier, candidates, base_models, strip, chosen, out_dir, p
 
 
 def _write_report(report, out_dir, protect, defense, fine, poisoned_names):
-    from goodnet.files import write_text
+    from goodnet.files import json_default, write_text
     from goodnet.plots import (plot_candidates, plot_fineprune_curve, plot_prune_curve,
                                strip_entropy_histogram)
 
@@ -359,16 +358,8 @@ def _write_report(report, out_dir, protect, defense, fine, poisoned_names):
     report["files"]["report_json"] = os.path.join(out_dir, "report.json")
     report["files"]["report_md"] = os.path.join(out_dir, "report.md")
     write_text(report["files"]["report_md"], report_markdown(report), protect=protect)
-    write_text(report["files"]["report_json"], json.dumps(report, indent=2, default=_json_default) + "\n",
+    write_text(report["files"]["report_json"], json.dumps(report, indent=2, default=json_default) + "\n",
                protect=protect)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def _percent(value):

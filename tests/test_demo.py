@@ -3,8 +3,6 @@
 import json
 import os
 
-import pytest
-
 from goodnet.cli import main
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from goodnet.cli import main
 from goodnet.inference import Execution, compiled_forward, precision_agreement, run_batches
-from goodnet.models import load_model
 
 TWO_DEVICES = """
 import json, sys

@@ -132,17 +132,9 @@ def main(argv=None, prog_command=None):
 
 def print_json(payload):
     """Print one JSON object on stdout (the ``--json`` output)."""
-    print(json.dumps(payload, indent=2, sort_keys=False, default=_json_default))
+    from goodnet.files import json_default
 
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    print(json.dumps(payload, indent=2, sort_keys=False, default=json_default))
 
 
 def add_model_options(parser, scale_default="auto"):
