@@ -28,8 +28,8 @@ if it can answer N, its hold-out false rejection rate is at most
 highest clean accuracy minus mean attack success rate wins (ties: fewer false
 rejections, then the order above). Without them, the first eligible one in
 the order of :data:`PREFERENCE` wins (the defenses that remove the backdoor
-and detect triggers first). If none is eligible, the fine-pruned model is
-chosen and the report says so.
+and detect triggers first). If none is eligible, the same ranking is applied
+to every repaired candidate and the report says that the bounds were relaxed.
 
 Every candidate's answers are derived from shared components (the answers of
 B, B'_X and FP and the STRIP entropies under B, computed once per image set);
@@ -161,8 +161,10 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02):
                                        f"above {max_frr * 100:g}%")
         else:
             eligible.append(candidate)
+    relaxed = ""
     if not eligible:
-        return "fine_pruned", reasons, "no candidate eligible: the fine-pruned model by default"
+        # Nothing meets both bounds: rank every repaired candidate the same way, bounds relaxed.
+        eligible, relaxed = list(candidates[1:]), " (no candidate met the bounds: ranked all, bounds relaxed)"
     if figures["badnet"].get("mean_attack_success_rate") is not None:
         order = {candidate.name: index for index, candidate in enumerate(candidates)}
 
@@ -171,12 +173,13 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02):
             return (-(entry["clean_accuracy"] - entry["mean_attack_success_rate"]),
                     entry.get("false_rejection_rate", 0.0), order[candidate.name])
 
-        return min(eligible, key=key).name, reasons, "highest clean accuracy minus mean attack success rate"
+        return (min(eligible, key=key).name, reasons,
+                "highest clean accuracy minus mean attack success rate" + relaxed)
     names = [candidate.name for candidate in eligible]
     for name in PREFERENCE:
         if name in names:
-            return name, reasons, "first eligible in the preference order (no poisoned validation data)"
-    return names[0], reasons, "first eligible candidate (no poisoned validation data)"
+            return name, reasons, "first eligible in the preference order (no poisoned validation data)" + relaxed
+    return names[0], reasons, "first eligible candidate (no poisoned validation data)" + relaxed
 
 
 @dataclasses.dataclass

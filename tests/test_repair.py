@@ -161,7 +161,11 @@ def test_choice_rule():
     assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned"
     hopeless = {name: figures(0.1, 1.0, 0.9) for name in names}
     hopeless["badnet"] = figures(0.95, 1.0)
-    assert choose(candidates, hopeless, 3.0, 0.02)[:1] == ("fine_pruned",)
+    hopeless["goodnet_strip_fp"] = figures(0.5, 0.1, 0.3)
+    chosen, _, rule = choose(candidates, hopeless, 3.0, 0.02)
+    assert chosen == "goodnet_strip_fp" and "bounds relaxed" in rule
+    no_poison = {name: dict(entry, mean_attack_success_rate=None) for name, entry in hopeless.items()}
+    assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned_strip"
 
 
 def test_repair_command_end_to_end(badnet, tmp_path, capsys):
