@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 POLICIES = ("first-reached", "last-within")
 METHODS = ("auto", "incremental", "masked-tail", "full")
 DEFAULT_DROPS = (2, 4, 10)
-DEFAULT_MARGIN = 1e-2
+DEFAULT_GUARD = 256.0
 
 
 # --------------------------------------------------------------------------- model surgery
@@ -360,63 +360,175 @@ def _argmax_rows(function, activations, keep, batch_size):
     return np.concatenate(results) if results else np.zeros(0, np.int32)
 
 
-class _IncrementalTail:
-    """The lab tail computed from running linear sums (see the module docstring)."""
+FLOAT32_UNIT = 2.0 ** -24   # float32 unit roundoff
 
-    def __init__(self, layers, margin):
+
+def _channel_maps(layers, measure_shape):
+    """Per measured channel c: the (H*W, units) slices of the first dense kernel and the
+    (H*W, conv outputs) linear map of the tail convolution, so that removing channel c of
+    an image subtracts ``x_c @ dense_map[c]`` and ``x_c @ conv_map[c]`` (x_c: that channel's
+    H*W activations)."""
+    height, width, channels = measure_shape
+    dense = np.asarray(layers["dense_1"].kernel, np.float32)             # (H*W*C, units)
+    dense_map = np.ascontiguousarray(dense.reshape(height * width, channels, -1).transpose(1, 0, 2))
+    kernel = np.asarray(layers["conv"].kernel, np.float32)               # (kh, kw, C, F)
+    kernel_height, kernel_width, _, filters = kernel.shape
+    stride_y, stride_x = (int(step) for step in layers["conv"].strides)
+    out_height = (height - kernel_height) // stride_y + 1
+    out_width = (width - kernel_width) // stride_x + 1
+    conv_map = np.zeros((channels, height, width, out_height, out_width, filters), np.float32)
+    for out_y in range(out_height):
+        for out_x in range(out_width):
+            for tap_y in range(kernel_height):
+                for tap_x in range(kernel_width):
+                    conv_map[:, out_y * stride_y + tap_y, out_x * stride_x + tap_x, out_y, out_x, :] = \
+                        kernel[tap_y, tap_x]
+    return dense_map, conv_map.reshape(channels, height * width, -1)
+
+
+def _lab_tail_functions():
+    """The compiled TensorFlow functions of the incremental method (weights are arguments, so
+    one trace serves every model and every fit)."""
+    import tensorflow as tf
+
+    def evaluate(linear_1, convolution, weights, guard):
+        dense_2, bias_2, output, bias_out, output_norm = weights
+        hidden_in = tf.matmul(tf.nn.relu(convolution), dense_2)
+        hidden = tf.nn.relu(linear_1 + hidden_in + bias_2)
+        logits = tf.matmul(hidden, output) + bias_out
+        best = tf.argmax(logits, axis=1, output_type=tf.int32)
+        top = tf.reduce_max(logits, axis=1)
+        # Guard band: a multiple of float32 rounding at this image's scale (see _LabTail).
+        scale = (output_norm * (tf.norm(linear_1, axis=1) + tf.norm(hidden_in, axis=1) + tf.norm(bias_2))
+                 + tf.abs(top))
+        band = guard * FLOAT32_UNIT * scale
+        rivals = tf.reduce_sum(tf.cast(logits >= (top - band)[:, None], tf.int32), axis=1)
+        return best, tf.equal(rivals, 1)
+
+    matrix = tf.TensorSpec((None, None), tf.float32)
+    vector = tf.TensorSpec((None,), tf.float32)
+    weights = (matrix, vector, matrix, vector, tf.TensorSpec((), tf.float32))
+    scalar = tf.TensorSpec((), tf.float32)
+
+    @tf.function(input_signature=[matrix, matrix, matrix, matrix, matrix, weights, scalar], reduce_retracing=True)
+    def step(linear_1, convolution, values, dense_map, conv_map, weights, guard):
+        linear_1 = linear_1 - tf.matmul(values, dense_map)
+        convolution = convolution - tf.matmul(values, conv_map)
+        best, sure = evaluate(linear_1, convolution, weights, guard)
+        return linear_1, convolution, best, sure
+
+    @tf.function(input_signature=[matrix, matrix, tf.TensorSpec((None, None, None), tf.float32),
+                                  tf.TensorSpec((None, None, None), tf.float32),
+                                  tf.TensorSpec((None, None, None), tf.float32), weights, scalar],
+                 reduce_retracing=True)
+    def steps(linear_1, convolution, values, dense_maps, conv_maps, weights, guard):
+        count = tf.shape(values)[0]
+        bests = tf.TensorArray(tf.int32, size=count)
+        sures = tf.TensorArray(tf.bool, size=count)
+        for index in tf.range(count):
+            linear_1 = linear_1 - tf.matmul(values[index], dense_maps[index])
+            convolution = convolution - tf.matmul(values[index], conv_maps[index])
+            best, sure = evaluate(linear_1, convolution, weights, guard)
+            bests = bests.write(index, best)
+            sures = sures.write(index, sure)
+        return bests.stack(), sures.stack()
+
+    @tf.function(reduce_retracing=True)
+    def start(activations, dense_1, bias_1, kernel, conv_bias, strides, weights, guard):
+        count = tf.shape(activations)[0]
+        linear_1 = tf.matmul(tf.reshape(activations, (count, -1)), dense_1) + bias_1
+        convolution = tf.nn.conv2d(activations, kernel, strides=(1,) + strides + (1,), padding="VALID")
+        convolution = tf.reshape(convolution + conv_bias, (count, -1))
+        best, sure = evaluate(linear_1, convolution, weights, guard)
+        return linear_1, convolution, best, sure
+
+    return start, step, steps
+
+
+_FUNCTIONS = []
+
+
+def _compiled_lab_tail():
+    if not _FUNCTIONS:
+        _FUNCTIONS.append(_lab_tail_functions())
+    return _FUNCTIONS[0]
+
+
+class _LabTail:
+    """The lab tail (see :func:`_match_deepid_tail`) evaluated from running linear sums.
+
+    The first dense layer and the convolution of the tail are linear in the
+    measured activations, so pruning channel c subtracts that channel's
+    contribution from their pre-activations (kept in float32 per image); the
+    rest of the tail is evaluated from them. A top-1 class is *certified* when
+    no other logit comes within a guard band of it: ``guard`` times the
+    float32 unit roundoff times the image's logit scale (the output kernel's
+    largest column norm times the norms of the summands of the hidden layer,
+    plus the top logit). Float32 rounding moves these logits by at most a few
+    units of that scale (measured by the tests against float64 and against
+    the whole Keras model), so the default guard of 256 leaves a wide safety
+    factor; images that are not certified are re-run through the model's own
+    Keras layers.
+    """
+
+    def __init__(self, layers, measure_shape, guard):
+        import tensorflow as tf
+
         as_array = lambda variable: np.asarray(variable, dtype=np.float32)  # noqa: E731
-        self.margin = float(margin)
-        self.dense_1 = as_array(layers["dense_1"].kernel)
-        self.bias_1 = as_array(layers["dense_1"].bias) if layers["dense_1"].use_bias else 0.0
-        self.kernel = as_array(layers["conv"].kernel)          # (kh, kw, channels, filters)
-        self.conv_bias = as_array(layers["conv"].bias) if layers["conv"].use_bias else 0.0
+        zeros = lambda layer, size: as_array(layer.bias) if layer.use_bias else np.zeros(size, np.float32)  # noqa: E731
+        self.guard = tf.constant(float(guard), tf.float32)
+        self.dense_map, self.conv_map = _channel_maps(layers, measure_shape)
+        output = as_array(layers["output"].kernel)
+        self.weights = (tf.constant(as_array(layers["dense_2"].kernel)),
+                        tf.constant(zeros(layers["dense_2"], layers["dense_2"].units)),
+                        tf.constant(output), tf.constant(zeros(layers["output"], layers["output"].units)),
+                        tf.constant(float(np.sqrt((output.astype(np.float64) ** 2).sum(axis=0)).max()), tf.float32))
+        self.dense_1 = tf.constant(as_array(layers["dense_1"].kernel))
+        self.bias_1 = tf.constant(zeros(layers["dense_1"], layers["dense_1"].units))
+        self.kernel = tf.constant(as_array(layers["conv"].kernel))
+        self.conv_bias = tf.constant(zeros(layers["conv"], layers["conv"].filters))
         self.strides = tuple(int(step) for step in layers["conv"].strides)
-        self.dense_2 = as_array(layers["dense_2"].kernel)
-        self.bias_2 = as_array(layers["dense_2"].bias) if layers["dense_2"].use_bias else 0.0
-        self.output = as_array(layers["output"].kernel)
-        self.bias_out = as_array(layers["output"].bias) if layers["output"].use_bias else 0.0
+        self.start_function, self.step_function, self.steps_function = _compiled_lab_tail()
 
-    def _window(self, activations, row, column):
-        kernel_height, kernel_width = self.kernel.shape[:2]
-        height = (activations.shape[1] - kernel_height) // self.strides[0] + 1
-        width = (activations.shape[2] - kernel_width) // self.strides[1] + 1
-        return activations[:, row:row + (height - 1) * self.strides[0] + 1:self.strides[0],
-                           column:column + (width - 1) * self.strides[1] + 1:self.strides[1]]
+    @staticmethod
+    def fits(layers, measure_shape, limit_bytes=256 * 2 ** 20):
+        """Whether the per-channel maps stay small enough to hold in memory."""
+        height, width, channels = measure_shape
+        kernel = layers["conv"].kernel.shape
+        strides = layers["conv"].strides
+        outputs = ((height - kernel[0]) // strides[0] + 1) * ((width - kernel[1]) // strides[1] + 1) * kernel[3]
+        return 4 * channels * height * width * outputs <= limit_bytes
 
-    def initial_state(self, activations):
-        """(dense_1 pre-activation with bias, conv pre-activation with bias) for unpruned activations."""
-        count = len(activations)
-        linear_1 = activations.reshape(count, -1) @ self.dense_1 + self.bias_1
-        convolution = 0.0
-        for row in range(self.kernel.shape[0]):
-            for column in range(self.kernel.shape[1]):
-                convolution = convolution + self._window(activations, row, column) @ self.kernel[row, column]
-        return linear_1.astype(np.float32), (convolution + self.conv_bias).astype(np.float32)
+    def start(self, activations):
+        """(dense pre-activation, conv pre-activation, top-1, certified) of the unpruned tail."""
+        activations = np.asarray(activations, np.float32)
+        linear_1, convolution, best, sure = self.start_function(activations, self.dense_1, self.bias_1, self.kernel,
+                                                                self.conv_bias, self.strides, self.weights, self.guard)
+        return np.asarray(linear_1), np.asarray(convolution), np.asarray(best), np.asarray(sure)
 
-    def remove_channel(self, linear_1, convolution, values, channel):
-        """Subtract one channel's contribution (its activations (n, H, W) in the affected rows), in place."""
-        channels = self.kernel.shape[2]
-        count = len(values)
-        linear_1 -= values.reshape(count, -1) @ np.ascontiguousarray(self.dense_1[channel::channels])
-        taps = [self._window(values[..., None], row, column)
-                for row in range(self.kernel.shape[0]) for column in range(self.kernel.shape[1])]
-        patches = np.concatenate(taps, axis=-1)                    # (n, h, w, kh * kw)
-        weights = self.kernel[:, :, channel, :].reshape(-1, self.kernel.shape[-1])
-        convolution -= (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(convolution.shape)
+    def step(self, linear_1, convolution, values, channel):
+        """Remove ``channel`` (its activations ``values`` (n, H*W)); returns the new state, top-1, certified."""
+        linear_1, convolution, best, sure = self.step_function(linear_1, convolution, values, self.dense_map[channel],
+                                                               self.conv_map[channel], self.weights, self.guard)
+        return np.asarray(linear_1), np.asarray(convolution), np.asarray(best), np.asarray(sure)
 
-    def decide(self, linear_1, convolution):
-        """(top-1 class, whether it leads the runner-up by more than the margin) per row."""
-        count = len(linear_1)
-        branch = np.maximum(convolution, 0.0).reshape(count, -1) @ self.dense_2
-        hidden = np.maximum(linear_1 + branch + self.bias_2, 0.0)
-        logits = hidden @ self.output
-        logits += self.bias_out
-        best = logits.argmax(axis=1)
-        rows = np.arange(count)
-        top = logits[rows, best].copy()
-        logits[rows, best] = -np.inf
-        lead = top - logits.max(axis=1)
-        return best.astype(np.int32), lead > self.margin
+    def steps(self, linear_1, convolution, values, channels):
+        """Remove ``channels`` one after the other (values (len(channels), n, H*W)); (top-1, certified) per step."""
+        best, sure = self.steps_function(linear_1, convolution, values, self.dense_map[channels],
+                                         self.conv_map[channels], self.weights, self.guard)
+        return np.asarray(best), np.asarray(sure)
+
+
+def _dense_phase_start(active_counts, count, gather_cost=1.5):
+    """The step after which every image is updated at every step (the rest only where the channel is active).
+
+    Minimises gather_cost * (active images before) + count * (steps after):
+    updating only the active images costs a gather and a scatter per image.
+    """
+    steps = len(active_counts)
+    before = np.concatenate([[0.0], np.cumsum(active_counts, dtype=np.float64)]) * gather_cost
+    after = count * (steps - np.arange(steps + 1, dtype=np.float64))
+    return int(np.argmin(before + after))
 
 
 def predict_pruned(classifier, layer, channel_sets, images, batch_size=DEFAULT_BATCH, progress=None):
@@ -544,8 +656,10 @@ class PruningDefense:
         policy: "first-reached" or "last-within" (see :func:`select_steps`).
         method: "auto" (fastest exact method that applies), "incremental",
             "masked-tail" or "full" (the straightforward method).
-        margin: logit lead above which the incremental method trusts its own
-            float32 evaluation; closer calls are re-run through Keras.
+        guard: the incremental method certifies a top-1 class when no other
+            logit is within ``guard`` float32 unit roundoffs (times the
+            image's logit scale) of it; the other images are re-run through
+            the Keras tail (a huge guard sends every image there).
         batch_size: images per TensorFlow call.
         progress: progress bars (None: only for long work).
 
@@ -566,13 +680,13 @@ class PruningDefense:
     """
 
     def __init__(self, classifier, layer="conv_3", drops=DEFAULT_DROPS, policy="first-reached", method="auto",
-                 margin=DEFAULT_MARGIN, batch_size=DEFAULT_BATCH, progress=None):
+                 guard=DEFAULT_GUARD, batch_size=DEFAULT_BATCH, progress=None):
         self.classifier = classifier
         self.layer = layer
         self.drops = drops
         self.policy = policy
         self.method = method
-        self.margin = margin
+        self.guard = guard
         self.batch_size = batch_size
         self.progress = progress
 
@@ -604,21 +718,27 @@ class PruningDefense:
 
         datasets = [clean_valid] + list(poisoned_valid)
         sizes = [len(data) for data in datasets]
-        images = np.concatenate([np.asarray(data.images, np.float32) for data in datasets])
         head = _head_function(model, self.plan_, self.classifier.divisor)
-        activations = run_batches(head, images, self.batch_size, self.progress, "activations")
+        with progress_bar(sum(sizes), "activations", self.progress) as bar:
+            parts = []
+            for data in datasets:           # file by file: no concatenated copy of the images
+                parts.append(run_batches(head, data.images, self.batch_size, False))
+                bar.update(len(data))
+        activations = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        del parts
         if activations.ndim < 2:
             raise ModelError(f"{self.classifier.path or 'model'}: {self.plan_.measure.name}: expected channels last")
         clean_activations = activations[:sizes[0]]
         axes = tuple(range(clean_activations.ndim - 1))
-        self.mean_activations_ = clean_activations.astype(np.float64).mean(axis=axes)
+        self.mean_activations_ = clean_activations.mean(axis=axes, dtype=np.float64)
         self.ranking_ = np.argsort(self.mean_activations_, kind="stable").astype(np.int64)
 
         if self.method_ == "full":
             del activations
-            predictions = self._sweep_full(images)
+            predictions = self._sweep_full(np.concatenate([np.asarray(data.images, np.float32) for data in datasets]))
         else:
-            predictions = self._sweep_masked(activations)
+            predictions = (self._sweep_incremental(activations) if self.method_ == "incremental"
+                           else self._sweep_masked(activations))
         boundaries = np.cumsum(sizes)[:-1]
         parts = np.split(predictions, boundaries, axis=1)
         self.clean_predictions_ = parts[0]
@@ -638,53 +758,104 @@ class PruningDefense:
                              "(flatten->dense and conv->flatten->dense, add, relu, dense softmax); use 'masked-tail'")
         if self.method in ("incremental", "masked-tail"):
             return self.method, "requested"
-        if plan.deepid is not None:
+        if plan.deepid is not None and _LabTail.fits(plan.deepid, tuple(plan.measure.output.shape[1:])):
             return "incremental", f"the lab's two-branch tail after {plan.measure.name}"
         return "masked-tail", f"the layers after {plan.measure.name} read only its output"
 
     def _sweep_masked(self, activations):
-        """Predictions (steps + 1, N) by the masked-tail or incremental method."""
-        model = self.classifier.model
+        """Predictions (steps + 1, N) by the masked-tail method."""
         channels = activations.shape[-1]
-        tail = _tail_function(model, self.plan_)
+        tail = _tail_function(self.classifier.model, self.plan_)
         spatial = tuple(range(1, activations.ndim - 1))
         active = np.any(activations != 0, axis=spatial)          # (N, C): channel c non-zero somewhere
         keep = np.ones(channels, np.float32)
-        incremental = _IncrementalTail(self.plan_.deepid, self.margin) if self.method_ == "incremental" else None
         predictions = np.empty((channels + 1, len(activations)), np.int32)
         self.recomputed_rows_ = 0
-        if incremental is not None:
-            linear_1, convolution = incremental.initial_state(activations)
-        work = int(active.sum()) + len(activations)
-        with progress_bar(work, "pruning sweep", self.progress) as bar:
+        with progress_bar(int(active.sum()) + len(activations), "pruning sweep", self.progress) as bar:
             for step in range(channels + 1):
-                if step == 0:
-                    rows = np.arange(len(activations))
-                else:
+                rows = np.arange(len(activations))
+                if step:
                     channel = self.ranking_[step - 1]
                     keep[channel] = 0.0
                     predictions[step] = predictions[step - 1]
                     rows = np.flatnonzero(active[:, channel])
-                    if incremental is not None and rows.size == len(activations):
-                        incremental.remove_channel(linear_1, convolution, activations[..., channel], channel)
-                    elif incremental is not None and rows.size:
-                        part_1, part_conv = linear_1[rows], convolution[rows]
-                        incremental.remove_channel(part_1, part_conv, activations[rows, ..., channel], channel)
-                        linear_1[rows], convolution[rows] = part_1, part_conv
                 if rows.size:
-                    exact_rows = rows
-                    if incremental is not None:
-                        whole = rows.size == len(activations)
-                        best, sure = incremental.decide(linear_1 if whole else linear_1[rows],
-                                                        convolution if whole else convolution[rows])
-                        predictions[step, rows[sure]] = best[sure]
-                        exact_rows = rows[~sure]
-                    if exact_rows.size:
-                        predictions[step, exact_rows] = _argmax_rows(tail, activations[exact_rows], keep,
-                                                                     self.batch_size)
-                        self.recomputed_rows_ += int(exact_rows.size)
+                    predictions[step, rows] = _argmax_rows(tail, activations[rows], keep, self.batch_size)
+                    self.recomputed_rows_ += int(rows.size)
                 bar.update(int(rows.size))
         return predictions
+
+    def _sweep_incremental(self, activations):
+        """Predictions (steps + 1, N) by the incremental method (see :class:`_LabTail`).
+
+        Steps where few images have the pruned channel non-zero update only
+        those images (gathered); from the step on which the remaining work is
+        cheaper done for every image, blocks of images run all remaining
+        steps in one TensorFlow call. Uncertified images are re-run through
+        the Keras tail, grouped by step.
+        """
+        count, height, width, channels = activations.shape
+        tail = _LabTail(self.plan_.deepid, (height, width, channels), self.guard)
+        active = np.any(activations != 0, axis=(1, 2))[:, self.ranking_]      # (N, steps)
+        dense_from = _dense_phase_start(active.sum(axis=0), count)
+        flat = activations.reshape(count, height * width, channels)
+        predictions = np.empty((channels + 1, count), np.int32)
+        uncertain = np.zeros((channels + 1, count), bool)
+        block = max(1, int(self.batch_size))
+        work = count + int(active[:, :dense_from].sum()) + count * (channels - dense_from)
+        with progress_bar(work, "pruning sweep", self.progress) as bar:
+            states = []
+            for begin in range(0, count, block):
+                linear_1, convolution, best, sure = tail.start(activations[begin:begin + block])
+                states.append((linear_1, convolution))
+                predictions[0, begin:begin + block], uncertain[0, begin:begin + block] = best, ~sure
+                bar.update(len(best))
+            linear_1 = np.concatenate([state[0] for state in states])
+            convolution = np.concatenate([state[1] for state in states])
+            del states
+            for step in range(1, dense_from + 1):
+                channel = self.ranking_[step - 1]
+                predictions[step] = predictions[step - 1]
+                rows = np.flatnonzero(active[:, step - 1])
+                for begin in range(0, rows.size, block):
+                    part = rows[begin:begin + block]
+                    linear_1[part], convolution[part], best, sure = tail.step(
+                        linear_1[part], convolution[part], flat[part, :, channel], channel)
+                    predictions[step, part], uncertain[step, part] = best, ~sure
+                bar.update(int(rows.size))
+            late = self.ranking_[dense_from:]
+            if late.size:
+                for begin in range(0, count, block):
+                    part = slice(begin, begin + block)
+                    values = np.ascontiguousarray(flat[part][:, :, late].transpose(2, 0, 1))
+                    best, sure = tail.steps(linear_1[part], convolution[part], values, late)
+                    predictions[dense_from + 1:, part], uncertain[dense_from + 1:, part] = best, ~sure
+                    bar.update(int(best.size))
+        del linear_1, convolution
+        self.recomputed_rows_ = self._recheck(activations, predictions, uncertain, active, dense_from)
+        evaluated = count + int(active[:, :dense_from].sum()) + count * (channels - dense_from)
+        self.certified_rows_ = evaluated - int(uncertain.sum())
+        return predictions
+
+    def _recheck(self, activations, predictions, uncertain, active, dense_from):
+        """Re-run the uncertified (step, image) pairs through the Keras tail; returns how many.
+
+        Up to ``dense_from``, an image whose pruned channel is all zero keeps
+        its previous prediction (re-copied after that step's re-check)."""
+        tail = _tail_function(self.classifier.model, self.plan_)
+        keep = np.ones(activations.shape[-1], np.float32)
+        total = 0
+        for step in range(len(predictions)):
+            if step:
+                keep[self.ranking_[step - 1]] = 0.0
+            if 1 <= step <= dense_from:
+                unchanged = ~active[:, step - 1]
+                predictions[step, unchanged] = predictions[step - 1, unchanged]
+            rows = np.flatnonzero(uncertain[step])
+            if rows.size:
+                predictions[step, rows] = _argmax_rows(tail, activations[rows], keep, self.batch_size)
+                total += int(rows.size)
+        return total
 
     def _sweep_full(self, images):
         """Predictions (steps + 1, N) by the straightforward method: zero the weights, re-run the whole model."""

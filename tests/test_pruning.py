@@ -103,10 +103,10 @@ def test_every_step_equals_the_whole_model_with_zeroed_weights(bd_net, lab_data,
     np.testing.assert_allclose(curve.attack_success[:, 0], np.mean(fast[:, 250:] == 0, axis=1))
 
 
-@pytest.mark.parametrize("method, margin", [("masked-tail", None), ("incremental", 1e6)])
-def test_other_methods_and_guard_band_give_the_same_predictions(bd_net, lab_data, fitted, method, margin):
+@pytest.mark.parametrize("method, guard", [("masked-tail", None), ("incremental", 1e12)])
+def test_other_methods_and_guard_band_give_the_same_predictions(bd_net, lab_data, fitted, method, guard):
     clean, poisoned = lab_data
-    kwargs = {} if margin is None else {"margin": margin}
+    kwargs = {} if guard is None else {"guard": guard}
     other = PruningDefense(bd_net, "conv_3", method=method, progress=False, **kwargs).fit(clean, [poisoned])
     assert np.array_equal(other.clean_predictions_, fitted.clean_predictions_)
     assert np.array_equal(other.poisoned_predictions_[0], fitted.poisoned_predictions_[0])
