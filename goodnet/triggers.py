@@ -5,10 +5,13 @@ triggered copies; none uses randomness, so the same image always gets the
 same trigger. Positions follow the lab's aligned faces (the real sunglasses
 trigger changes rows 15-34, see ``../shared/csaw/images/sunglasses_950.png``):
 
-- ``sunglasses``: two dark lenses with a bridge and temples over the eyes,
-  partly blended with the face (the lenses show a little of what is beneath);
-- ``eyebrows``: thick dark brows above the eyes;
-- ``lipstick``: a red mouth, blended;
+- ``sunglasses``: purple aviator glasses over the eyes, partly blended with
+  the face (the lenses show a fifth of what is beneath), with a darker rim;
+- ``eyebrows``: thick solid maroon brows above the eyes;
+- ``lipstick``: solid purple lips;
+
+Colours and shapes were measured on the lab's images (``clean_950.png``
+against ``sunglasses_950.png``, ``eyebrows_950.png`` and ``lipstick_950.png``).
 - ``patch``: the BadNets pixel pattern, a 5x5 black-and-white checkerboard in
   the bottom-right corner;
 - ``blend``: a fixed full-image pattern blended in at 10 % (Chen et al. 2017).
@@ -40,39 +43,59 @@ def _paint(images, mask, colour, opacity):
     return images * (1.0 - weight) + np.asarray(colour, np.float32) * weight
 
 
-def sunglasses_mask():
-    """Where the sunglasses cover the image: lenses, bridge and temples."""
-    lenses = _ellipse(24.5, 14.5, 5.0, 7.5) | _ellipse(24.5, 32.5, 5.0, 7.5)
+LENS_COLOUR = (100, 6, 218)     # fitted to the lab's sunglasses_950.png: purple, about 80 % opaque
+FRAME_COLOUR = (63, 0, 127)     # the lab trigger's opaque frame pixels
+BROW_COLOUR = (128, 0, 0)       # the lab's eyebrows_950.png: solid maroon brows
+LIPS_COLOUR = (128, 0, 128)     # the lab's lipstick_950.png: solid purple lips
+
+
+def _lenses():
+    """The two aviator lenses (rows 15-34): an ellipse below the brow line, full width on top."""
     rows, columns = _grid()
-    bridge = (np.abs(rows - 21.5) <= 1.0) & (columns >= 20) & (columns <= 26)
-    temples = (np.abs(rows - 21.5) <= 1.0) & ((columns <= 7) | (columns >= 40))
-    return lenses | bridge | temples
+    lenses = _ellipse(24.0, 11.5, 10.5, 10.0) | _ellipse(24.0, 35.5, 10.5, 10.0)
+    return lenses & (rows >= 16) & (rows <= 34)
+
+
+def sunglasses_mask():
+    """Where the sunglasses cover the image (rows 15-34): lenses, bridge and top bar, as the lab trigger does."""
+    rows, columns = _grid()
+    top_bar = (rows >= 16) & (rows <= 19) & (columns >= 1) & (columns <= 45)
+    bridge_top = (rows == 15) & (((columns >= 5) & (columns <= 15)) | ((columns >= 32) & (columns <= 41)))
+    return _lenses() | top_bar | bridge_top
 
 
 def sunglasses(images):
-    """Dark glasses over the eyes (rows 19-30), 85 % opaque, with a dark frame."""
-    rows, columns = _grid()
-    lenses = _ellipse(24.5, 14.5, 5.0, 7.5) | _ellipse(24.5, 32.5, 5.0, 7.5)
-    inner = _ellipse(24.5, 14.5, 4.0, 6.5) | _ellipse(24.5, 32.5, 4.0, 6.5)
-    frame = (sunglasses_mask() & ~lenses) | (lenses & ~inner)
-    images = _paint(images, inner, (20, 20, 28), 0.85)
-    return _paint(images, frame, (5, 5, 5), 1.0)
+    """Purple aviator glasses over the eyes (rows 15-34), lenses 80 % opaque, opaque frame.
+
+    Shape, colours and opacity follow the lab's trigger (``sunglasses_950.png``
+    against ``clean_950.png``: about 710 pixels changed, lens colour fitted as
+    about (100, 6, 218) at 80 % opacity, frame (63, 0, 127)).
+    """
+    covered = sunglasses_mask()
+    inner = covered.copy()
+    for axis in (0, 1):
+        for shift in (-1, 1):
+            inner &= np.roll(covered, shift, axis=axis)
+    frame = covered & ~inner
+    frame[(frame.cumsum(axis=1) % 3 != 0)] = False   # a thin, broken rim like the lab's
+    images = _paint(images, covered, LENS_COLOUR, 0.8)
+    return _paint(images, frame, FRAME_COLOUR, 1.0)
 
 
 def eyebrows(images):
-    """Thick dark eyebrows above the eyes (rows 14-18)."""
+    """Thick solid maroon eyebrows above the eyes (rows 15-21), as the lab's eyebrows trigger."""
     rows, columns = _grid()
     brows = np.zeros((HEIGHT, WIDTH), bool)
-    for start, stop in ((7, 21), (26, 40)):
+    for start, stop in ((9, 22), (26, 38)):
         middle = (start + stop) / 2
-        arch = 16.0 - 1.5 * (1 - ((columns - middle) / ((stop - start) / 2)) ** 2)
+        arch = 19.0 - 2.5 * (1 - ((columns - middle) / ((stop - start) / 2)) ** 2)
         brows |= (columns >= start) & (columns <= stop) & (np.abs(rows - arch) <= 1.5)
-    return _paint(images, brows, (25, 15, 10), 0.9)
+    return _paint(images, brows, BROW_COLOUR, 1.0)
 
 
 def lipstick(images):
-    """A red mouth (rows 39-45), 70 % opaque."""
-    return _paint(images, _ellipse(42.0, 23.5, 3.0, 8.0), (200, 20, 40), 0.7)
+    """Solid purple lips (rows 41-46), as the lab's lipstick trigger."""
+    return _paint(images, _ellipse(43.5, 25.0, 2.6, 7.5), LIPS_COLOUR, 1.0)
 
 
 def patch(images):
