@@ -64,6 +64,13 @@ def timed(function):
     return time.perf_counter() - start, value
 
 
+def cpu_timed(function):
+    """(wall seconds, process CPU seconds, value): CPU time is less sensitive to other load on the machine."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = function()
+    return time.perf_counter() - wall, time.process_time() - cpu, value
+
+
 def straightforward(classifier, layer_name, ranking, images, steps, batch_size):
     """Zero each channel's kernel and bias in turn and re-run the whole model (steps + 1 passes)."""
     import keras
@@ -114,11 +121,14 @@ def main():
     run_batches(forward, images[:2 * args.batch_size], args.batch_size, False)          # trace + warm up
     warm = PruningDefense(classifier, args.layer, progress=False)
     warm.fit(LabData(clean[:256], labels[:256]), [LabData(poisoned[:256], targets[:256])])  # trace the sweep's functions
-    plain_time, plain_scores = timed(lambda: run_batches(forward, images, args.batch_size, False))
+    load_before = os.getloadavg()
+    plain_time, plain_cpu, _ = cpu_timed(lambda: run_batches(forward, images, args.batch_size, False))
     defense = PruningDefense(classifier, args.layer, batch_size=args.batch_size, progress=False)
-    sweep_time, _ = timed(lambda: defense.fit(LabData(clean, labels), [LabData(poisoned, targets)]))
-    plain_again, _ = timed(lambda: run_batches(forward, images, args.batch_size, False))
+    sweep_time, sweep_cpu, _ = cpu_timed(lambda: defense.fit(LabData(clean, labels), [LabData(poisoned, targets)]))
+    plain_again, plain_cpu_again, _ = cpu_timed(lambda: run_batches(forward, images, args.batch_size, False))
     plain = min(plain_time, plain_again)
+    plain_cpu = min(plain_cpu, plain_cpu_again)
+    load_after = os.getloadavg()
     channels = len(defense.ranking_)
     steps = channels if args.straightforward_steps is None else min(channels, args.straightforward_steps)
     slow_time, slow = timed(lambda: straightforward(classifier, args.layer, defense.ranking_, images, steps,
@@ -127,14 +137,18 @@ def main():
     identical = np.array_equal(fast, slow)
     slow_full = slow_time / (steps + 1) * (channels + 1)
     curve = defense.curve_
-    print(f"method: {defense.method_} ({defense.method_reason_}); images re-run through Keras: "
-          f"{defense.recomputed_rows_} of {(channels + 1) * len(images)} image-steps")
+    print(f"load average (1 min) before/after the timed passes: {load_before[0]:.2f} / {load_after[0]:.2f} "
+          "(other processes share the cores; CPU seconds below are this process's)")
+    print(f"method: {defense.method_} ({defense.method_reason_}); image-steps certified by goodnet's own "
+          f"evaluation: {getattr(defense, 'certified_rows_', 0)}, re-run through the Keras tail: "
+          f"{defense.recomputed_rows_}, of {(channels + 1) * len(images)}")
     print(f"unpruned: clean accuracy {curve.clean_accuracy[0] * 100:.3f} %, ASR {curve.attack_success[0, 0] * 100:.3f} %;"
           f" selected steps {defense.selected_}")
     print(f"plain forward pass, unpruned model, {len(images)} images: {plain:.2f} s "
           f"(two runs: {plain_time:.2f} s, {plain_again:.2f} s)")
     print(f"goodnet sweep, {channels} channels + baseline: {sweep_time:.2f} s = {sweep_time / plain:.2f} x one pass "
           f"(bar: <= 2 x)")
+    print(f"CPU seconds: plain pass {plain_cpu:.2f}, sweep {sweep_cpu:.2f} = {sweep_cpu / plain_cpu:.2f} x")
     if steps == channels:
         print(f"straightforward method, all {channels + 1} passes: {slow_time:.2f} s = {slow_time / plain:.1f} x one pass")
     else:

@@ -258,3 +258,25 @@ def test_cli_errors_are_one_line(shared, make_lab_file, lab_data, tmp_path, caps
                                "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_incremental_certifies_and_re_runs_the_rest_through_keras(bd_net, lab_data, fitted):
+    """Both paths of the incremental method: goodnet's own certified evaluation and the Keras fallback."""
+    assert fitted.certified_rows_ > 20 * max(fitted.recomputed_rows_, 1)
+    clean, poisoned = lab_data
+    mixed = PruningDefense(bd_net, "conv_3", guard=2e5, progress=False).fit(clean, [poisoned])
+    assert mixed.certified_rows_ > 1000 and mixed.recomputed_rows_ > 1000
+    assert np.array_equal(mixed.clean_predictions_, fitted.clean_predictions_)
+    assert np.array_equal(mixed.poisoned_predictions_[0], fitted.poisoned_predictions_[0])
+
+
+def test_dense_phase_starts_where_updating_every_image_is_cheaper():
+    from goodnet.pruning import _dense_phase_start
+
+    assert _dense_phase_start(np.array([0, 0, 1, 100, 100]), 100) == 3
+    assert _dense_phase_start(np.zeros(5, int), 100) == 5
+    assert _dense_phase_start(np.full(5, 100), 100) == 0
+    # brute force over every split point
+    counts = np.array([0, 3, 40, 90, 10, 95, 100])
+    costs = [1.5 * counts[:split].sum() + 100 * (len(counts) - split) for split in range(len(counts) + 1)]
+    assert _dense_phase_start(counts, 100) == int(np.argmin(costs))
