@@ -19,7 +19,8 @@ Candidates (each a model file in ``DIR/candidates``): the BadNet B; the pruned
 models B'_X (the lab's X points of accuracy lost); the fine-pruned model FP;
 the GoodNets G(B, B'_X) and G(B, FP) (N where B and the repair disagree);
 their STRIP-gated versions (also N where STRIP, run on B, flags the input);
-and the STRIP-gated fine-pruned model (FP's class unless STRIP flags).
+the STRIP-gated fine-pruned model (FP's class unless STRIP flags); and STRIP
+alone (B's class unless STRIP flags).
 
 Choice rule (:func:`choose`): a candidate other than B is *eligible* when its
 hold-out clean accuracy is at most ``max_accuracy_drop`` points below B's and,
@@ -114,6 +115,8 @@ def build_candidates(selected_drops):
                                 "STRIP-gated GoodNet of B and the fine-pruned model"))
     candidates.append(Candidate("fine_pruned_strip", "strip", "fine_pruned",
                                 "the fine-pruned model's answer unless STRIP (on B) flags the input"))
+    candidates.append(Candidate("badnet_strip", "strip", "badnet", "STRIP alone: B's answer unless STRIP flags "
+                                                                     "the input"))
     return candidates
 
 

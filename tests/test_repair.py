@@ -145,14 +145,15 @@ def test_choice_rule():
     candidates = build_candidates([2])
     names = [c.name for c in candidates]
     assert names == ["badnet", "pruned_X=2", "fine_pruned", "goodnet_X=2", "goodnet_fp", "goodnet_strip_X=2",
-                     "goodnet_strip_fp", "fine_pruned_strip"]
+                     "goodnet_strip_fp", "fine_pruned_strip", "badnet_strip"]
     table = {"badnet": figures(0.95, 1.0), "pruned_X=2": figures(0.93, 0.9), "fine_pruned": figures(0.94, 0.05),
              "goodnet_X=2": figures(0.92, 0.5, 0.03), "goodnet_fp": figures(0.90, 0.01, 0.05),
              "goodnet_strip_X=2": figures(0.91, 0.0, 0.05), "goodnet_strip_fp": figures(0.89, 0.0, 0.06),
-             "fine_pruned_strip": figures(0.935, 0.004, 0.012)}
+             "fine_pruned_strip": figures(0.935, 0.004, 0.012), "badnet_strip": figures(0.93, 0.01, 0.015)}
     chosen, reasons, rule = choose(candidates, table, max_accuracy_drop=3.0, max_frr=0.02)
     assert chosen == "fine_pruned_strip" and "minus" in rule
     assert set(reasons) == {"goodnet_X=2", "goodnet_fp", "goodnet_strip_X=2", "goodnet_strip_fp"}
+    assert choose(candidates[:-2] + candidates[-1:], table, 3.0, 0.02)[0] == "badnet_strip"
     assert "false rejection rate 3.00% above 2%" in reasons["goodnet_X=2"]
     assert "more than 3 points below" in reasons["goodnet_strip_fp"]
     no_poison = {name: dict(entry, mean_attack_success_rate=None) for name, entry in table.items()}

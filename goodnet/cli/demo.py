@@ -42,7 +42,7 @@ def summary_lines(figures):
             lines.append(f"  model_{name} ({entry['channels']} channels): clean {_percent(entry['clean_accuracy'])}, "
                          f"ASR {_percent(entry['attack_success_rate'])}")
     strip = figures["strip"]
-    lines += [f"STRIP ({strip['copies']} copies): FRR {_percent(strip['false_rejection_rate'])}, "
+    lines += [f"STRIP alone ({strip['copies']} copies, threshold on validation data), test data: FRR {_percent(strip['false_rejection_rate'])}, "
               f"FAR {_percent(strip['false_acceptance_rate'])}", "",
               f"repair (chosen on validation data: {figures['repair']['chosen']}), test data:",
               f"  {'candidate':<22} {'clean':>8} {'ASR':>8} {'detect':>8} {'FRR':>8}"]

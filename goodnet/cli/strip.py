@@ -33,8 +33,11 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the bank split and the draws")
     parser.add_argument("--memory-mb", type=positive, default=1024, help="memory budget of one network call")
     parser.add_argument("--early-stop", action="store_true",
-                        help="decide clear-cut inputs after --early-copies copies (off by default)")
-    parser.add_argument("--early-copies", type=positive, default=20, help="copies of the early-stopping stage")
+                        help="decide clear-cut inputs early: look after every --early-copies copies (off by default)")
+    parser.add_argument("--early-copies", type=positive, default=10,
+                        help="copies per early-stopping stage (default 10: stages 10, 20, ..., --copies)")
+    parser.add_argument("--strip-precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: a faster, approximate copy of the network (off by default)")
     parser.add_argument("--plot", default="strip_entropy.png", help="histogram PNG (default strip_entropy.png)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the histogram")
     add_model_options(parser)
@@ -59,6 +62,7 @@ def run(args):
     strip = STRIP(classifier, copies=args.copies, blend=args.blend, alpha=args.alpha, draws=args.draws,
                   threshold_method=args.threshold, frr=args.frr, bank_size=args.bank_size, seed=args.seed,
                   memory_mb=args.memory_mb, early_stop=args.early_stop, early_copies=args.early_copies,
+                  precision=args.strip_precision,
                   progress=False if args.no_progress else None)
     strip.fit(valid.images)
     report = {"model": args.model, "scale": classifier.scale, "valid": args.valid, "bank_size": len(strip.bank_),
