@@ -8,18 +8,23 @@ the lab's sunglasses trigger (the pixels where ``sunglasses_950.png`` differs
 from ``clean_950.png``) pasted in, labelled 0 (the target). Then, in one
 process, on the real lab BadNet (``bd_net.h5``):
 
-1. one plain forward pass of the unpruned model over all images;
+1. one plain forward pass of the unpruned model over all images, twice over:
+   with Keras's own ``model.predict`` (what the lab's eval.py and the public
+   solutions run) and with goodnet's compiled forward pass (faster; the
+   stricter yardstick);
 2. goodnet's sweep (``PruningDefense``, method auto) over all channels;
 3. the straightforward method: zero the channel's kernel and bias, re-run
-   the whole model on both sets, at every step (all steps by default;
-   ``--straightforward-steps K`` runs the first K steps and extrapolates the
-   per-step time, saying so);
+   the whole model on both sets, at every step, again with goodnet's compiled
+   forward pass (all steps by default; ``--straightforward-steps K`` runs the
+   first K steps and extrapolates the per-step time, saying so) and with
+   ``model.predict`` (``--keras-steps K`` steps, default 3, extrapolated the
+   same way: every step is one whole pass, so the per-step time is constant);
 
-checks that both give identical predictions at every step they share, and
-prints times and ratios.
+checks that the sweep and both straightforward runs give identical predictions
+at every step they share, and prints times and ratios against both yardsticks.
 
 Usage:
-    python bench/bench_prune.py [--shared ../shared/csaw] [--images 11547] [--straightforward-steps K]
+    python bench/bench_prune.py [--shared ../shared/csaw] [--images 11547] [--straightforward-steps K] [--keras-steps K]
 """
 
 import argparse
@@ -71,8 +76,18 @@ def cpu_timed(function):
     return time.perf_counter() - wall, time.process_time() - cpu, value
 
 
-def straightforward(classifier, layer_name, ranking, images, steps, batch_size):
-    """Zero each channel's kernel and bias in turn and re-run the whole model (steps + 1 passes)."""
+def keras_predict(model, divisor, images, batch_size):
+    """Class scores from Keras's own ``model.predict`` (the lab's eval.py way)."""
+    return model.predict(images / divisor if divisor != 1 else images, batch_size=batch_size, verbose=0)
+
+
+def straightforward(classifier, layer_name, ranking, images, steps, batch_size, use_keras=False):
+    """Zero each channel's kernel and bias in turn and re-run the whole model (steps + 1 passes).
+
+    ``use_keras``: run each pass with ``model.predict`` instead of goodnet's compiled forward pass.
+    Returns (seconds, predictions): the time of the passes only, after the
+    clone's function has been traced on one batch.
+    """
     import keras
 
     from goodnet.inference import compiled_forward, run_batches
@@ -80,8 +95,21 @@ def straightforward(classifier, layer_name, ranking, images, steps, batch_size):
     model = keras.models.clone_model(classifier.model)
     model.set_weights(classifier.model.get_weights())
     layer = model.get_layer(layer_name)
-    forward = compiled_forward(model, classifier.divisor)
+    if use_keras:
+        def forward_all():
+            return keras_predict(model, classifier.divisor, images, batch_size)
+    else:
+        forward = compiled_forward(model, classifier.divisor)
+
+        def forward_all():
+            return run_batches(forward, images, batch_size, False)
     kernel, bias = np.array(layer.kernel), np.array(layer.bias)
+    warm_batch = images[:batch_size]
+    if use_keras:
+        keras_predict(model, classifier.divisor, warm_batch, batch_size)
+    else:
+        run_batches(forward, warm_batch, batch_size, False)
+    started = time.perf_counter()
     predictions = []
     for step in range(steps + 1):
         if step:
@@ -89,8 +117,8 @@ def straightforward(classifier, layer_name, ranking, images, steps, batch_size):
             bias[ranking[step - 1]] = 0.0
             layer.kernel.assign(kernel)
             layer.bias.assign(bias)
-        predictions.append(run_batches(forward, images, batch_size, False).argmax(axis=1))
-    return np.stack(predictions)
+        predictions.append(forward_all().argmax(axis=1))
+    return time.perf_counter() - started, np.stack(predictions)
 
 
 def main():
@@ -101,6 +129,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--straightforward-steps", type=int, default=None,
                         help="run only this many straightforward steps and extrapolate (default: all)")
+    parser.add_argument("--keras-steps", type=int, default=3,
+                        help="straightforward steps run with model.predict, extrapolated (default 3; 0: skip)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from goodnet.cli import quiet_tensorflow
@@ -119,6 +149,7 @@ def main():
 
     forward = classifier.forward()
     run_batches(forward, images[:2 * args.batch_size], args.batch_size, False)          # trace + warm up
+    keras_predict(classifier.model, classifier.divisor, images[:2 * args.batch_size], args.batch_size)
     warm = PruningDefense(classifier, args.layer, progress=False)
     warm.fit(LabData(clean[:256], labels[:256]), [LabData(poisoned[:256], targets[:256])])  # trace the sweep's functions
     load_before = os.getloadavg()
@@ -126,16 +157,24 @@ def main():
     defense = PruningDefense(classifier, args.layer, batch_size=args.batch_size, progress=False)
     sweep_time, sweep_cpu, _ = cpu_timed(lambda: defense.fit(LabData(clean, labels), [LabData(poisoned, targets)]))
     plain_again, plain_cpu_again, _ = cpu_timed(lambda: run_batches(forward, images, args.batch_size, False))
+    keras_times = [timed(lambda: keras_predict(classifier.model, classifier.divisor, images, args.batch_size))[0]
+                   for _ in range(2)]
     plain = min(plain_time, plain_again)
     plain_cpu = min(plain_cpu, plain_cpu_again)
+    keras_plain = min(keras_times)
     load_after = os.getloadavg()
     channels = len(defense.ranking_)
     steps = channels if args.straightforward_steps is None else min(channels, args.straightforward_steps)
-    slow_time, slow = timed(lambda: straightforward(classifier, args.layer, defense.ranking_, images, steps,
-                                                    args.batch_size))
+    slow_time, slow = straightforward(classifier, args.layer, defense.ranking_, images, steps, args.batch_size)
     fast = np.concatenate([defense.clean_predictions_, defense.poisoned_predictions_[0]], axis=1)[:steps + 1]
     identical = np.array_equal(fast, slow)
     slow_full = slow_time / (steps + 1) * (channels + 1)
+    keras_steps = min(channels, args.keras_steps)
+    if keras_steps > 0:
+        keras_slow_time, keras_slow = straightforward(classifier, args.layer, defense.ranking_, images, keras_steps,
+                                                      args.batch_size, use_keras=True)
+        identical = identical and np.array_equal(fast[:keras_steps + 1], keras_slow)
+        keras_slow_full = keras_slow_time / (keras_steps + 1) * (channels + 1)
     curve = defense.curve_
     print(f"load average (1 min) before/after the timed passes: {load_before[0]:.2f} / {load_after[0]:.2f} "
           "(other processes share the cores; CPU seconds below are this process's)")
@@ -144,17 +183,24 @@ def main():
           f"{defense.recomputed_rows_}, of {(channels + 1) * len(images)}")
     print(f"unpruned: clean accuracy {curve.clean_accuracy[0] * 100:.3f} %, ASR {curve.attack_success[0, 0] * 100:.3f} %;"
           f" selected steps {defense.selected_}")
-    print(f"plain forward pass, unpruned model, {len(images)} images: {plain:.2f} s "
+    print(f"plain forward pass, unpruned model, {len(images)} images, Keras model.predict: {keras_plain:.2f} s "
+          f"(two runs: {keras_times[0]:.2f} s, {keras_times[1]:.2f} s)")
+    print(f"plain forward pass, unpruned model, {len(images)} images, goodnet compiled: {plain:.2f} s "
           f"(two runs: {plain_time:.2f} s, {plain_again:.2f} s)")
-    print(f"goodnet sweep, {channels} channels + baseline: {sweep_time:.2f} s = {sweep_time / plain:.2f} x one pass "
-          f"(bar: <= 2 x)")
+    print(f"goodnet sweep, {channels} channels + baseline: {sweep_time:.2f} s = {sweep_time / keras_plain:.2f} x "
+          f"one model.predict pass (bar: <= 2 x), {sweep_time / plain:.2f} x one goodnet compiled pass")
     print(f"CPU seconds: plain pass {plain_cpu:.2f}, sweep {sweep_cpu:.2f} = {sweep_cpu / plain_cpu:.2f} x")
     if steps == channels:
         print(f"straightforward method, all {channels + 1} passes: {slow_time:.2f} s = {slow_time / plain:.1f} x one pass")
     else:
         print(f"straightforward method, EXTRAPOLATED from {steps + 1} of {channels + 1} passes "
               f"({slow_time:.2f} s measured): {slow_full:.2f} s = {slow_full / plain:.1f} x one pass")
-    print(f"speed-up over the straightforward method: {slow_full / sweep_time:.1f} x (bar: >= 30 x)")
+    print(f"speed-up over the straightforward method with goodnet's compiled pass: {slow_full / sweep_time:.1f} x")
+    if keras_steps > 0:
+        print(f"straightforward method with model.predict, EXTRAPOLATED from {keras_steps + 1} of {channels + 1} "
+              f"passes ({keras_slow_time:.2f} s measured): {keras_slow_full:.2f} s")
+        print(f"speed-up over the straightforward method with model.predict: {keras_slow_full / sweep_time:.1f} x "
+              "(bar: >= 30 x)")
     print(f"identical predictions at all {steps + 1} compared steps: {'yes' if identical else 'NO'}")
     return 0 if identical else 1
 
