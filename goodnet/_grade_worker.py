@@ -12,10 +12,12 @@ Order of work in the child, cheapest and safest first:
 
 1. :func:`goodnet.grading.inspect_model_file` reads the model's JSON config with
    h5py/zipfile only (no Keras) and refuses code-carrying content.
-2. The data files are read (trusted: they come from the grader).
+2. The data files are opened and validated (trusted: they come from the grader).
 3. :func:`goodnet.models.load_model` loads the model with Keras safe mode on,
    checks its input shape and its number of outputs (N or N+1).
-4. :func:`goodnet.metrics.evaluate` scores it.
+4. :func:`goodnet.metrics.evaluate_files` scores it, reading the test files
+   batch by batch, on the device(s) and in the precision of the job's
+   execution settings.
 
 The result is one JSON object written atomically to a path the parent chose.
 """
@@ -75,28 +77,35 @@ def evaluate_submission(job):
 
     Args:
         job: dict with ``path``, ``clean``, ``poisoned`` (list), ``validation``
-            (or None), ``scale``, ``num_classes``, ``batch_size``, ``threads``.
+            (or None), ``scale``, ``num_classes``, ``batch_size``, ``threads``
+            and ``execution`` (the settings of a
+            :class:`goodnet.inference.Execution`; absent: the default).
 
     Returns:
-        dict: ``status`` ("ok", "refused" or "error"), ``error`` (one line,
-        for failures) and, for "ok", the figures of
-        :func:`goodnet.metrics.evaluate` plus ``scale_report``.
+        dict: ``status`` ("ok", "refused", "error", or "setup" when the
+        execution cannot run here), ``error`` (one line, for failures) and,
+        for "ok", the figures of :func:`goodnet.metrics.evaluate_files` plus
+        ``scale_report``, ``execution`` and, for a mixed precision,
+        ``precision_report``.
     """
-    from goodnet.data import DataError, load_h5
+    from goodnet.data import DataError
     from goodnet.grading import SubmissionRefused, inspect_model_file
-    from goodnet.metrics import evaluate
-    from goodnet.models import ModelError, load_model
+    from goodnet.inference import Execution
+    from goodnet.models import ModelError
 
     started = time.monotonic()
     path = job["path"]
     try:
-        inspect_model_file(path)
         _set_threads(job.get("threads"))
-        clean = load_h5(job["clean"], num_classes=job["num_classes"])
-        poisoned = [load_h5(name, num_classes=job["num_classes"]) for name in job["poisoned"]]
-        validation = load_h5(job["validation"], num_classes=job["num_classes"]) if job.get("validation") else None
-        classifier = load_model(path, scale=job["scale"], num_classes=job["num_classes"], clean=validation)
-        figures = evaluate(classifier, clean, poisoned, batch_size=job["batch_size"], progress=False)
+        execution = Execution(**(job.get("execution") or {}))
+        placement = execution.placement()      # checks that the devices exist
+        description = execution.describe()
+    except ValueError as error:
+        return {"status": "setup", "error": _first_line(error)}
+    try:
+        inspect_model_file(path)
+        with placement:
+            figures, classifier = _score(job, path, execution)
     except SubmissionRefused as error:
         return {"status": "refused", "error": _first_line(error)}
     except ModelError as error:
@@ -109,9 +118,35 @@ def evaluate_submission(job):
         return {"status": "memory", "error": "out of memory (address-space limit reached)"}
     except Exception as error:  # a submission must never crash the harness: report it
         return {"status": "error", "error": f"{type(error).__name__}: {_first_line(error)}"}
-    figures.update(status="ok", error="", scale_report=classifier.scale_report,
+    figures.update(status="ok", error="", scale_report=classifier.scale_report, execution=description,
                    evaluation_seconds=round(time.monotonic() - started, 3))
     return figures
+
+
+PRECISION_SAMPLE = 1024
+
+
+def _score(job, path, execution):
+    """Load the submission, configure ``execution`` and score it (the test files streamed batch by batch)."""
+    import contextlib
+
+    from goodnet.data import LabFile, load_h5
+    from goodnet.inference import precision_agreement
+    from goodnet.metrics import evaluate_files
+    from goodnet.models import load_model
+
+    with contextlib.ExitStack() as stack:
+        clean = stack.enter_context(LabFile(job["clean"], num_classes=job["num_classes"]))
+        poisoned = [stack.enter_context(LabFile(name, num_classes=job["num_classes"])) for name in job["poisoned"]]
+        validation = load_h5(job["validation"], num_classes=job["num_classes"]) if job.get("validation") else None
+        classifier = load_model(path, scale=job["scale"], num_classes=job["num_classes"], clean=validation)
+        classifier.configure(execution)
+        figures = evaluate_files(classifier, clean, poisoned, batch_size=job["batch_size"], progress=False)
+        if execution.precision != "float32":
+            figures["precision_report"] = precision_agreement(
+                classifier.model, classifier.divisor, clean.sample(PRECISION_SAMPLE).images, execution.precision,
+                batch_size=job["batch_size"], execution=execution)
+    return figures, classifier
 
 
 def _thread_only_progress_lock():

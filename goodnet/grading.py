@@ -52,7 +52,9 @@ logger = logging.getLogger(__name__)
 
 GRADER_VERSION = 1
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
-STATUSES = ("ok", "refused", "error", "timeout", "memory", "crashed")
+STATUSES = ("ok", "refused", "error", "timeout", "memory", "crashed", "setup")
+# "setup": the grader's own settings cannot run on this machine (e.g. more devices than TensorFlow sees):
+# never cached, reported as the command's error.
 ISOLATIONS = ("forkserver", "spawn")
 # Address space TensorFlow maps without using it (measured: ~1.7 GB after import).
 ADDRESS_SPACE_HEADROOM_MB = 2048
@@ -474,6 +476,12 @@ class Grader:
         threads: TensorFlow threads per submission (default: cores / workers).
         use_cache: reuse results cached by content hash.
         progress: progress bar setting.
+        execution: a :class:`goodnet.inference.Execution`: where each
+            submission's inference runs (device, devices split with
+            MirroredStrategy, mixed precision, XLA); default: one device, float32.
+            It is part of the cache key. A mixed precision's effect is
+            measured per submission (``precision_report``: top-1 agreement
+            with float32 on a clean sample).
 
     Example:
         >>> grader = Grader("test.h5", ["bd_test.h5"], baseline="models/bd_net.h5")
@@ -483,7 +491,7 @@ class Grader:
 
     def __init__(self, clean, poisoned, validation=None, baseline=None, scale="auto", num_classes=LAB_CLASSES,
                  limits=None, workers=2, isolation="forkserver", batch_size=256, threads=None, use_cache=True,
-                 progress=None):
+                 progress=None, execution=None):
         self.clean = clean
         self.poisoned = poisoned
         self.validation = validation
@@ -497,6 +505,7 @@ class Grader:
         self.threads = threads
         self.use_cache = use_cache
         self.progress = progress
+        self.execution = execution
 
     def _check(self):
         if self.scale not in ("auto", "raw", "unit"):
@@ -509,6 +518,15 @@ class Grader:
             raise ValueError(f"isolation: expected one of {ISOLATIONS}, got {self.isolation!r}")
         if self.baseline is not None and not os.path.isfile(self.baseline):
             raise ValueError(f"{self.baseline}: baseline model file not found")
+        from goodnet.inference import Execution
+
+        if self.execution is not None and not isinstance(self.execution, Execution):
+            raise TypeError(f"execution: expected a goodnet.inference.Execution, got {type(self.execution).__name__}")
+
+    def _execution_settings(self):
+        from goodnet.inference import Execution
+
+        return (self.execution or Execution()).as_dict()
 
     def _options(self):
         """Everything besides the model file that affects a score (part of the cache key)."""
@@ -519,6 +537,7 @@ class Grader:
             "validation": _data_entry(self.validation, self.num_classes) if self.validation else None,
             "scale": self.scale,
             "num_classes": int(self.num_classes),
+            "execution": self._execution_settings(),
         }
 
     def _job(self, path, options, role):
@@ -531,7 +550,7 @@ class Grader:
                 "poisoned": [entry["path"] for entry in options["poisoned"]],
                 "validation": options["validation"]["path"] if options["validation"] else None,
                 "scale": self.scale, "num_classes": int(self.num_classes), "batch_size": int(self.batch_size),
-                "threads": threads}
+                "threads": threads, "execution": options["execution"]}
 
     def grade(self, submissions, out_dir):
         """Score every model file in ``submissions`` and write the scoreboard to ``out_dir``.
@@ -565,6 +584,9 @@ class Grader:
                 to_run.append(job)
         fresh = run_jobs(to_run, limits, self.workers, self.isolation, os.path.join(out_dir, "work"),
                          self.progress)
+        for result in fresh.values():
+            if result["status"] == "setup":
+                raise ValueError(result["error"])
         for key, result in fresh.items():
             write_text(_cache_path(cache_dir, key), json.dumps(result, indent=1))
             results[key] = dict(result, cached=False)
@@ -590,7 +612,8 @@ def _row(job, result, baseline, options):
            "false_rejection_rate": result.get("false_rejection_rate"),
            "flags_poisoned": result.get("flags_poisoned"), "scale": result.get("scale"),
            "scale_report": result.get("scale_report"), "seconds": result.get("seconds"),
-           "peak_memory_mb": result.get("peak_memory_mb"), "cached": result.get("cached", False)}
+           "peak_memory_mb": result.get("peak_memory_mb"), "cached": result.get("cached", False),
+           "execution": result.get("execution"), "precision_report": result.get("precision_report")}
     for entry in row["poisoned"]:
         entry["file"] = os.path.basename(entry["file"])
     return row
@@ -634,7 +657,13 @@ class Scoreboard:
         """Header of the CSV/Markdown/HTML tables."""
         return (["rank", "submission", "status", f"score ({self.score_name})", "clean acc %"]
                 + [f"ASR % {name}" for name in self.poisoned_names]
-                + ["detection %", "FRR %", "scale", "time s", "error"])
+                + ["detection %", "FRR %", "scale", "time s"]
+                + ([f"top-1 % same as float32 ({self._precision()})"] if self._precision() else []) + ["error"])
+
+    def _precision(self):
+        """The mixed precision the submissions ran in, or None (float32)."""
+        reports = [row.get("precision_report") for row in self.rows if row.get("precision_report")]
+        return reports[0]["precision"] if reports else None
 
     def table(self):
         """The rows as lists of strings, in :meth:`columns` order."""
@@ -645,8 +674,10 @@ class Scoreboard:
                           "" if row["score"] is None else f"{row['score']:.4f}", _percent(row["clean_accuracy"])]
                          + [_percent(rates.get(name)) for name in self.poisoned_names]
                          + [_percent(row["detection_rate"]), _percent(row["false_rejection_rate"]),
-                            row["scale"] or "", "" if row["seconds"] is None else f"{row['seconds']:.1f}",
-                            row["error"]])
+                            row["scale"] or "", "" if row["seconds"] is None else f"{row['seconds']:.1f}"]
+                         + ([_percent((row.get("precision_report") or {}).get("top1_agreement"))]
+                            if self._precision() else [])
+                         + [row["error"]])
         return lines
 
     def to_json(self):

@@ -51,9 +51,9 @@ class Execution:
         device: "cpu", "gpu" or "auto" (the GPU when TensorFlow sees one).
         devices: replicate the model over this many devices of that kind with
             ``tf.distribute.MirroredStrategy`` and split every batch between
-            them (None or 1: one device).
+            them (None or 1: one device; "all": every visible device of that kind).
         precision: "float32", "mixed_float16" or "mixed_bfloat16".
-        jit_compile: compile the forward pass with XLA.
+        jit_compile: compile the forward pass with XLA (one device only).
 
     Example:
         >>> Execution(device="gpu", devices=2, precision="mixed_float16")
@@ -69,8 +69,13 @@ class Execution:
             raise ValueError(f"device: expected one of {', '.join(DEVICE_KINDS)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.devices is not None and int(self.devices) < 1:
-            raise ValueError(f"devices: expected a positive number of devices, got {self.devices}")
+        if self.devices is not None and self.devices != "all" and (
+                isinstance(self.devices, bool) or not isinstance(self.devices, (int, np.integer)) or self.devices < 1):
+            raise ValueError(f"devices: expected a positive number of devices or 'all', got {self.devices!r}")
+        if self.jit_compile and (self.devices == "all" or int(self.devices or 1) > 1):
+            # A replicated XLA cluster reads every replica's variables from the first device and fails.
+            raise ValueError(f"jit_compile: XLA (--xla) runs on one device; drop it or use devices=1, "
+                             f"got devices={self.devices}")
 
     def device_names_all(self):
         """Every visible logical device of the kind this execution uses."""
@@ -87,7 +92,7 @@ class Execution:
     def device_names(self):
         """The logical devices this execution uses, e.g. ['/device:GPU:0'] or two CPUs."""
         names = self.device_names_all()
-        wanted = int(self.devices or 1)
+        wanted = len(names) if self.devices == "all" else int(self.devices or 1)
         if wanted > len(names):
             kind = "GPU" if "GPU" in names[0] else "CPU"
             raise ValueError(f"devices: {wanted} asked for, TensorFlow sees {len(names)} logical {kind} device(s)")
@@ -101,6 +106,53 @@ class Execution:
             extra.append("XLA")
         strategy = "MirroredStrategy over " if len(names) > 1 else ""
         return f"{strategy}{', '.join(names)}" + (f" ({', '.join(extra)})" if extra else "")
+
+    def placement(self):
+        """A context in which TensorFlow work that is not a replicated forward pass runs.
+
+        ``tf.device`` on the first device of :meth:`device_names` when a device
+        kind is named ("cpu" or "gpu"); no scope for "auto" (TensorFlow's own
+        placement: the GPU when it sees one). Replicated forward passes
+        (:func:`compiled_forward` with several devices) place their replicas
+        themselves.
+
+        Returns:
+            a context manager.
+        """
+        import contextlib
+
+        if self.device == "auto":
+            self.device_names()  # still check that the devices asked for exist
+            return contextlib.nullcontext()
+        import tensorflow as tf
+
+        return tf.device(self.device_names()[0])
+
+    @classmethod
+    def from_settings(cls, device="auto", devices=None, strategy="default", precision="float32", jit_compile=False):
+        """The execution that the command-line settings describe (``strategy="mirrored"``: all devices by default).
+
+        Args:
+            device, devices, precision, jit_compile: see the class.
+            strategy: "default" or "mirrored" (split batches over ``devices``,
+                or all visible devices of the kind when ``devices`` is None).
+
+        Returns:
+            Execution
+        """
+        if strategy not in ("default", "mirrored"):
+            raise ValueError(f"strategy: expected 'default' or 'mirrored', got {strategy!r}")
+        if strategy == "mirrored" and devices is None:
+            devices = "all"
+        return cls(device=device, devices=devices, precision=precision, jit_compile=bool(jit_compile))
+
+    def single(self):
+        """This execution on its first device only (same kind, precision and XLA setting)."""
+        return dataclasses.replace(self, devices=None)
+
+    def as_dict(self):
+        """The settings as a JSON-ready dict (what a worker process needs to rebuild it)."""
+        return dataclasses.asdict(self)
 
 
 def with_precision(model, precision):
@@ -139,7 +191,10 @@ def compiled_forward(model, divisor=1.0, execution=None):
         execution: an :class:`Execution` (default: one device, float32).
 
     Returns:
-        callable: images (float32 array or tensor) -> float32 outputs.
+        callable: images (float32 array or tensor) -> float32 outputs. Its
+        ``model`` attribute is the Keras model it runs (a reduced-precision
+        clone, or the replica of a mirrored execution): a caller that changes
+        weights between calls must change them there.
     """
     import tensorflow as tf
 
@@ -159,12 +214,14 @@ def compiled_forward(model, divisor=1.0, execution=None):
         return tf.cast(model(images, training=False), tf.float32)
 
     if execution.device == "auto":
+        forward.model = model
         return forward
 
     def placed(images):
         with tf.device(names[0]):
             return forward(images)
 
+    placed.model = model
     return placed
 
 
@@ -186,29 +243,61 @@ def _mirrored_forward(model, divisor, names, jit_compile):
     step = tf.function(lambda images: strategy.run(replica_step, args=(images,)), reduce_retracing=True,
                        jit_compile=jit_compile or None)
 
-    def forward(images):
+    def forward(images, part_size=None):
         images = np.asarray(images, dtype=np.float32)
-        parts = np.array_split(images, len(names))
+        parts = replica_parts(len(images), len(names), part_size)
         counts = [len(part) for part in parts]
         # A replica handed an empty part gets one stand-in image whose output is dropped.
-        parts = [part if len(part) else images[:1] for part in parts]
+        parts = [images[part] if len(part) else images[:1] for part in parts]
         distributed = strategy.experimental_distribute_values_from_function(
             lambda context: tf.constant(parts[context.replica_id_in_sync_group]))
         outputs = strategy.experimental_local_results(step(distributed))
         return np.concatenate([np.asarray(output)[:count] for output, count in zip(outputs, counts)], axis=0)
 
+    forward.model = replica
+    forward.replicas = len(names)
     return forward
 
 
-def precision_agreement(model, divisor, images, precision, batch_size=DEFAULT_BATCH):
+def replica_parts(count, replicas, part_size=None):
+    """Index ranges of ``count`` items for ``replicas`` replicas.
+
+    With ``part_size``, consecutive parts of that size (the last ones shorter
+    or empty): each replica then runs exactly the batch one device would run
+    with that batch size, so results are identical to one device's. Without
+    it, ``count`` is split as evenly as possible.
+
+    Returns:
+        list of ``replicas`` index arrays.
+    """
+    if part_size is None:
+        return np.array_split(np.arange(count), replicas)
+    if count > part_size * replicas:
+        raise ValueError(f"part_size: {count} items do not fit in {replicas} parts of {part_size}")
+    return [np.arange(min(start, count), min(start + part_size, count))
+            for start in range(0, part_size * replicas, part_size)]
+
+
+def precision_agreement(model, divisor, images, precision, batch_size=DEFAULT_BATCH, execution=None):
     """Measure what a reduced precision does to predictions on ``images``.
+
+    Args:
+        model: a Keras model.
+        divisor: input scaling (1.0 or 255.0).
+        images: raw-pixel images (a sample).
+        precision: the reduced precision ("mixed_float16" or "mixed_bfloat16").
+        batch_size: images per call.
+        execution: where both passes run (its first device; default: TensorFlow's choice).
 
     Returns:
         dict: ``precision``, ``images``, ``top1_agreement`` (fraction of
         images whose top-1 class is unchanged) and ``max_abs_score_difference``.
     """
-    reference = run_batches(compiled_forward(model, divisor), images, batch_size, False)
-    reduced = run_batches(compiled_forward(model, divisor, Execution(precision=precision)), images, batch_size, False)
+    base = (execution or Execution()).single()
+    reference = run_batches(compiled_forward(model, divisor, dataclasses.replace(base, precision="float32")),
+                            images, batch_size, False)
+    reduced = run_batches(compiled_forward(model, divisor, dataclasses.replace(base, precision=precision)),
+                          images, batch_size, False)
     return {"precision": precision, "images": int(len(images)),
             "top1_agreement": float(np.mean(reference.argmax(axis=1) == reduced.argmax(axis=1))),
             "max_abs_score_difference": float(np.max(np.abs(reference - reduced)))}
@@ -217,10 +306,14 @@ def precision_agreement(model, divisor, images, precision, batch_size=DEFAULT_BA
 def run_batches(function, images, batch_size=DEFAULT_BATCH, progress=None, description="predict"):
     """Apply ``function`` to ``images`` batch by batch and concatenate the results.
 
+    A replicated function (:func:`compiled_forward` over several devices)
+    gets ``batch_size`` images per replica per call, each replica exactly the
+    batch one device would get, so its results equal one device's.
+
     Args:
         function: a callable taking a float32 batch and returning a tensor.
         images: array (N, ...).
-        batch_size: images per call.
+        batch_size: images per call (per device).
         progress: see :func:`progress_bar`.
         description: progress-bar label.
 
@@ -228,11 +321,13 @@ def run_batches(function, images, batch_size=DEFAULT_BATCH, progress=None, descr
         np.ndarray: the outputs for all N images.
     """
     images = np.asarray(images, dtype=np.float32)
+    replicas = getattr(function, "replicas", 1)
     outputs = []
     with progress_bar(len(images), description, progress) as bar:
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            outputs.append(np.asarray(function(batch)))
+        # A replicated function takes one batch of batch_size per replica per call.
+        for start in range(0, len(images), batch_size * replicas):
+            batch = images[start:start + batch_size * replicas]
+            outputs.append(np.asarray(function(batch, part_size=batch_size) if replicas > 1 else function(batch)))
             bar.update(len(batch))
     if not outputs:
         raise ValueError("images: expected at least one image, got an empty array")

@@ -162,12 +162,14 @@ def predict_file(classifier, lab_file, batch_size=1024, progress=None):
     from goodnet.inference import progress_bar
 
     forward = classifier.forward()
+    replicas = getattr(forward, "replicas", 1)   # several devices: one batch of batch_size per device per call
     predictions = np.empty(len(lab_file), dtype=np.int64)
     name = lab_file.path.rsplit("/", 1)[-1]
     with progress_bar(len(lab_file), f"predict {name}", progress) as bar:
         start = 0
-        for images, _ in lab_file.batches(batch_size):
-            predictions[start:start + len(images)] = np.asarray(forward(images)).argmax(axis=1)
+        for images, _ in lab_file.batches(batch_size * replicas):
+            scores = forward(images, part_size=batch_size) if replicas > 1 else forward(images)
+            predictions[start:start + len(images)] = np.asarray(scores).argmax(axis=1)
             start += len(images)
             bar.update(len(images))
     return predictions

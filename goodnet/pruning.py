@@ -336,11 +336,19 @@ def _match_deepid_tail(model, measure):
 # --------------------------------------------------------------------------- sweep engines
 
 
-def _head_function(model, plan, divisor):
+def _execution(classifier):
+    """The classifier's :class:`goodnet.inference.Execution` (default: one device, float32)."""
+    from goodnet.inference import Execution
+
+    return getattr(classifier, "execution", None) or Execution()
+
+
+def _head_function(model, plan, divisor, execution=None):
+    """The compiled network up to the measurement layer, run as ``execution`` says (devices, precision)."""
     import keras
 
     head = keras.Model(model.inputs, plan.measure.output)
-    return compiled_forward(head, divisor)
+    return compiled_forward(head, divisor, execution)
 
 
 def _tail_function(model, plan):
@@ -544,7 +552,8 @@ def predict_pruned(classifier, layer, channel_sets, images, batch_size=DEFAULT_B
 
     Exact: the pruned channels are masked after the measurement layer and the
     rest of the network runs through the model's own Keras layers (the
-    whole-model path is used when that shortcut does not apply).
+    whole-model path is used when that shortcut does not apply). Runs as the
+    classifier's execution says (see :class:`PruningDefense`).
 
     Args:
         classifier: a :class:`goodnet.models.Classifier`.
@@ -572,14 +581,16 @@ def predict_pruned(classifier, layer, channel_sets, images, batch_size=DEFAULT_B
             pruned = classifier.with_model(prune_model(model, layer, channels, classifier.path))
             results.append(pruned.predict(images, batch_size, progress).astype(np.int32))
         return np.stack(results) if results else np.zeros((0, len(images)), np.int32)
-    activations = run_batches(_head_function(model, plan, classifier.divisor), images, batch_size, progress,
-                              "activations")
-    tail = _tail_function(model, plan)
-    results = []
-    for channels in sets:
-        keep = np.ones(filters, np.float32)
-        keep[channels] = 0.0
-        results.append(_argmax_rows(tail, activations, keep, batch_size))
+    execution = _execution(classifier)
+    activations = run_batches(_head_function(model, plan, classifier.divisor, execution), images, batch_size,
+                              progress, "activations")
+    with execution.placement():
+        tail = _tail_function(model, plan)
+        results = []
+        for channels in sets:
+            keep = np.ones(filters, np.float32)
+            keep[channels] = 0.0
+            results.append(_argmax_rows(tail, activations, keep, batch_size))
     return np.stack(results) if results else np.zeros((0, len(images)), np.int32)
 
 
@@ -668,8 +679,17 @@ class PruningDefense:
             logit is within ``guard`` float32 unit roundoffs (times the
             image's logit scale) of it; the other images are re-run through
             the Keras tail (a huge guard sends every image there).
-        batch_size: images per TensorFlow call.
+        batch_size: images per TensorFlow call (per device).
         progress: progress bars (None: only for long work).
+
+    Where it runs comes from ``classifier.execution`` (see
+    :meth:`goodnet.models.Classifier.configure`): the pass up to the
+    measurement layer (and, for ``method="full"``, every whole-model pass) is
+    the compiled forward path, replicated over the execution's devices with
+    each device running exactly one device's batches (identical results) and
+    computed in its precision; the rest of the sweep (the fused TensorFlow
+    calls of the incremental method, the masked Keras tail, the re-checks)
+    runs in float32 on the execution's first device.
 
     Attributes (after ``fit``):
         plan_: the :class:`SweepPlan` (measurement layer and why a shortcut applies or not).
@@ -681,6 +701,7 @@ class PruningDefense:
         poisoned_predictions_: list of (steps + 1, M) arrays, one per poisoned file.
         selected_: {X: step} chosen by ``policy`` (None: never reached).
         recomputed_rows_: images the sweep re-evaluated through Keras (fast methods).
+        execution_: the :class:`goodnet.inference.Execution` the sweep ran under.
 
     Example:
         >>> defense = PruningDefense(load_model("bd_net.h5"), "conv_3").fit(valid, poisoned_valid=[bd_valid])
@@ -724,9 +745,17 @@ class PruningDefense:
             logger.warning("pruning %s: exact slow path (%s)", self.layer, self.method_reason_)
         logger.info("pruning %s measured at %s, method %s", self.layer, self.plan_.measure.name, self.method_)
 
+        self.execution_ = _execution(self.classifier)
+        with self.execution_.placement():
+            self._sweep(clean_valid, poisoned_valid)
+        return self
+
+    def _sweep(self, clean_valid, poisoned_valid):
+        """The head pass, the ranking and the sweep (see :meth:`fit`); sets the fitted attributes."""
+        model = self.classifier.model
         datasets = [clean_valid] + list(poisoned_valid)
         sizes = [len(data) for data in datasets]
-        head = _head_function(model, self.plan_, self.classifier.divisor)
+        head = _head_function(model, self.plan_, self.classifier.divisor, self.execution_)
         with progress_bar(sum(sizes), "activations", self.progress) as bar:
             parts = []
             for data in datasets:           # file by file: no concatenated copy of the images
@@ -753,7 +782,6 @@ class PruningDefense:
         self.poisoned_predictions_ = parts[1:]
         self.curve_ = self._curve(datasets)
         self.selected_ = select_steps(self.curve_.clean_accuracy, self.drops, self.policy)
-        return self
 
     def _choose_method(self):
         plan = self.plan_
@@ -874,8 +902,8 @@ class PruningDefense:
         model = self.classifier.model
         copy = keras.models.clone_model(model)
         copy.set_weights(model.get_weights())
-        layer = copy.get_layer(self.layer)
-        forward = compiled_forward(copy, self.classifier.divisor)
+        forward = compiled_forward(copy, self.classifier.divisor, self.execution_)
+        layer = forward.model.get_layer(self.layer)   # the model the function runs (precision clone, replica)
         channels = int(layer.filters)
         predictions = np.empty((channels + 1, len(images)), np.int32)
         kernel = np.array(layer.kernel)
@@ -928,7 +956,7 @@ class PruningDefense:
                 "baseline_accuracy": float(self.curve_.clean_accuracy[0]),
                 "poisoned_files": list(self.curve_.poisoned_names),
                 "selected": {str(drop): step for drop, step in self.selected_.items()},
-                "curve": self.curve_.rows()}
+                "execution": self.execution_.describe(), "curve": self.curve_.rows()}
 
 
 def _short_names(paths):

@@ -18,6 +18,15 @@ conv_1 runs once per input and once per bank image instead of once per copy.
 The optional early stopping decides clear-cut inputs after a fraction of the
 copies (see :meth:`STRIP.predict_trojaned`).
 
+Where it runs: the classifier's :class:`goodnet.inference.Execution` (set by
+``classifier.configure``) places the work on its device; with several devices
+each network call's inputs are split between replicas of the network
+(``tf.distribute.MirroredStrategy``), every input's copies staying on one
+replica; a mixed precision runs the network in that precision (see
+:meth:`STRIP.fit`). :meth:`STRIP.entropy` and :meth:`STRIP.predict_trojaned`
+also take an open :class:`goodnet.data.LabFile` and read it batch by batch,
+keeping only per-input results, so memory stays bounded for any file size.
+
 Note: ART's STRIP (``art.defences.transformer.poisoning.STRIP``) takes the
 entropy along the wrong axis (over the copies instead of over the classes);
 this module does not.
@@ -36,6 +45,7 @@ BLENDS = ("add", "alpha")
 DRAWS = ("random", "fixed")
 THRESHOLD_METHODS = ("normal", "quantile")
 PRECISIONS = ("float32", "bfloat16")
+STREAM_IMAGES = 256  # about this many images read at a time from an open file
 
 
 def entropy_reference(probabilities):
@@ -92,7 +102,14 @@ def bfloat16_copy(model):
     return copy
 
 
+def _is_stream(images):
+    """Whether ``images`` is an open lab file read batch by batch (a :class:`goodnet.data.LabFile`)."""
+    return hasattr(images, "batches") and not hasattr(images, "images")
+
+
 def _images(images, name="images"):
+    if _is_stream(images):
+        raise TypeError(f"{name}: expected images in memory here (an array or LabData), got an open file")
     images = getattr(images, "images", images)
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
@@ -137,7 +154,15 @@ class STRIP:
             CPUs with AMX/AVX512-BF16; an approximation (optional, off by
             default): entropies move by up to about 0.01 bit on the lab BadNet
             and a few decisions can change (bench/bench_strip.py measures it).
+            The classifier's execution precision (``mixed_float16`` or
+            ``mixed_bfloat16``, Keras mixed policies) is the other way to reduce
+            precision; asking for both is an error.
         progress: progress bar (None: after 3 s; False: never).
+
+    Where it runs comes from ``classifier.execution`` (see
+    :meth:`goodnet.models.Classifier.configure`): its device, its devices (the
+    inputs of every network call split between MirroredStrategy replicas; the
+    entropies are those of one device) and its precision.
 
     Attributes (after ``fit``):
         bank_: the clean bank, raw pixels.
@@ -146,6 +171,7 @@ class STRIP:
         entropy_mean_, entropy_std_: their mean and standard deviation.
         threshold_: inputs with entropy below it are flagged as trojaned.
         path_: "linear" (alpha blend of conv_1 pre-activations) or "direct" (pixels blended).
+        execution_: the :class:`goodnet.inference.Execution` the detector runs under.
 
     Example:
         >>> strip = STRIP(bad, copies=100, frr=0.01).fit(valid.images)
@@ -243,12 +269,13 @@ class STRIP:
         shape = tuple(self.classifier.input_shape)
         blend, alpha = self.blend, float(self.alpha)
         split = self._split
+        jit_compile = self.execution_.jit_compile or None   # --xla: the whole per-copy function in XLA
 
         if split is not None:
             conv, rest = split
             pre_shape = tuple(int(size) for size in conv.output.shape[1:])
 
-            @tf.function(reduce_retracing=True, input_signature=[
+            @tf.function(reduce_retracing=True, jit_compile=jit_compile, input_signature=[
                 tf.TensorSpec((None,) + shape, tf.float32), tf.TensorSpec((None,) + pre_shape, tf.float32),
                 tf.TensorSpec((None, None), tf.int32)])
             def per_copy(images, bank_pre, indices):
@@ -259,7 +286,7 @@ class STRIP:
                 scores = rest(conv.activation(flat), training=False)
                 return tf.reshape(entropy_bits(scores), tf.shape(indices))
         else:
-            @tf.function(reduce_retracing=True, input_signature=[
+            @tf.function(reduce_retracing=True, jit_compile=jit_compile, input_signature=[
                 tf.TensorSpec((None,) + shape, tf.float32), tf.TensorSpec((None,) + shape, tf.float32),
                 tf.TensorSpec((None, None), tf.int32)])
             def per_copy(images, bank, indices):
@@ -275,8 +302,36 @@ class STRIP:
                 scores = model(flat, training=False)
                 return tf.reshape(entropy_bits(scores), tf.shape(indices))
 
-        self._compiled = per_copy
-        return per_copy
+        self._compiled = per_copy if self._strategy is None else self._replicated(per_copy)
+        return self._compiled
+
+    def _replicated(self, per_copy):
+        """``per_copy`` run data-parallel: each call's inputs (and their index rows) are cut into consecutive
+        parts of ``part_size``, one per MirroredStrategy replica, so that every replica runs exactly the call
+        one device would run; every input's copies stay on one replica. Returns a NumPy array."""
+        import tensorflow as tf
+
+        from goodnet.inference import replica_parts
+
+        strategy = self._strategy
+        replicas = strategy.num_replicas_in_sync
+        replica_step = per_copy.python_function   # strategy.run hands a tf.function the per-replica wrappers
+        step = tf.function(lambda images, bank, indices: strategy.run(replica_step, args=(images, bank, indices)),
+                           reduce_retracing=True, jit_compile=self.execution_.jit_compile or None)
+
+        def function(images, bank, indices, part_size):
+            images, indices = np.asarray(images, np.float32), np.asarray(indices, np.int32)
+            parts = replica_parts(len(images), replicas, part_size)
+            counts = [len(part) for part in parts]
+            # A replica handed no input gets one stand-in input whose entropies are dropped.
+            parts = [part if len(part) else np.arange(1) for part in parts]
+            distribute = strategy.experimental_distribute_values_from_function
+            image_parts = distribute(lambda context: tf.constant(images[parts[context.replica_id_in_sync_group]]))
+            index_parts = distribute(lambda context: tf.constant(indices[parts[context.replica_id_in_sync_group]]))
+            outputs = strategy.experimental_local_results(step(image_parts, bank, index_parts))
+            return np.concatenate([np.asarray(output)[:count] for output, count in zip(outputs, counts)], axis=0)
+
+        return function
 
     def _bank_operand(self):
         """The bank as the compiled function takes it: pixels, or conv_1 pre-activations on the linear path."""
@@ -295,6 +350,10 @@ class STRIP:
                 parts = [pre_function(tf.constant(self.bank_[start:start + size], tf.float32))
                          for start in range(0, len(self.bank_), size)]
                 self._bank_tensor = tf.concat(parts, axis=0)
+            if self._strategy is not None:   # one copy of the bank on every replica's device, made once
+                bank = self._bank_tensor
+                self._bank_tensor = self._strategy.experimental_distribute_values_from_function(
+                    lambda context: tf.identity(bank))
         return self._bank_tensor
 
     def chunk_inputs(self, copies=None):
@@ -314,37 +373,62 @@ class STRIP:
         Returns:
             np.ndarray (K, M) float32.
         """
-        import tensorflow as tf
-
         if not hasattr(self, "bank_"):
             raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
         images = _images(images)
         indices = np.asarray(indices, dtype=np.int32)
-        bank = self._bank_operand()
-        function = self._function()
-        size = self.chunk_inputs(indices.shape[1])
-        results = []
         with progress_bar(len(images) * indices.shape[1], description, self.progress, unit="copy") as bar:
-            for start in range(0, len(images), size):
-                stop = start + size
-                results.append(function(tf.constant(images[start:stop]), bank, tf.constant(indices[start:stop])).numpy())
+            return self._per_copy(images, indices, bar)
+
+    def _per_copy(self, images, indices, bar):
+        """:meth:`per_copy_entropies` without the checks, updating ``bar``; runs where ``execution_`` says."""
+        import tensorflow as tf
+
+        with self.execution_.placement():
+            bank = self._bank_operand()
+            function = self._function()
+            size = self.chunk_inputs(indices.shape[1])
+            replicas = 1 if self._strategy is None else self._strategy.num_replicas_in_sync
+            results = []
+            for start in range(0, len(images), size * replicas):   # one chunk per device per call
+                stop = start + size * replicas
+                if replicas == 1:
+                    scores = function(tf.constant(images[start:stop]), bank, tf.constant(indices[start:stop]))
+                else:
+                    scores = function(images[start:stop], bank, indices[start:stop], size)
+                results.append(np.asarray(scores))
                 bar.update(len(images[start:stop]) * indices.shape[1])
         if not results:
             return np.zeros((0, indices.shape[1]), np.float32)
         return np.concatenate(results, axis=0)
 
+    def stream_batch(self):
+        """Images read at a time from an open file: a multiple of :meth:`chunk_inputs`, so that a streamed
+        file goes through exactly the network calls that the same images in memory do."""
+        size = self.chunk_inputs()
+        return size * max(1, STREAM_IMAGES // size)   # a multiple of the chunk for any number of devices
+
+    def _draws(self, seed=None):
+        """A function ``count -> (count, copies)`` bank indices. Successive calls continue one stream of
+        draws, so the rows drawn batch by batch for a file are those drawn at once for all its images."""
+        if self.draws == "fixed":
+            return lambda count: np.tile(self.fixed_indices_, (count, 1)).astype(np.int32)
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+
+        def take(count):
+            rows = []
+            for start in range(0, count, 256):
+                keys = rng.random((min(256, count - start), len(self.bank_)))
+                rows.append(np.argpartition(keys, self.copies - 1, axis=1)[:, :self.copies])
+            if not rows:
+                return np.zeros((0, self.copies), np.int32)
+            return np.concatenate(rows).astype(np.int32)
+
+        return take
+
     def draw_indices(self, count, seed=None):
         """Bank indices (count, copies): distinct bank images per input (random) or the fixed set."""
-        if self.draws == "fixed":
-            return np.tile(self.fixed_indices_, (count, 1)).astype(np.int32)
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        rows = []
-        for start in range(0, count, 256):
-            keys = rng.random((min(256, count - start), len(self.bank_)))
-            rows.append(np.argpartition(keys, self.copies - 1, axis=1)[:, :self.copies])
-        if not rows:
-            return np.zeros((0, self.copies), np.int32)
-        return np.concatenate(rows).astype(np.int32)
+        return self._draws(seed)(count)
 
     # -- estimator API ----------------------------------------------------------------
     def fit(self, images, bank=None):
@@ -377,7 +461,7 @@ class STRIP:
             raise ValueError(f"bank: expected at least copies={self.copies} clean images, got {len(bank)}")
         self._bank_tensor = None
         self._compiled = None
-        self._network = bfloat16_copy(self.classifier.model) if self.precision == "bfloat16" else self.classifier.model
+        self._network, self._strategy, self.execution_ = self._placed_network()
         self._split = self._linear_split()
         if self._split is not None and len(bank) * int(np.prod(self._split[0].output.shape[1:])) * 4 > \
                 int(self.memory_mb) * 2 ** 20:
@@ -395,13 +479,59 @@ class STRIP:
                     self.threshold_method, self.frr)
         return self
 
+    def _placed_network(self):
+        """(network to run, MirroredStrategy or None, Execution) from the classifier's execution and ``precision``."""
+        import keras
+
+        from goodnet.inference import Execution, with_precision
+
+        execution = getattr(self.classifier, "execution", None) or Execution()
+        if execution.precision != "float32" and self.precision != "float32":
+            raise ValueError(f"precision: STRIP's {self.precision} copy and the execution precision "
+                             f"{execution.precision} are two ways to reduce precision; choose one")
+        network = self.classifier.model
+        if self.precision == "bfloat16":
+            network = bfloat16_copy(network)
+        elif execution.precision != "float32":
+            network = with_precision(network, execution.precision)
+        names = execution.device_names()
+        if len(names) == 1:
+            return network, None, execution
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy(names)
+        with strategy.scope():
+            replica = keras.models.clone_model(network)
+        replica.set_weights(network.get_weights())
+        return replica, strategy, execution
+
     def entropy(self, images, seed=None):
-        """STRIP entropy (bits) of each input: the mean over its copies (float64, shape (N,))."""
+        """STRIP entropy (bits) of each input: the mean over its copies (float64, shape (N,)).
+
+        Args:
+            images: raw-pixel images (N, H, W, C), a LabData, or an open
+                :class:`goodnet.data.LabFile`, read batch by batch
+                (:meth:`stream_batch` images at a time; the result equals that
+                of the same images in memory).
+            seed: seed of the draws (default: the estimator's seed).
+
+        Returns:
+            np.ndarray: float64 entropies, one per input.
+        """
         if not hasattr(self, "bank_"):
             raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
-        images = _images(images)
-        indices = self.draw_indices(len(images), seed)
-        return self.per_copy_entropies(images, indices).astype(np.float64).mean(axis=1)
+        draws = self._draws(seed)
+        if not _is_stream(images):
+            images = _images(images)
+            return self.per_copy_entropies(images, draws(len(images))).astype(np.float64).mean(axis=1)
+        entropies = np.empty(len(images), np.float64)
+        start = 0
+        with progress_bar(len(images) * int(self.copies), "STRIP", self.progress, unit="copy") as bar:
+            for batch, _ in images.batches(self.stream_batch()):
+                block = self._per_copy(batch, draws(len(batch)), bar)
+                entropies[start:start + len(batch)] = block.astype(np.float64).mean(axis=1)
+                start += len(batch)
+        return entropies
 
     def early_stages(self):
         """Copies after which :meth:`predict_trojaned` looks at the undecided inputs: every ``early_copies``, then ``copies``."""
@@ -426,11 +556,33 @@ class STRIP:
           sample standard deviation of the n per-copy entropies so far.
 
         ``last_copies_used_`` records how many copies each input used.
+
+        Args:
+            images: raw-pixel images, a LabData, or an open
+                :class:`goodnet.data.LabFile` (read batch by batch).
+            seed: seed of the draws (default: the estimator's seed).
+
+        Returns:
+            np.ndarray: bool, one per input.
         """
         self._check_fitted()
-        images = _images(images)
+        draws = self._draws(seed)
+        if not _is_stream(images):
+            images = _images(images)
+            flagged, self.last_copies_used_ = self._decide(images, draws(len(images)))
+            return flagged
+        flagged, used = np.zeros(len(images), bool), np.zeros(len(images), np.int64)
+        start = 0
+        for batch, _ in images.batches(self.stream_batch()):
+            stop = start + len(batch)
+            flagged[start:stop], used[start:stop] = self._decide(batch, draws(len(batch)))
+            start = stop
+        self.last_copies_used_ = used
+        return flagged
+
+    def _decide(self, images, indices):
+        """(flagged, copies used) of :meth:`predict_trojaned` for in-memory images and their draws."""
         total = int(self.copies)
-        indices = self.draw_indices(len(images), seed)
         bound = total * float(self.threshold_)
         sums = np.zeros(len(images))
         squares = np.zeros(len(images))
@@ -458,8 +610,7 @@ class STRIP:
             undecided = undecided[~clear]
             if len(undecided) == 0:
                 break
-        self.last_copies_used_ = used
-        return flagged
+        return flagged, used
 
 
 def threshold_for(clean_entropies, frr, method="normal"):

@@ -110,3 +110,73 @@ def test_cli_execution_options(capsys, tmp_path, shared, real_images):
                  "mixed_float16"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[-1].startswith("Precision mixed_float16: top-1 agreement with float32 on")
+
+
+TWO_DEVICES_DEFENSES = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from goodnet.data import LabData, LabFile
+from goodnet.inference import Execution
+from goodnet.models import Classifier, build_deepid
+from goodnet.pruning import PruningDefense
+from goodnet.strip import STRIP
+
+keras.utils.set_random_seed(0)
+model = build_deepid(5)
+rng = np.random.default_rng(0)
+images = rng.uniform(0, 255, (75, 55, 47, 3)).astype(np.float32)
+labels = Classifier(model, "raw").predict(images)      # the unpruned model is right on every clean image
+clean, poisoned = LabData(images[:50], labels[:50], "clean.h5"), LabData(images[50:], np.zeros(25, np.int64), "bd.h5")
+report = {}
+for devices in (1, 2):
+    classifier = Classifier(model, "raw").configure(Execution(device="cpu", devices=devices))
+    for method in ("incremental", "full"):
+        sweep = PruningDefense(classifier, method=method, batch_size=9, progress=False).fit(clean, [poisoned])
+        report[f"prune-{method}-{devices}"] = {"clean": sweep.clean_predictions_.tolist(),
+                                               "poisoned": sweep.poisoned_predictions_[0].tolist(),
+                                               "curve": sweep.summary()["curve"],
+                                               "execution": sweep.execution_.describe()}
+    for blend in ("add", "alpha"):
+        strip = STRIP(classifier, copies=5, blend=blend, bank_size=20, memory_mb=1, early_copies=2,
+                      progress=False).fit(images[:45])
+        with LabFile(sys.argv[1]) as lab:
+            streamed = strip.entropy(lab, seed=4).tolist()
+        report[f"strip-{blend}-{devices}"] = {"threshold": strip.threshold_, "clean": strip.clean_entropies_.tolist(),
+                                              "test": strip.entropy(images[45:], seed=3).tolist(),
+                                              "flagged": strip.predict_trojaned(images[45:], seed=3).tolist(),
+                                              "used": strip.last_copies_used_.tolist(), "streamed": streamed,
+                                              "chunk": strip.chunk_inputs(),
+                                              "replicas": 1 if strip._strategy is None else
+                                              strip._strategy.num_replicas_in_sync}
+print(json.dumps(report))
+"""
+
+
+def test_two_logical_devices_give_identical_sweeps_and_strip_entropies(tmp_path):
+    """--devices 2: the pruning sweep (predictions, curve) and STRIP (entropies, threshold, decisions) equal one device's."""
+    from goodnet.data import save_h5
+
+    rng = np.random.default_rng(1)
+    save_h5(tmp_path / "test.h5", rng.uniform(0, 255, (23, 55, 47, 3)), np.zeros(23, np.int64), dtype="float32")
+    result = subprocess.run([sys.executable, "-c", TWO_DEVICES_DEFENSES, str(tmp_path / "test.h5")],
+                            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for method in ("incremental", "full"):
+        one, two = report[f"prune-{method}-1"], report[f"prune-{method}-2"]
+        assert one["execution"] == "/device:CPU:0"
+        assert two["execution"] == "MirroredStrategy over /device:CPU:0, /device:CPU:1"
+        assert one["clean"] == two["clean"] and one["poisoned"] == two["poisoned"] and one["curve"] == two["curve"]
+    accuracy = [row["clean_accuracy"] for row in report["prune-full-2"]["curve"]]
+    assert accuracy[0] == 1.0 and min(accuracy) < 0.9   # the sweep really changes predictions
+    for blend in ("add", "alpha"):
+        one, two = report[f"strip-{blend}-1"], report[f"strip-{blend}-2"]
+        assert one.pop("replicas") == 1 and two.pop("replicas") == 2
+        assert one["chunk"] < 20            # several network calls, the last one short
+        assert one == two
+        assert len(set(one["test"])) > 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from goodnet.strip import STRIP, entropy_reference, evaluate_strip, threshold_for
-from strip_helpers import add_trigger, synthetic_faces, train_tiny_badnet
+from strip_helpers import add_trigger, synthetic_faces, tiny_network, train_tiny_badnet
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,87 @@ def test_strip_cli_bad_input_is_one_line(tmp_path, make_lab_file, capsys):
     assert code == 2 and len(error) == 1 and error[0].startswith("goodnet strip: error:")
     code = main(["strip", "--model", str(valid), "--valid", str(valid), "--test", str(test), "--copies", "500"])
     assert code == 2
+
+
+STRIP_PEAK_PROBE = """
+import resource, sys
+import numpy as np
+import keras
+sys.path.insert(0, sys.argv[2])
+from strip_helpers import tiny_network
+from goodnet.data import LabFile
+from goodnet.models import Classifier
+from goodnet.strip import STRIP
+
+keras.utils.set_random_seed(0)
+classifier = Classifier(tiny_network(4, shape=(55, 47, 3)), "unit")
+valid = np.random.default_rng(1).uniform(0, 255, (120, 55, 47, 3)).astype(np.float32)
+strip = STRIP(classifier, copies=2, bank_size=60, memory_mb=16, progress=False).fit(valid)
+strip.entropy(valid[:300])  # warm up TensorFlow
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with LabFile(sys.argv[1]) as lab:
+    entropies = strip.entropy(lab, seed=5)
+    flagged = strip.predict_trojaned(lab, seed=5)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024, len(entropies), len(flagged), strip.stream_batch())
+"""
+
+
+def test_streamed_strip_keeps_peak_memory_bounded(tmp_path):
+    """STRIP on an open lab file reads it batch by batch: the peak grows far less than the file's float32 size."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import h5py
+
+    count = 4000  # stored as float64: 248 MB; as float32 in memory it would be 124 MB
+    path = tmp_path / "big.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as handle:
+        data = handle.create_dataset("data", (count, 3, 55, 47), dtype="f8")
+        for start in range(0, count, 500):
+            data[start:start + 500] = rng.integers(0, 256, (500, 3, 55, 47))
+        handle.create_dataset("label", data=rng.integers(0, 4, count).astype("f8"))
+    helpers = str(pathlib.Path(__file__).resolve().parent)
+    result = subprocess.run([sys.executable, "-c", STRIP_PEAK_PROBE, str(path), helpers],
+                            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth, entropies, flagged, batch = map(int, result.stdout.split()[-4:])
+    float32_bytes = count * 55 * 47 * 3 * 4
+    assert entropies == flagged == count and batch < count
+    assert growth < 0.6 * float32_bytes, (growth, float32_bytes)
+
+
+@pytest.mark.parametrize("blend, draws", [("add", "random"), ("alpha", "random"), ("add", "fixed")])
+def test_streamed_file_gives_exactly_the_in_memory_results(tmp_path, make_lab_file, monkeypatch, blend, draws):
+    """Entropies, decisions and copies used from a file read in small batches equal those of the array in memory."""
+    import keras
+
+    import goodnet.strip
+    from goodnet.data import LabFile
+    from goodnet.models import Classifier
+
+    keras.utils.set_random_seed(0)
+    classifier = Classifier(tiny_network(4, shape=(55, 47, 3)), "unit")
+    rng = np.random.default_rng(3)
+    valid = rng.uniform(0, 255, (80, 55, 47, 3)).astype(np.float32)
+    test = rng.integers(0, 256, (45, 55, 47, 3)).astype(np.float32)
+    path = make_lab_file("test.h5", test, np.zeros(len(test), np.int64), dtype="float64")
+    monkeypatch.setattr(goodnet.strip, "STREAM_IMAGES", 8)   # many small batches, one of them short
+    strip = STRIP(classifier, copies=6, blend=blend, draws=draws, bank_size=40, memory_mb=2, early_stop=True,
+                  early_copies=2, progress=False).fit(valid)
+    assert strip.stream_batch() < len(test) and len(test) % strip.stream_batch()
+    in_memory = strip.entropy(test, seed=9)
+    in_memory_flags = strip.predict_trojaned(test, seed=9)
+    in_memory_used = strip.last_copies_used_.copy()
+    with LabFile(path) as lab:
+        streamed = strip.entropy(lab, seed=9)
+        streamed_flags = strip.predict_trojaned(lab, seed=9)
+    np.testing.assert_array_equal(streamed, in_memory)
+    np.testing.assert_array_equal(streamed_flags, in_memory_flags)
+    np.testing.assert_array_equal(strip.last_copies_used_, in_memory_used)
+    assert len(np.unique(in_memory)) > 1
+    with pytest.raises(TypeError, match="images: expected images in memory"), LabFile(path) as lab:
+        STRIP(classifier, copies=6, bank_size=40).fit(lab)

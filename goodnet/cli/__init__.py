@@ -75,12 +75,20 @@ def quiet_tensorflow():
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), without the usage block."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message.splitlines()[0] if message else 'bad arguments'} "
+                                   f"(see {self.prog} --help)\n")
+
+
 def build_parser(commands=None):
     """Build the ``goodnet`` argument parser with every available subcommand."""
     from goodnet import __version__
 
     commands = available_commands() if commands is None else commands
-    parser = argparse.ArgumentParser(prog="goodnet", description="Find and remove backdoors in neural networks.")
+    parser = _Parser(prog="goodnet", description="Find and remove backdoors in neural networks.")
     parser.add_argument("--version", action="version", version=f"goodnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details on stderr")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -165,10 +173,61 @@ def execution_from_args(args):
     """The :class:`goodnet.inference.Execution` that the execution options describe."""
     from goodnet.inference import Execution
 
-    devices = args.devices
-    if args.strategy == "mirrored" and devices is None:
-        devices = len(Execution(device=args.device, devices=None).device_names_all())
-    return Execution(device=args.device, devices=devices, precision=args.precision, jit_compile=args.xla)
+    return Execution.from_settings(args.device, args.devices, args.strategy, args.precision, args.xla)
+
+
+PRECISION_SAMPLE = 1024
+
+
+def sample_images(data, count=PRECISION_SAMPLE, seed=0):
+    """A fixed random subset of at most ``count`` images of a LabData or an open LabFile (file order)."""
+    if hasattr(data, "sample"):
+        return data.sample(count, seed).images
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    indices = np.sort(rng.choice(len(data), size=min(count, len(data)), replace=False))
+    return data.images[indices]
+
+
+def configure_execution(args, classifier, clean=None):
+    """Configure ``classifier`` as the execution options say and measure a mixed precision's effect.
+
+    Args:
+        args: parsed arguments holding the execution options.
+        classifier: the :class:`goodnet.models.Classifier` whose inference they govern.
+        clean: clean data (LabData or open LabFile) for the precision measurement.
+
+    Returns:
+        tuple: (the :class:`goodnet.inference.Execution`, report dict with
+        ``execution`` (where it ran) and, for a mixed precision,
+        ``precision_report`` (top-1 agreement with float32 on a clean sample,
+        see :func:`goodnet.inference.precision_agreement`)).
+    """
+    from goodnet.inference import precision_agreement
+
+    execution = execution_from_args(args)
+    classifier.configure(execution)
+    report = {"execution": execution.describe()}
+    if execution.precision != "float32":
+        if clean is None:
+            raise CommandError(f"--precision {execution.precision}: expected clean data to measure its effect "
+                               "on predictions (it is never on unmeasured)")
+        report["precision_report"] = precision_agreement(classifier.model, classifier.divisor,
+                                                         sample_images(clean), execution.precision,
+                                                         execution=execution)
+    return execution, report
+
+
+def execution_lines(report):
+    """Text lines for the ``execution`` and ``precision_report`` entries of a report."""
+    lines = [f"Execution: {report['execution']}"] if report.get("execution") else []
+    precision = report.get("precision_report")
+    if precision:
+        lines.append(f"Precision {precision['precision']}: top-1 agreement with float32 on {precision['images']} "
+                     f"clean images {precision['top1_agreement'] * 100}%, largest score difference "
+                     f"{precision['max_abs_score_difference']:.2e}")
+    return lines
 
 
 def positive(value):

@@ -11,7 +11,8 @@ gives the reported figures. Poisoned files are measured, never used to choose.
 
 import os
 
-from goodnet.cli import CommandError, add_model_options, positive, print_json
+from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
+                         positive, print_json)
 from goodnet.cli.prune import load_inputs
 
 HELP = "fine-pruning: prune a convolution's dormant channels, then fine-tune on clean data (Liu et al. 2018)"
@@ -46,12 +47,17 @@ def run(args):
     if not args.drop > 0:
         raise CommandError(f"--drop: expected an accuracy drop above 0 points, got {args.drop:g}")
     drop = int(args.drop) if float(args.drop).is_integer() else args.drop
-    classifier, clean, poisoned = load_inputs(args)
-    result = run_fine_pruning(classifier, clean, poisoned, args.out, layer=args.layer, drop=drop,
-                              count=args.channels, epochs=args.epochs, learning_rate=args.learning_rate,
-                              holdout_fraction=args.holdout, patience=args.patience, seed=args.seed,
-                              protect=[args.model, args.valid, *args.poisoned_valid], plot=not args.no_plot)
+    # Inference (the sweep, every evaluation of the pruned and fine-tuned model) runs as the execution options
+    # say; the fine-tuning steps themselves train in float32 on the execution's first device.
+    with execution_from_args(args).placement():
+        classifier, clean, poisoned = load_inputs(args)
+        _, execution_report = configure_execution(args, classifier, clean)
+        result = run_fine_pruning(classifier, clean, poisoned, args.out, layer=args.layer, drop=drop,
+                                  count=args.channels, epochs=args.epochs, learning_rate=args.learning_rate,
+                                  holdout_fraction=args.holdout, patience=args.patience, seed=args.seed,
+                                  protect=[args.model, args.valid, *args.poisoned_valid], plot=not args.no_plot)
     summary = result["summary"]
+    summary.update(execution_report)
     if args.json:
         print_json(summary)
         return 0
@@ -66,4 +72,5 @@ def run(args):
     print(f"hold-out accuracy: unpruned {summary['baseline_holdout_accuracy'] * 100:.3f}%, "
           f"fine-pruned {summary['holdout_accuracy'] * 100:.3f}%")
     print(f"saved {summary['files']['model']}")
+    print("\n".join(execution_lines(summary)))
     return 0

@@ -12,11 +12,13 @@ reported in the scoreboard with their reason. ``DIR`` receives
 ``scoreboard.csv``, ``.json``, ``.md`` and ``.html`` and a ``cache/`` of
 results keyed by the SHA-256 of each file and of the data, so a re-run only
 scores new or changed files. See :mod:`goodnet.grading` for the score.
+The execution options (``--device``, ``--devices``/``--strategy``,
+``--precision``, ``--xla``) are handed to every submission's process.
 """
 
 import os
 
-from goodnet.cli import CommandError, positive, print_json
+from goodnet.cli import CommandError, add_execution_options, execution_from_args, positive, print_json
 
 # The parent only schedules isolated subprocesses; it never imports TensorFlow.
 NEEDS_TENSORFLOW = False
@@ -59,6 +61,7 @@ def add_arguments(parser):
     parser.add_argument("--isolation", choices=("forkserver", "spawn"), default="forkserver",
                         help="forkserver: fork each submission's process from a server that preloaded "
                              "TensorFlow (fast); spawn: a fresh interpreter per submission")
+    add_execution_options(parser)
     parser.add_argument("--no-cache", action="store_true", help="score every file again, ignoring the cache")
     parser.add_argument("--json", action="store_true", help="print the scoreboard as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -77,12 +80,20 @@ def run(args):
                     scale=args.scale, num_classes=args.num_classes or LAB_CLASSES,
                     limits=Limits(seconds=args.time_limit, memory_mb=args.memory_mb), workers=args.workers,
                     isolation=args.isolation, batch_size=args.batch_size, threads=args.threads,
-                    use_cache=not args.no_cache, progress=False if args.no_progress else None)
+                    use_cache=not args.no_cache, progress=False if args.no_progress else None,
+                    execution=execution_from_args(args))
     board = grader.grade(args.submissions, args.out)
     if args.json:
         print_json(dict(board.to_json(), files=board.paths))
         return 0
     print(board.to_markdown(), end="")
+    executions = sorted({row["execution"] for row in board.rows if row.get("execution")})
+    if executions:
+        print(f"\nExecution: {'; '.join(executions)}")
+    if args.precision != "float32":
+        agreement = ", ".join(f"{row['submission']} {row['precision_report']['top1_agreement'] * 100:.2f}%"
+                              for row in board.rows if row.get("precision_report"))
+        print(f"Precision {args.precision}: top-1 agreement with float32 on a clean sample: {agreement}")
     failed = sum(row["status"] != "ok" for row in board.rows)
     cached = sum(bool(row["cached"]) for row in board.rows)
     print(f"\n{len(board.rows)} submissions: {len(board.rows) - failed} scored, {failed} failed, "

@@ -7,11 +7,14 @@ Ranks the channels of ``--layer`` by mean clean activation (measured at the
 pooling layer after it), prunes them in increasing order, records clean
 accuracy and the ASR of every poisoned validation file after each channel,
 and writes ``DIR/model_X=<X>.h5``, ``DIR/prune_curve.{csv,json,png}``.
+The execution options (``--device``, ``--devices``, ``--precision``, ``--xla``)
+govern the sweep as :class:`goodnet.pruning.PruningDefense` documents.
 """
 
 import os
 
-from goodnet.cli import CommandError, add_model_options, print_json
+from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
+                         print_json)
 
 HELP = "pruning defense: prune the dormant channels of a convolution, save models at X points of accuracy lost"
 
@@ -109,20 +112,23 @@ def run(args):
     drops = _drops(args.drops)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CommandError(f"{args.out}: --out: expected a folder, found a file")
-    classifier, clean, poisoned = load_inputs(args)
-    result = run_pruning_defense(classifier, clean, poisoned, args.out, layer=args.layer, drops=drops,
-                                 policy=args.policy, method=args.method, batch_size=args.batch_size,
-                                 progress=False if args.no_progress else None,
-                                 protect=[args.model, args.valid, *args.poisoned_valid],
-                                 plot=not args.no_plot, extension=args.format)
-    summary = result["summary"]
-    if args.goodnet:
-        summary["goodnets"] = write_goodnets(classifier, result["defense"], args.out, args.format,
-                                             protect=[args.model, args.valid, *args.poisoned_valid])
+    with execution_from_args(args).placement():
+        classifier, clean, poisoned = load_inputs(args)
+        _, execution_report = configure_execution(args, classifier, clean)
+        result = run_pruning_defense(classifier, clean, poisoned, args.out, layer=args.layer, drops=drops,
+                                     policy=args.policy, method=args.method, batch_size=args.batch_size,
+                                     progress=False if args.no_progress else None,
+                                     protect=[args.model, args.valid, *args.poisoned_valid],
+                                     plot=not args.no_plot, extension=args.format)
+        summary = result["summary"]
+        summary.update(execution_report)
+        if args.goodnet:
+            summary["goodnets"] = write_goodnets(classifier, result["defense"], args.out, args.format,
+                                                 protect=[args.model, args.valid, *args.poisoned_valid])
     if args.json:
         print_json(summary)
     else:
-        print("\n".join(table_lines(summary)))
+        print("\n".join(table_lines(summary) + execution_lines(summary)))
         for drop, path in summary.get("goodnets", {}).items():
             print(f"GoodNet X={drop}: {path}")
     return 0

@@ -20,7 +20,8 @@ entropy under B is below the threshold learned on --valid), and saves it as one
 model file.
 """
 
-from goodnet.cli import CommandError, add_model_options, positive, print_json
+from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
+                         positive, print_json)
 
 HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or combine B and B' into a GoodNet"
 
@@ -124,13 +125,20 @@ def summary_figures(figures):
 
 
 def run_end_to_end(args):
+    _check_end_to_end(args)
+    args.poisoned_valid = list(args.poisoned_valid)
+    with execution_from_args(args).placement():
+        return _end_to_end(args)
+
+
+def _end_to_end(args):
     from goodnet.cli.prune import load_inputs
     from goodnet.data import load_h5
     from goodnet.repair import RepairOptions, report_markdown, repair
 
-    _check_end_to_end(args)
-    args.poisoned_valid = list(args.poisoned_valid)
     classifier, clean, poisoned = load_inputs(args)
+    # Every model the repair evaluates (pruned, fine-pruned, STRIP on B) inherits this execution.
+    _, execution_report = configure_execution(args, classifier, clean)
     test = load_h5(args.test, num_classes=classifier.num_classes) if args.test else None
     poisoned_test = [load_h5(path, num_classes=classifier.num_classes) for path in args.poisoned_test]
     options = RepairOptions(layer=args.layer, drops=tuple(_whole(d) for d in args.drops),
@@ -150,17 +158,15 @@ def run_end_to_end(args):
         if "test" in report:
             payload.update(summary_figures(report["test"][report["chosen"]]))
             payload["badnet"] = summary_figures(report["test"]["badnet"])
+        payload.update(execution_report)
         print_json(payload)
     else:
         print(report_markdown(report))
+        print("\n".join(execution_lines(execution_report)))
     return 0
 
 
 def run_combine(args):
-    from goodnet.data import load_h5
-    from goodnet.goodnet import build_gated_goodnet, build_goodnet
-    from goodnet.models import save_model
-
     args.blend = args.blend or "add"
     args.threshold = args.threshold or "normal"
     if not args.out.endswith((".h5", ".keras")):
@@ -169,6 +175,20 @@ def run_combine(args):
         raise CommandError("--strip: expected --valid CLEAN.h5 (the bank and the threshold come from it)")
     if not 0.0 < args.frr < 1.0:
         raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
+    execution = execution_from_args(args)
+    if not args.strip and (execution.precision != "float32" or int(execution.devices or 1) > 1
+                           or execution.jit_compile):
+        raise CommandError("--devices/--strategy/--precision/--xla: the combine form runs a model only with "
+                           "--strip (the STRIP calibration); without it only --device applies")
+    with execution.placement():
+        return _combine(args)
+
+
+def _combine(args):
+    from goodnet.data import load_h5
+    from goodnet.goodnet import build_gated_goodnet, build_goodnet
+    from goodnet.models import save_model
+
     valid = load_h5(args.valid) if args.valid else None
     bad, repaired = _load_pair(args, valid)
     report = {"badnet": args.model, "repaired": args.repaired, "out": args.out, "scale": bad.scale,
@@ -176,6 +196,8 @@ def run_combine(args):
     if args.strip:
         from goodnet.strip import STRIP
 
+        _, execution_report = configure_execution(args, bad, valid)
+        report.update(execution_report)
         strip = STRIP(bad, copies=args.copies, blend=args.blend, alpha=args.alpha, draws="fixed",
                       threshold_method=args.threshold, frr=args.frr, bank_size=args.bank_size, seed=args.seed,
                       progress=False if args.no_progress else None).fit(valid.images)
@@ -193,4 +215,5 @@ def run_combine(args):
         print(f"{kind} written to {args.out} ({bad.num_classes} classes + 'poisoned' = {bad.num_classes})")
         if args.strip:
             print(f"STRIP threshold: {strip.threshold_:.6f} bits ({args.copies} copies, {args.blend} blend)")
+            print("\n".join(execution_lines(report)))
     return 0

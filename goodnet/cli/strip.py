@@ -4,11 +4,13 @@
 holds out a clean bank from V, learns the threshold on the rest of V, then
 reports the false rejection rate on T and the false acceptance rate (poisoned
 inputs not flagged) on each BT, and writes a histogram PNG of the entropies.
+T and BT are read batch by batch (memory stays bounded); V is read into memory.
 """
 
 import os
 
-from goodnet.cli import CommandError, add_model_options, positive, print_json
+from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
+                         positive, print_json)
 
 HELP = "STRIP: detect trojaned inputs at run time (FRR on clean test data, FAR on poisoned data)"
 
@@ -46,19 +48,39 @@ def add_arguments(parser):
 
 
 def run(args):
-    import numpy as np
+    import contextlib
 
-    from goodnet.data import load_h5
+    from goodnet.data import LabFile, load_h5
     from goodnet.models import load_model
-    from goodnet.plots import strip_entropy_histogram
-    from goodnet.strip import STRIP
 
     if not 0.0 < args.frr < 1.0:
         raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
-    valid = load_h5(args.valid)
-    classifier = load_model(args.model, scale=args.scale, num_classes=args.num_classes, clean=valid)
-    test = load_h5(args.test) if args.test else None
-    poisoned = [load_h5(path) for path in args.poisoned_test]
+    if args.strip_precision != "float32" and args.precision != "float32":
+        raise CommandError(f"--strip-precision {args.strip_precision} and --precision {args.precision} are two "
+                           "ways to reduce precision; choose one")
+    with execution_from_args(args).placement(), contextlib.ExitStack() as stack:
+        # The validation file (bank and threshold) is read into memory; the test files are opened here
+        # (validated up front) and streamed batch by batch: memory stays bounded whatever their size.
+        valid = load_h5(args.valid)
+        test = stack.enter_context(LabFile(args.test)) if args.test else None
+        poisoned = [stack.enter_context(LabFile(path)) for path in args.poisoned_test]
+        classifier = load_model(args.model, scale=args.scale, num_classes=args.num_classes, clean=valid)
+        _, execution_report = configure_execution(args, classifier, valid)
+        report = _detect(args, classifier, valid, test, poisoned, execution_report)
+    if args.json:
+        print_json(report)
+    else:
+        print("\n".join(_lines(report)))
+    return 0
+
+
+def _detect(args, classifier, valid, test, poisoned, execution_report):
+    """Fit STRIP on ``valid``, score the (streamed) test files, write the histogram; return the report."""
+    import numpy as np
+
+    from goodnet.plots import strip_entropy_histogram
+    from goodnet.strip import STRIP
+
     strip = STRIP(classifier, copies=args.copies, blend=args.blend, alpha=args.alpha, draws=args.draws,
                   threshold_method=args.threshold, frr=args.frr, bank_size=args.bank_size, seed=args.seed,
                   memory_mb=args.memory_mb, early_stop=args.early_stop, early_copies=args.early_copies,
@@ -70,34 +92,31 @@ def run(args):
               "copies": args.copies, "blend": args.blend, "draws": args.draws,
               "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,
               "valid_false_rejection_rate": float(np.mean(strip.clean_entropies_ < strip.threshold_))}
+    report.update(execution_report)
     histogram = {}
     clean_entropies = strip.clean_entropies_
     if test is not None:
-        clean_entropies = strip.entropy(test.images, seed=strip.seed + 2)
+        clean_entropies = strip.entropy(test, seed=strip.seed + 2)
         report["test"] = args.test
         report["false_rejection_rate"] = float(np.mean(clean_entropies < strip.threshold_))
         if strip.early_stop:
-            report["early_stop_false_rejection_rate"] = float(np.mean(strip.predict_trojaned(test.images, seed=strip.seed + 2)))
+            report["early_stop_false_rejection_rate"] = float(np.mean(strip.predict_trojaned(test, seed=strip.seed + 2)))
     report["poisoned"] = []
     for offset, data in enumerate(poisoned):
         seed = strip.seed + 3 + offset
-        entropies = strip.entropy(data.images, seed=seed)
+        entropies = strip.entropy(data, seed=seed)
         detected = float(np.mean(entropies < strip.threshold_))
         item = {"file": data.path, "false_acceptance_rate": 1.0 - detected, "detection_rate": detected,
                 "entropy_mean": float(np.mean(entropies))}
         if strip.early_stop:
-            item["early_stop_false_acceptance_rate"] = 1.0 - float(np.mean(strip.predict_trojaned(data.images, seed)))
+            item["early_stop_false_acceptance_rate"] = 1.0 - float(np.mean(strip.predict_trojaned(data, seed)))
             item["early_stop_mean_copies"] = float(np.mean(strip.last_copies_used_))
         report["poisoned"].append(item)
         histogram[os.path.basename(data.path)] = entropies
     if not args.no_plot:
         report["plot"] = strip_entropy_histogram(clean_entropies, histogram, strip.threshold_, args.plot,
                                                  title=f"STRIP entropy: {os.path.basename(args.model)}")
-    if args.json:
-        print_json(report)
-    else:
-        print("\n".join(_lines(report)))
-    return 0
+    return report
 
 
 def _lines(report):
@@ -111,4 +130,4 @@ def _lines(report):
                      f"{entry['false_acceptance_rate'] * 100}")
     if "plot" in report:
         lines.append(f"Histogram: {report['plot']}")
-    return lines
+    return lines + execution_lines(report)
