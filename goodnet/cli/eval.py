@@ -110,6 +110,7 @@ def run(args):
 
     if len(args.files) < 2:
         raise CommandError("expected CLEAN.h5 [POISONED.h5 ...] MODEL, or MODEL IMAGE")
-    if len(args.files) == 2 and is_image_file(args.files[1]):
-        return _image_mode(args)
-    return _file_mode(args)
+    with execution_from_args(args).placement():   # loading and the --scale auto choice too
+        if len(args.files) == 2 and is_image_file(args.files[1]):
+            return _image_mode(args)
+        return _file_mode(args)
