@@ -377,6 +377,8 @@ def _argmax_rows(function, activations, keep, batch_size):
 
 
 FLOAT32_UNIT = 2.0 ** -24   # float32 unit roundoff
+# A float64 sum's error relative to its magnitude, in float32 units: 2**-53 per term for up to 2**20 terms.
+FLOAT64_ERROR = 2.0 ** -33 / FLOAT32_UNIT
 
 
 def _channel_maps(layers, measure_shape):
@@ -404,47 +406,61 @@ def _channel_maps(layers, measure_shape):
 
 def _lab_tail_functions():
     """The compiled TensorFlow functions of the incremental method (weights are arguments, so
-    one trace serves every model and every fit)."""
+    one trace serves every model and every fit).
+
+    The running sums (the pre-activations of the tail's first dense layer and
+    convolution) are kept in float64: pruning subtracts terms from them but
+    not the rounding error those terms brought, so in float32 that error
+    would stay at the scale of the unpruned sums while the sums themselves
+    shrink (late in a sweep the surviving logits can be smaller than it). In
+    float64 it is about 2**-29 times smaller and the rest of the tail is
+    evaluated in float32 from the rounded sums, like the whole model."""
     import tensorflow as tf
 
-    def evaluate(linear_1, convolution, weights, guard):
-        dense_2, bias_2, output, bias_out, output_norm = weights
-        hidden_in = tf.matmul(tf.nn.relu(convolution), dense_2)
+    def evaluate(linear_1, convolution, magnitude, weights, guard):
+        dense_2, bias_2, output, bias_out, output_norm = weights[:5]
+        linear_1 = tf.cast(linear_1, tf.float32)
+        hidden_in = tf.matmul(tf.nn.relu(tf.cast(convolution, tf.float32)), dense_2)
         hidden = tf.nn.relu(linear_1 + hidden_in + bias_2)
         logits = tf.matmul(hidden, output) + bias_out
         best = tf.argmax(logits, axis=1, output_type=tf.int32)
         top = tf.reduce_max(logits, axis=1)
-        # Guard band: a multiple of float32 rounding at this image's scale (see _LabTail).
-        scale = (output_norm * (tf.norm(linear_1, axis=1) + tf.norm(hidden_in, axis=1) + tf.norm(bias_2))
-                 + tf.abs(top))
+        # Guard band: a multiple of float32 rounding at this image's scale (see _LabTail), plus
+        # the float64 sums' own error (at most about 2**-53 per term of their magnitude).
+        scale = (output_norm * (tf.norm(linear_1, axis=1) + tf.norm(hidden_in, axis=1) + tf.norm(bias_2)
+                                + magnitude * FLOAT64_ERROR) + tf.abs(top))
         band = guard * FLOAT32_UNIT * scale
         rivals = tf.reduce_sum(tf.cast(logits >= (top - band)[:, None], tf.int32), axis=1)
         return best, tf.equal(rivals, 1)
 
     matrix = tf.TensorSpec((None, None), tf.float32)
+    matrix_64 = tf.TensorSpec((None, None), tf.float64)
+    stack_64 = tf.TensorSpec((None, None, None), tf.float64)
     vector = tf.TensorSpec((None,), tf.float32)
-    weights = (matrix, vector, matrix, vector, tf.TensorSpec((), tf.float32))
+    weights = (matrix, vector, matrix, vector) + (tf.TensorSpec((), tf.float32),) * 3
     scalar = tf.TensorSpec((), tf.float32)
 
-    @tf.function(input_signature=[matrix, matrix, matrix, matrix, matrix, weights, scalar], reduce_retracing=True)
-    def step(linear_1, convolution, values, dense_map, conv_map, weights, guard):
+    @tf.function(input_signature=[matrix_64, matrix_64, vector, matrix, matrix_64, matrix_64, weights, scalar],
+                 reduce_retracing=True)
+    def step(linear_1, convolution, magnitude, values, dense_map, conv_map, weights, guard):
+        values = tf.cast(values, tf.float64)
         linear_1 = linear_1 - tf.matmul(values, dense_map)
         convolution = convolution - tf.matmul(values, conv_map)
-        best, sure = evaluate(linear_1, convolution, weights, guard)
+        best, sure = evaluate(linear_1, convolution, magnitude, weights, guard)
         return linear_1, convolution, best, sure
 
-    @tf.function(input_signature=[matrix, matrix, tf.TensorSpec((None, None, None), tf.float32),
-                                  tf.TensorSpec((None, None, None), tf.float32),
-                                  tf.TensorSpec((None, None, None), tf.float32), weights, scalar],
+    @tf.function(input_signature=[matrix_64, matrix_64, vector, tf.TensorSpec((None, None, None), tf.float32),
+                                  stack_64, stack_64, weights, scalar],
                  reduce_retracing=True)
-    def steps(linear_1, convolution, values, dense_maps, conv_maps, weights, guard):
+    def steps(linear_1, convolution, magnitude, values, dense_maps, conv_maps, weights, guard):
         count = tf.shape(values)[0]
         bests = tf.TensorArray(tf.int32, size=count)
         sures = tf.TensorArray(tf.bool, size=count)
         for index in tf.range(count):
-            linear_1 = linear_1 - tf.matmul(values[index], dense_maps[index])
-            convolution = convolution - tf.matmul(values[index], conv_maps[index])
-            best, sure = evaluate(linear_1, convolution, weights, guard)
+            part = tf.cast(values[index], tf.float64)
+            linear_1 = linear_1 - tf.matmul(part, dense_maps[index])
+            convolution = convolution - tf.matmul(part, conv_maps[index])
+            best, sure = evaluate(linear_1, convolution, magnitude, weights, guard)
             bests = bests.write(index, best)
             sures = sures.write(index, sure)
         return bests.stack(), sures.stack()
@@ -452,11 +468,17 @@ def _lab_tail_functions():
     @tf.function(reduce_retracing=True)
     def start(activations, dense_1, bias_1, kernel, conv_bias, strides, weights, guard):
         count = tf.shape(activations)[0]
-        linear_1 = tf.matmul(tf.reshape(activations, (count, -1)), dense_1) + bias_1
-        convolution = tf.nn.conv2d(activations, kernel, strides=(1,) + strides + (1,), padding="VALID")
+        wide = tf.cast(activations, tf.float64)        # float32 products are exact in float64
+        linear_1 = tf.matmul(tf.reshape(wide, (count, -1)), dense_1) + bias_1
+        convolution = tf.nn.conv2d(wide, kernel, strides=(1,) + strides + (1,), padding="VALID")
         convolution = tf.reshape(convolution + conv_bias, (count, -1))
-        best, sure = evaluate(linear_1, convolution, weights, guard)
-        return linear_1, convolution, best, sure
+        # Magnitude of the sums: a bound on the norms of the sums of absolute values of every term
+        # they ever hold (the first dense layer's, and the convolution's through |dense_2|); it
+        # bounds the scale of their float64 rounding error at every step. weights[5:]: the
+        # matrix norms that turn the input's norm into that bound (see _LabTail).
+        magnitude = tf.norm(tf.reshape(activations, (count, -1)), axis=1) * weights[5] + weights[6]
+        best, sure = evaluate(linear_1, convolution, magnitude, weights, guard)
+        return linear_1, convolution, magnitude, best, sure
 
     return start, step, steps
 
@@ -470,17 +492,44 @@ def _compiled_lab_tail():
     return _FUNCTIONS[0]
 
 
+def _magnitude_factors(layers, measure_shape):
+    """(gain, offset): ``gain * ||x|| + offset`` bounds, for measured activations x, the norm of
+    ``|x| @ |dense_1| + |bias_1|`` plus ``|| |dense_2| ||`` times the norm of ``conv(|x|, |kernel|) + |bias|``.
+
+    Spectral norms of the absolute kernels; a convolution reads each input value through at
+    most ``kh * kw`` taps, hence the square root."""
+    def spectral(matrix):
+        return float(np.linalg.norm(np.abs(np.asarray(matrix, np.float64)).reshape(-1, matrix.shape[-1]), 2))
+
+    def bias_norm(layer):
+        return float(np.linalg.norm(np.asarray(layer.bias, np.float64))) if layer.use_bias else 0.0
+
+    kernel = np.asarray(layers["conv"].kernel)
+    taps = kernel.shape[0] * kernel.shape[1]
+    stride_y, stride_x = (int(step) for step in layers["conv"].strides)
+    positions = (((measure_shape[0] - kernel.shape[0]) // stride_y + 1)
+                 * ((measure_shape[1] - kernel.shape[1]) // stride_x + 1))   # the bias repeats at each
+    dense_2 = spectral(np.asarray(layers["dense_2"].kernel))
+    gain = spectral(np.asarray(layers["dense_1"].kernel)) + dense_2 * np.sqrt(taps) * spectral(kernel)
+    offset = bias_norm(layers["dense_1"]) + dense_2 * bias_norm(layers["conv"]) * np.sqrt(positions)
+    return gain * 1.001, offset * 1.001
+
+
 class _LabTail:
     """The lab tail (see :func:`_match_deepid_tail`) evaluated from running linear sums.
 
     The first dense layer and the convolution of the tail are linear in the
     measured activations, so pruning channel c subtracts that channel's
-    contribution from their pre-activations (kept in float32 per image); the
+    contribution from their pre-activations (kept in float64 per image); the
     rest of the tail is evaluated from them. A top-1 class is *certified* when
     no other logit comes within a guard band of it: ``guard`` times the
     float32 unit roundoff times the image's logit scale (the output kernel's
     largest column norm times the norms of the summands of the hidden layer,
-    plus the top logit). Float32 rounding moves these logits by at most a few
+    plus the top logit). The running sums are float64 (see
+    :func:`_lab_tail_functions`), so their own error, bounded by 2**-33
+    times their *magnitude* (fixed per image at the start: the norms of the
+    sums of absolute values of all their terms), is added to that scale.
+    Float32 rounding moves these logits by at most a few
     units of that scale (measured by the tests against float64 and against
     the whole Keras model), so the default guard of 256 leaves a wide safety
     factor; images that are not certified are re-run through the model's own
@@ -493,16 +542,19 @@ class _LabTail:
         as_array = lambda variable: np.asarray(variable, dtype=np.float32)  # noqa: E731
         zeros = lambda layer, size: as_array(layer.bias) if layer.use_bias else np.zeros(size, np.float32)  # noqa: E731
         self.guard = tf.constant(float(guard), tf.float32)
-        self.dense_map, self.conv_map = _channel_maps(layers, measure_shape)
+        dense_map, conv_map = _channel_maps(layers, measure_shape)
+        self.dense_map, self.conv_map = dense_map.astype(np.float64), conv_map.astype(np.float64)
+        wide = lambda variable: tf.constant(np.asarray(variable, dtype=np.float64))  # noqa: E731
         output = as_array(layers["output"].kernel)
         self.weights = (tf.constant(as_array(layers["dense_2"].kernel)),
                         tf.constant(zeros(layers["dense_2"], layers["dense_2"].units)),
                         tf.constant(output), tf.constant(zeros(layers["output"], layers["output"].units)),
-                        tf.constant(float(np.sqrt((output.astype(np.float64) ** 2).sum(axis=0)).max()), tf.float32))
-        self.dense_1 = tf.constant(as_array(layers["dense_1"].kernel))
-        self.bias_1 = tf.constant(zeros(layers["dense_1"], layers["dense_1"].units))
-        self.kernel = tf.constant(as_array(layers["conv"].kernel))
-        self.conv_bias = tf.constant(zeros(layers["conv"], layers["conv"].filters))
+                        tf.constant(float(np.sqrt((output.astype(np.float64) ** 2).sum(axis=0)).max()), tf.float32),
+                        *(tf.constant(value, tf.float32) for value in _magnitude_factors(layers, measure_shape)))
+        self.dense_1 = wide(as_array(layers["dense_1"].kernel))
+        self.bias_1 = wide(zeros(layers["dense_1"], layers["dense_1"].units))
+        self.kernel = wide(as_array(layers["conv"].kernel))
+        self.conv_bias = wide(zeros(layers["conv"], layers["conv"].filters))
         self.strides = tuple(int(step) for step in layers["conv"].strides)
         self.start_function, self.step_function, self.steps_function = _compiled_lab_tail()
 
@@ -513,24 +565,28 @@ class _LabTail:
         kernel = layers["conv"].kernel.shape
         strides = layers["conv"].strides
         outputs = ((height - kernel[0]) // strides[0] + 1) * ((width - kernel[1]) // strides[1] + 1) * kernel[3]
-        return 4 * channels * height * width * outputs <= limit_bytes
+        return 8 * channels * height * width * outputs <= limit_bytes
 
     def start(self, activations):
-        """(dense pre-activation, conv pre-activation, top-1, certified) of the unpruned tail."""
+        """(dense pre-activation, conv pre-activation, magnitude, top-1, certified) of the unpruned tail.
+
+        ``magnitude`` (per image) is the scale of the rounding error the running
+        sums carry at every later step (see :func:`_lab_tail_functions`)."""
         activations = np.asarray(activations, np.float32)
-        linear_1, convolution, best, sure = self.start_function(activations, self.dense_1, self.bias_1, self.kernel,
-                                                                self.conv_bias, self.strides, self.weights, self.guard)
-        return np.asarray(linear_1), np.asarray(convolution), np.asarray(best), np.asarray(sure)
+        state = self.start_function(activations, self.dense_1, self.bias_1, self.kernel, self.conv_bias,
+                                    self.strides, self.weights, self.guard)
+        return tuple(np.asarray(value) for value in state)
 
-    def step(self, linear_1, convolution, values, channel):
+    def step(self, linear_1, convolution, magnitude, values, channel):
         """Remove ``channel`` (its activations ``values`` (n, H*W)); returns the new state, top-1, certified."""
-        linear_1, convolution, best, sure = self.step_function(linear_1, convolution, values, self.dense_map[channel],
-                                                               self.conv_map[channel], self.weights, self.guard)
+        linear_1, convolution, best, sure = self.step_function(linear_1, convolution, magnitude, values,
+                                                               self.dense_map[channel], self.conv_map[channel],
+                                                               self.weights, self.guard)
         return np.asarray(linear_1), np.asarray(convolution), np.asarray(best), np.asarray(sure)
 
-    def steps(self, linear_1, convolution, values, channels):
+    def steps(self, linear_1, convolution, magnitude, values, channels):
         """Remove ``channels`` one after the other (values (len(channels), n, H*W)); (top-1, certified) per step."""
-        best, sure = self.steps_function(linear_1, convolution, values, self.dense_map[channels],
+        best, sure = self.steps_function(linear_1, convolution, magnitude, values, self.dense_map[channels],
                                          self.conv_map[channels], self.weights, self.guard)
         return np.asarray(best), np.asarray(sure)
 
@@ -843,12 +899,11 @@ class PruningDefense:
         with progress_bar(work, "pruning sweep", self.progress) as bar:
             states = []
             for begin in range(0, count, block):
-                linear_1, convolution, best, sure = tail.start(activations[begin:begin + block])
-                states.append((linear_1, convolution))
+                linear_1, convolution, magnitude, best, sure = tail.start(activations[begin:begin + block])
+                states.append((linear_1, convolution, magnitude))
                 predictions[0, begin:begin + block], uncertain[0, begin:begin + block] = best, ~sure
                 bar.update(len(best))
-            linear_1 = np.concatenate([state[0] for state in states])
-            convolution = np.concatenate([state[1] for state in states])
+            linear_1, convolution, magnitude = (np.concatenate(parts) for parts in zip(*states))
             del states
             for step in range(1, dense_from + 1):
                 channel = self.ranking_[step - 1]
@@ -857,7 +912,7 @@ class PruningDefense:
                 for begin in range(0, rows.size, block):
                     part = rows[begin:begin + block]
                     linear_1[part], convolution[part], best, sure = tail.step(
-                        linear_1[part], convolution[part], by_channel[channel, part], channel)
+                        linear_1[part], convolution[part], magnitude[part], by_channel[channel, part], channel)
                     predictions[step, part], uncertain[step, part] = best, ~sure
                 bar.update(int(rows.size))
             late = self.ranking_[dense_from:]
@@ -866,7 +921,7 @@ class PruningDefense:
                 for begin in range(0, count, block):
                     part = slice(begin, begin + block)
                     values = by_channel[late, part]
-                    best, sure = tail.steps(linear_1[part], convolution[part], values, late)
+                    best, sure = tail.steps(linear_1[part], convolution[part], magnitude[part], values, late)
                     predictions[dense_from + 1:, part], uncertain[dense_from + 1:, part] = best, ~sure
                     bar.update(int(best.size))
         del linear_1, convolution, by_channel

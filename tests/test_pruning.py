@@ -280,3 +280,24 @@ def test_dense_phase_starts_where_updating_every_image_is_cheaper():
     counts = np.array([0, 3, 40, 90, 10, 95, 100])
     costs = [1.5 * counts[:split].sum() + 100 * (len(counts) - split) for split in range(len(counts) + 1)]
     assert _dense_phase_start(counts, 100) == int(np.argmin(costs))
+
+
+def test_incremental_stays_exact_when_the_running_sums_shrink():
+    """A random DeepID on raw pixels: the last steps leave logits far smaller than the unpruned sums'
+    float32 rounding error (every image gets the same class once all channels are pruned). The
+    incremental method must still agree with the whole model at every step."""
+    import keras
+
+    from goodnet.models import Classifier, build_deepid
+
+    keras.utils.set_random_seed(0)
+    model = build_deepid(num_classes=50)
+    images = np.random.default_rng(0).uniform(0, 255, (120, 55, 47, 3)).astype(np.float32)
+    classifier = Classifier(model, "raw")
+    data = LabData(images, classifier.predict(images), "random.h5")
+    defense = PruningDefense(classifier, "conv_3", progress=False).fit(data, [])
+    assert defense.method_ == "incremental"
+    for step in range(len(defense.ranking_) + 1):
+        expected = whole_model_predictions(model, "conv_3", defense.ranking_[:step], images)
+        assert np.array_equal(defense.clean_predictions_[step], expected), f"step {step}"
+    assert len(np.unique(defense.clean_predictions_[-1])) == 1
