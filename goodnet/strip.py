@@ -32,6 +32,7 @@ entropy along the wrong axis (over the copies instead of over the classes);
 this module does not.
 """
 
+import dataclasses
 import logging
 import statistics
 
@@ -532,6 +533,47 @@ class STRIP:
                 entropies[start:start + len(batch)] = block.astype(np.float64).mean(axis=1)
                 start += len(batch)
         return entropies
+
+    def precision_effect(self, images, seed=None):
+        """Measure what this STRIP's reduced precision does, against float32, on ``images``.
+
+        The float32 twin shares the bank, the draws and the threshold; only the
+        network's precision differs (``precision="bfloat16"`` or the
+        execution's mixed precision).
+
+        Args:
+            images: a sample of clean raw-pixel images (N, H, W, C) or a LabData.
+            seed: seed of the draws (default: the estimator's seed).
+
+        Returns:
+            dict: ``strip_precision``, ``images``, ``max_entropy_difference``
+            (bits) and ``decision_agreement`` (fraction of inputs flagged the
+            same way at ``threshold_``).
+
+        Example:
+            >>> STRIP(badnet, precision="bfloat16").fit(valid).precision_effect(valid.images[:256])
+        """
+        import copy
+
+        if not hasattr(self, "bank_"):
+            raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
+        images = _images(images)
+        twin = copy.copy(self)
+        twin.precision = "float32"
+        execution = getattr(self.classifier, "execution", None)
+        if execution is not None:
+            twin.classifier = copy.copy(self.classifier).configure(dataclasses.replace(execution, precision="float32"))
+        twin._bank_tensor, twin._compiled = None, None
+        twin._network, twin._strategy, twin.execution_ = twin._placed_network()
+        twin._split = twin._linear_split()
+        if self._split is None:
+            twin._split = None
+        reduced, reference = self.entropy(images, seed), twin.entropy(images, seed)
+        precision = self.precision if self.precision != "float32" else self.execution_.precision
+        return {"strip_precision": precision, "images": int(len(images)),
+                "max_entropy_difference": float(np.max(np.abs(reduced - reference))) if len(images) else 0.0,
+                "decision_agreement": float(np.mean((reduced < self.threshold_) == (reference < self.threshold_)))
+                if len(images) else 1.0}
 
     def early_stages(self):
         """Copies after which :meth:`predict_trojaned` looks at the undecided inputs: every ``early_copies``, then ``copies``."""

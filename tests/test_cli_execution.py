@@ -117,3 +117,16 @@ def test_precision_options_that_cannot_apply_are_refused(task, tmp_path, capsys)
     assert "the combine form runs a model only with --strip" in line
     assert main(combine + ["--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["strip"] is False
+
+
+def test_strip_reduced_precision_is_measured_against_float32(task, tmp_path, capsys):
+    code = main(_command("strip", task, tmp_path / "out") + ["--strip-precision", "bfloat16"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "STRIP in bfloat16 against float32 on 60 clean validation inputs" in captured.out
+    code = main(_command("strip", task, tmp_path / "out2") + ["--precision", "mixed_bfloat16", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    effect = report["strip_precision_report"]
+    assert effect["strip_precision"] == "mixed_bfloat16" and effect["images"] == 60
+    assert 0.0 <= effect["decision_agreement"] <= 1.0 and effect["max_entropy_difference"] > 0

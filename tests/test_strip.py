@@ -342,3 +342,18 @@ def test_streamed_file_gives_exactly_the_in_memory_results(tmp_path, make_lab_fi
     assert len(np.unique(in_memory)) > 1
     with pytest.raises(TypeError, match="images: expected images in memory"), LabFile(path) as lab:
         STRIP(classifier, copies=6, bank_size=40).fit(lab)
+
+
+def test_precision_effect_compares_with_a_float32_twin(tiny_badnet, tiny_data):
+    images, _ = tiny_data
+    options = dict(copies=10, blend="alpha", bank_size=100, frr=0.05)
+    exact = STRIP(tiny_badnet, **options).fit(images[:300])
+    rounded = STRIP(tiny_badnet, precision="bfloat16", **options).fit(images[:300])
+    effect = rounded.precision_effect(images[300:340], seed=5)
+    reference = exact.entropy(images[300:340], seed=5)
+    expected = np.max(np.abs(rounded.entropy(images[300:340], seed=5) - reference))
+    assert effect["strip_precision"] == "bfloat16" and effect["images"] == 40
+    assert effect["max_entropy_difference"] == pytest.approx(expected, abs=1e-4) and expected > 0
+    assert 0.0 <= effect["decision_agreement"] <= 1.0
+    same = exact.precision_effect(images[300:340], seed=5)
+    assert same["max_entropy_difference"] == 0.0 and same["decision_agreement"] == 1.0
