@@ -46,3 +46,22 @@ def rng_images():
     """Deterministic random raw-pixel images (64, 55, 47, 3) float32."""
     rng = np.random.default_rng(1234)
     return rng.uniform(0, 255, size=(64, 55, 47, 3)).astype(np.float32)
+
+
+@pytest.fixture
+def big_float64_file():
+    """Write a large lab-layout float64 file: ``big_float64_file(path, count, classes)`` returns its path."""
+    return _write_big_float64_file
+
+
+def _write_big_float64_file(path, count=4000, classes=4, seed=0):
+    """A lab-layout file stored as float64 (62 KB per image), written 500 images at a time; returns its path."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as handle:
+        data = handle.create_dataset("data", (count, 3, 55, 47), dtype="f8")
+        for start in range(0, count, 500):
+            data[start:start + 500] = rng.integers(0, 256, (min(500, count - start), 3, 55, 47))
+        handle.create_dataset("label", data=rng.integers(0, classes, count).astype("f8"))
+    return path

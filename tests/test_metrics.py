@@ -62,21 +62,13 @@ print((after - before) * 1024, figures["clean_images"])
 """
 
 
-def test_streaming_evaluation_keeps_peak_memory_bounded(tmp_path, shared):
+def test_streaming_evaluation_keeps_peak_memory_bounded(tmp_path, shared, big_float64_file):
     import os
     import subprocess
     import sys
 
-    import h5py
-
     count = 4000  # stored as float64: 248 MB; as float32 in memory it would be 124 MB
-    path = tmp_path / "big.h5"
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as handle:
-        data = handle.create_dataset("data", (count, 3, 55, 47), dtype="f8")
-        for start in range(0, count, 500):
-            data[start:start + 500] = rng.integers(0, 256, (500, 3, 55, 47))
-        handle.create_dataset("label", data=rng.integers(0, 1283, count).astype("f8"))
+    path = big_float64_file(tmp_path / "big.h5", count, classes=1283)
     result = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path), str(shared / "models" / "bd_net.h5")],
                             capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-2000:]

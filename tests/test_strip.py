@@ -284,23 +284,15 @@ print((after - before) * 1024, len(entropies), len(flagged), strip.stream_batch(
 """
 
 
-def test_streamed_strip_keeps_peak_memory_bounded(tmp_path):
+def test_streamed_strip_keeps_peak_memory_bounded(tmp_path, big_float64_file):
     """STRIP on an open lab file reads it batch by batch: the peak grows far less than the file's float32 size."""
     import os
     import pathlib
     import subprocess
     import sys
 
-    import h5py
-
     count = 4000  # stored as float64: 248 MB; as float32 in memory it would be 124 MB
-    path = tmp_path / "big.h5"
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as handle:
-        data = handle.create_dataset("data", (count, 3, 55, 47), dtype="f8")
-        for start in range(0, count, 500):
-            data[start:start + 500] = rng.integers(0, 256, (500, 3, 55, 47))
-        handle.create_dataset("label", data=rng.integers(0, 4, count).astype("f8"))
+    path = big_float64_file(tmp_path / "big.h5", count, classes=4)
     helpers = str(pathlib.Path(__file__).resolve().parent)
     result = subprocess.run([sys.executable, "-c", STRIP_PEAK_PROBE, str(path), helpers],
                             capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))

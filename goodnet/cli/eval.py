@@ -12,7 +12,7 @@ Two forms:
 
 import os
 
-from goodnet.cli import CommandError, add_model_options, execution_from_args, print_json
+from goodnet.cli import CommandError, add_model_options, execution_from_args, execution_lines, print_json
 
 PRECISION_SAMPLE = 1024
 
@@ -62,12 +62,7 @@ def lab_lines(figures):
             lines.append(f"Detection Rate{suffix}: {entry['detection_rate'] * 100}")
         if "false_rejection_rate" in figures:
             lines.append(f"False Rejection Rate: {figures['false_rejection_rate'] * 100}")
-    report = figures.get("precision_report")
-    if report:
-        lines.append(f"Precision {report['precision']}: top-1 agreement with float32 on {report['images']} clean "
-                     f"images {report['top1_agreement'] * 100}%, largest score difference "
-                     f"{report['max_abs_score_difference']:.2e}")
-    return lines
+    return lines + execution_lines({"precision_report": figures.get("precision_report")})
 
 
 def _file_mode(args):
