@@ -78,35 +78,137 @@ class EpochRecord:
     loss: float
     holdout_accuracy: float
     attack_success_rates: list
+    learning_rate: float = float("nan")
+
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("one-cycle", "cosine", "constant")
+
+
+def learning_rate_at(step, total_steps, peak, schedule="one-cycle", warmup=0.3):
+    """The learning rate of ``schedule`` at optimizer ``step`` (0-based) of ``total_steps``.
+
+    - ``constant``: ``peak`` throughout;
+    - ``cosine``: cosine decay from ``peak`` to 0 over the steps;
+    - ``one-cycle``: linear rise from ``peak / 25`` to ``peak`` over the first
+      ``warmup`` share of the steps, then cosine decay to 0 (Smith's one-cycle
+      policy, the shape super-fine-tuning uses to erase backdoors).
+
+    Example:
+        >>> round(learning_rate_at(30, 100, 0.01), 6), learning_rate_at(100, 100, 0.01)
+        (0.01, 0.0)
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return float(peak)
+    total = max(1, int(total_steps))
+    step = min(max(0, int(step)), total)
+    rise = int(round(warmup * total)) if schedule == "one-cycle" else 0
+    if step < rise:
+        start = peak / 25.0
+        return float(start + (peak - start) * step / rise)
+    progress = (step - rise) / max(1, total - rise)
+    return float(0.5 * peak * (1.0 + np.cos(np.pi * progress)))
+
+
+def augment_images(images, rng, shift=3, flip=False, noise=0.0):
+    """Randomly shifted (edge-padded, up to ``shift`` pixels each way), optionally mirrored and noised copies.
+
+    Args:
+        images: raw-pixel images (N, H, W, C).
+        rng: a ``numpy.random.Generator`` (the same seed gives the same copies).
+        shift: largest shift in pixels along each axis.
+        flip: mirror half of the images left-right.
+        noise: standard deviation of Gaussian pixel noise (0-255 scale).
+
+    Returns:
+        np.ndarray: float32 images in 0-255, same shape.
+    """
+    images = np.asarray(images, np.float32)
+    count, height, width = images.shape[:3]
+    out = np.empty_like(images)
+    if shift:
+        padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+        offsets = rng.integers(0, 2 * shift + 1, size=(count, 2))
+        for index, (top, left) in enumerate(offsets):
+            out[index] = padded[index, top:top + height, left:left + width]
+    else:
+        out[...] = images
+    if flip:
+        mirrored = rng.random(count) < 0.5
+        out[mirrored] = out[mirrored, :, ::-1]
+    if noise:
+        out += rng.normal(0.0, noise, out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 255.0)
+
+
+RECIPE_DEFAULTS = {"epochs": 40, "learning_rate": 0.025, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
+                   "schedule": "one-cycle", "warmup": 0.3, "min_epochs": None, "patience": None, "augment": True,
+                   "shift": 3, "flip": False, "noise": 0.0, "clip_norm": None,
+                   "distill": 0.0}
+"""The default fine-tuning recipe of :class:`FinePruning` (and of ``goodnet fineprune`` and ``goodnet repair``)."""
 
 
 class FinePruning:
     """Prune channels of one convolution, then fine-tune on clean validation data.
 
+    The default recipe is a short "super-fine-tuning" (Sha et al. 2022) of every
+    layer: SGD with momentum and a one-cycle learning rate that rises to a high
+    peak and decays to zero, on randomly shifted copies of the clean tune
+    images. The high-rate phase moves the weights far enough to erase the
+    backdoor (a small constant rate, the paper's recipe, leaves it intact on
+    pruning-aware BadNets); the decay recovers clean accuracy. The kept model
+    is the epoch with the best hold-out accuracy among epochs ``min_epochs`` and
+    later, so an early epoch, before the backdoor is erased, is never kept just
+    because accuracy dips while the rate is high.
+
     Args:
         layer: the convolution whose channels are pruned (``conv_3``).
-        epochs: maximum fine-tuning epochs.
-        learning_rate: Adam learning rate (small: the model is already trained).
+        epochs: fine-tuning epochs (the length of the schedule).
+        learning_rate: peak learning rate.
         batch_size: fine-tuning batch size.
         holdout_fraction: share of the clean validation data held out for
-            early stopping and reporting.
-        patience: epochs without hold-out improvement before stopping.
-        seed: seed of the split and of training.
+            choosing the epoch and for reporting.
+        patience: epochs without hold-out improvement (counted from
+            ``min_epochs``) before stopping; None runs the whole schedule.
+        seed: seed of the split, of augmentation and of training.
+        optimizer: "sgd" (with ``momentum``) or "adam".
+        momentum: SGD momentum.
+        schedule: "one-cycle", "cosine" or "constant" (see :func:`learning_rate_at`).
+        warmup: share of the steps the one-cycle rate rises.
+        min_epochs: first epoch that may be kept (default: ``epochs // 2``;
+            0 also allows the pruned model before fine-tuning).
+        augment: train on augmented copies (see :func:`augment_images`), a new
+            draw every epoch.
+        shift, flip, noise: augmentation parameters.
+        clip_norm: clip every step's gradients to this global norm (None: no clipping).
+        distill: weight of the suspect model's own clean-image answers in the training
+            targets (0: the labels alone; self-distillation on clean data only).
 
     Attributes (after ``fit``):
-        model_: the fine-pruned :class:`goodnet.models.Classifier` (best epoch).
+        model_: the fine-pruned :class:`goodnet.models.Classifier` (kept epoch).
         history_: list of :class:`EpochRecord`, epoch 0 being the pruned model
             before fine-tuning.
         best_epoch_: the epoch whose weights ``model_`` holds.
         tune_indices_, holdout_indices_: the split of the clean data.
 
     Example:
-        >>> fine = FinePruning(epochs=10).fit(badnet, range(40), clean_valid, [poisoned_valid])
+        >>> fine = FinePruning(epochs=20).fit(badnet, range(40), clean_valid, [poisoned_valid])
         >>> fine.model_.predict(images)
     """
 
-    def __init__(self, layer="conv_3", epochs=10, learning_rate=1e-4, batch_size=64, holdout_fraction=0.2,
-                 patience=3, seed=0):
+    def __init__(self, layer="conv_3", epochs=RECIPE_DEFAULTS["epochs"], learning_rate=RECIPE_DEFAULTS["learning_rate"],
+                 batch_size=RECIPE_DEFAULTS["batch_size"], holdout_fraction=0.2, patience=RECIPE_DEFAULTS["patience"],
+                 seed=0, optimizer=RECIPE_DEFAULTS["optimizer"], momentum=RECIPE_DEFAULTS["momentum"],
+                 schedule=RECIPE_DEFAULTS["schedule"], warmup=RECIPE_DEFAULTS["warmup"],
+                 min_epochs=RECIPE_DEFAULTS["min_epochs"], augment=RECIPE_DEFAULTS["augment"],
+                 shift=RECIPE_DEFAULTS["shift"], flip=RECIPE_DEFAULTS["flip"], noise=RECIPE_DEFAULTS["noise"],
+                 clip_norm=RECIPE_DEFAULTS["clip_norm"], distill=RECIPE_DEFAULTS["distill"]):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
         self.layer = layer
         self.epochs = epochs
         self.learning_rate = learning_rate
@@ -114,11 +216,44 @@ class FinePruning:
         self.holdout_fraction = holdout_fraction
         self.patience = patience
         self.seed = seed
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.schedule = schedule
+        self.warmup = warmup
+        self.min_epochs = min_epochs
+        self.augment = augment
+        self.shift = shift
+        self.flip = flip
+        self.noise = noise
+        self.clip_norm = clip_norm
+        if not 0.0 <= distill <= 1.0:
+            raise ValueError(f"distill: expected a weight in [0, 1], got {distill}")
+        self.distill = distill
+
+    def recipe(self):
+        """The fine-tuning options as a JSON-ready dict (for reports)."""
+        names = ("epochs", "learning_rate", "batch_size", "optimizer", "momentum", "schedule", "warmup", "patience",
+                 "augment", "shift", "flip", "noise", "clip_norm",
+                 "distill")
+        return {**{name: getattr(self, name) for name in names}, "min_epochs": self.first_kept_epoch}
+
+    @property
+    def first_kept_epoch(self):
+        """The first epoch ``fit`` may keep (``min_epochs``, default half the schedule)."""
+        first = self.epochs // 2 if self.min_epochs is None else int(self.min_epochs)
+        return min(max(0, first), self.epochs)
 
     def _measure(self, classifier, holdout, poisoned):
         holdout_accuracy = accuracy(classifier.predict(holdout.images), holdout.labels)
         rates = [attack_success_rate(classifier.predict(data.images), data.labels) for data in poisoned]
         return holdout_accuracy, rates
+
+    def _optimizer(self):
+        import keras
+
+        if self.optimizer == "adam":
+            return keras.optimizers.Adam(self.learning_rate, global_clipnorm=self.clip_norm)
+        return keras.optimizers.SGD(self.learning_rate, momentum=self.momentum, global_clipnorm=self.clip_norm)
 
     def fit(self, classifier, channels, clean, poisoned=(), progress=None):
         """Prune ``channels`` of ``self.layer`` and fine-tune on ``clean``.
@@ -136,6 +271,7 @@ class FinePruning:
         import keras
 
         keras.utils.set_random_seed(self.seed)
+        rng = np.random.default_rng([self.seed, 6])
         self.tune_indices_, self.holdout_indices_ = split_holdout(clean.labels, self.holdout_fraction, self.seed)
         if len(self.holdout_indices_) == 0:
             raise ValueError(f"{clean.path}: label: too few images per class to hold any out for early stopping")
@@ -145,27 +281,58 @@ class FinePruning:
         target = model.get_layer(self.layer)
         masks = channel_masks(target, channels)
 
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                      loss="sparse_categorical_crossentropy")
-        keep_pruned = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: apply_masks(target, *masks))
+        steps_per_epoch = int(np.ceil(len(tune.labels) / self.batch_size))
+        total_steps = steps_per_epoch * self.epochs
+        optimizer = self._optimizer()
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy" if self.distill else
+                      "sparse_categorical_crossentropy")
+        done = [0]   # optimizer steps taken
+
+        def set_rate(batch, logs):
+            optimizer.learning_rate.assign(learning_rate_at(done[0], total_steps, self.learning_rate, self.schedule,
+                                                            self.warmup))
+
+        def after_step(batch, logs):
+            done[0] += 1
+            apply_masks(target, *masks)
+
+        keep_pruned = keras.callbacks.LambdaCallback(on_train_batch_begin=set_rate, on_train_batch_end=after_step)
         holdout_accuracy, rates = self._measure(pruned, holdout, poisoned)
         self.history_ = [EpochRecord(0, float("nan"), holdout_accuracy, rates)]
-        best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), 0
-        inputs = classifier.scale_images(tune.images)
+        first_kept = self.first_kept_epoch
+        best_accuracy, best_weights, self.best_epoch_ = -1.0, None, None
+        if first_kept == 0:
+            best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), 0
         for epoch in range(1, self.epochs + 1):
-            history = model.fit(inputs, tune.labels, batch_size=self.batch_size, epochs=1, shuffle=True,
-                                verbose=1 if progress else 0, callbacks=[keep_pruned])
+            images = tune.images
+            if self.augment:
+                images = augment_images(images, rng, self.shift, self.flip, self.noise)
+            targets = tune.labels
+            if self.distill:
+                # Soft targets: the labels mixed with the suspect model's own answers on these clean images.
+                outputs = classifier.output_size
+                targets = ((1.0 - self.distill) * np.eye(outputs, dtype=np.float32)[tune.labels]
+                           + self.distill * classifier.predict_proba(images).astype(np.float32))
+            history = model.fit(classifier.scale_images(images), targets, batch_size=self.batch_size, epochs=1,
+                                shuffle=True, verbose=1 if progress else 0, callbacks=[keep_pruned])
             pruned = pruned.with_model(model)
             holdout_accuracy, rates = self._measure(pruned, holdout, poisoned)
-            self.history_.append(EpochRecord(epoch, float(history.history["loss"][-1]), holdout_accuracy, rates))
-            logger.info("fine-pruning epoch %d: loss %.4f, hold-out accuracy %.4f, ASR %s", epoch,
-                        self.history_[-1].loss, holdout_accuracy, [round(rate, 4) for rate in rates])
+            rate = learning_rate_at(epoch * steps_per_epoch - 1, total_steps, self.learning_rate, self.schedule,
+                                    self.warmup)
+            self.history_.append(EpochRecord(epoch, float(history.history["loss"][-1]), holdout_accuracy, rates,
+                                             rate))
+            logger.info("fine-pruning epoch %d: lr %.2g, loss %.4f, hold-out accuracy %.4f, ASR %s", epoch, rate,
+                        self.history_[-1].loss, holdout_accuracy, [round(value, 4) for value in rates])
+            if epoch < first_kept:
+                continue
             if holdout_accuracy > best_accuracy:
                 best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), epoch
-            elif epoch - self.best_epoch_ >= self.patience:
+            elif self.patience is not None and epoch - max(self.best_epoch_, first_kept) >= self.patience:
                 break
-        model.set_weights(best_weights)
-        self.model_ = pruned.with_model(model)
+        # An uncompiled copy: the saved file carries no optimizer or schedule state.
+        kept = keras.models.clone_model(model)
+        kept.set_weights(best_weights)
+        self.model_ = pruned.with_model(kept)
         self.pruned_channels_ = sorted(int(channel) for channel in channels)
         return self
 
@@ -173,7 +340,8 @@ class FinePruning:
         """The per-epoch log as a list of dicts (for CSV/JSON)."""
         rows = []
         for record in self.history_:
-            row = {"epoch": record.epoch, "loss": record.loss, "holdout_accuracy": record.holdout_accuracy}
+            row = {"epoch": record.epoch, "learning_rate": record.learning_rate, "loss": record.loss,
+                   "holdout_accuracy": record.holdout_accuracy}
             for index, rate in enumerate(record.attack_success_rates):
                 name = poisoned_names[index] if index < len(poisoned_names) else f"poisoned_{index}"
                 row[f"asr:{name}"] = rate
@@ -205,9 +373,9 @@ def channels_to_prune(defense, drop=None, count=None):
     return defense.ranking_[:count]
 
 
-def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=4, count=None, epochs=10,
-                     learning_rate=1e-4, holdout_fraction=0.2, patience=3, seed=0, protect=(), plot=True,
-                     progress=None):
+def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=4, count=None, epochs=None,
+                     learning_rate=None, holdout_fraction=0.2, patience=None, seed=0, protect=(), plot=True,
+                     progress=None, **recipe):
     """Rank, prune and fine-tune, then write ``model_fp.h5`` and the fine-tuning curve into ``out_dir``.
 
     Args:
@@ -218,7 +386,10 @@ def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=
         layer: the convolution to prune.
         drop: prune up to the sweep's X-point step (the lab's rule) ...
         count: ... or exactly this many channels.
-        epochs, learning_rate, holdout_fraction, patience, seed: see :class:`FinePruning`.
+        epochs, learning_rate, holdout_fraction, patience, seed: see :class:`FinePruning`
+            (None: its defaults).
+        recipe: further :class:`FinePruning` options (optimizer, momentum, schedule, warmup,
+            min_epochs, augment, shift, flip, noise, batch_size).
         protect: input paths never to overwrite.
         plot: write ``fineprune_curve.png``.
         progress: progress bars.
@@ -236,8 +407,12 @@ def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=
 
     defense = PruningDefense(classifier, layer, progress=progress).fit(clean, poisoned)
     channels = channels_to_prune(defense, drop, count)
-    fine = FinePruning(layer, epochs, learning_rate, holdout_fraction=holdout_fraction, patience=patience,
-                       seed=seed).fit(classifier, channels, clean, poisoned)
+    if epochs is not None:
+        recipe["epochs"] = epochs
+    if learning_rate is not None:
+        recipe["learning_rate"] = learning_rate
+    fine = FinePruning(layer, holdout_fraction=holdout_fraction, patience=patience, seed=seed, **recipe).fit(
+        classifier, channels, clean, poisoned)
     os.makedirs(out_dir, exist_ok=True)
     protect = tuple(protect) + tuple(data.path for data in [clean, *poisoned] if data.path)
     names = [os.path.basename(data.path) or f"poisoned_{index}" for index, data in enumerate(poisoned)]
@@ -252,7 +427,7 @@ def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=
         files["png"] = plot_fineprune_curve(rows, os.path.join(out_dir, "fineprune_curve.png"),
                                             title=f"fine-pruning {layer}: {len(channels)} channels pruned")
     summary = {"model": classifier.path, "layer": layer, "channels_pruned": [int(c) for c in channels],
-               "drop": drop if count is None else None, "epochs_run": len(rows) - 1, "best_epoch": fine.best_epoch_,
+               "drop": drop if count is None else None, "recipe": fine.recipe(), "epochs_run": len(rows) - 1, "best_epoch": fine.best_epoch_,
                "fine_tuning_images": int(len(fine.tune_indices_)), "holdout_images": int(len(fine.holdout_indices_)),
                "baseline_holdout_accuracy": float(np.mean(classifier.predict(clean.images[fine.holdout_indices_])
                                                           == clean.labels[fine.holdout_indices_])),

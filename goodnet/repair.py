@@ -25,11 +25,16 @@ alone (B's class unless STRIP flags).
 Choice rule (:func:`choose`): a candidate other than B is *eligible* when its
 hold-out clean accuracy is at most ``max_accuracy_drop`` points below B's and,
 if it can answer N, its hold-out false rejection rate is at most
-``max_frr``. With poisoned validation files, the eligible candidate with the
-highest clean accuracy minus mean attack success rate wins (ties: fewer false
-rejections, then the order above). Without them, the first eligible one in
-the order of :data:`PREFERENCE` wins (the defenses that remove the backdoor
-and detect triggers first). If none is eligible, the same ranking is applied
+``max_frr``. With poisoned validation files, each eligible candidate scores
+its clean accuracy minus its mean attack success rate; the candidates within
+``tie_margin`` points (default 2) of the best score are near-ties, and among
+them the one with the lowest mean attack success rate wins (then the higher
+score, fewer false rejections, the order above): a candidate that gives up at
+most ``tie_margin`` points of accuracy, which is no more than the false
+rejections the FRR bound already accepts, for a lower attack success rate is
+preferred (a STRIP-gated model over the same model ungated). Without them,
+the first eligible one in the order of :data:`PREFERENCE` wins (the defenses
+that remove the backdoor and detect triggers first). If none is eligible, the same ranking is applied
 to every repaired candidate and the report says that the bounds were relaxed.
 
 Every candidate's answers are derived from shared components (the answers of
@@ -44,7 +49,7 @@ import os
 
 import numpy as np
 
-from goodnet.finepruning import FinePruning, split_holdout
+from goodnet.finepruning import RECIPE_DEFAULTS, FinePruning, split_holdout
 from goodnet.metrics import score_predictions
 
 logger = logging.getLogger(__name__)
@@ -140,7 +145,7 @@ def candidate_figures(candidate, clean, poisoned, num_classes, threshold):
     return figures
 
 
-def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02):
+def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=2.0):
     """Apply the documented choice rule (module docstring) to hold-out validation figures.
 
     Args:
@@ -148,6 +153,8 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02):
         figures: {name: validation figures}.
         max_accuracy_drop: points of hold-out clean accuracy a candidate may lose against B.
         max_frr: highest hold-out false rejection rate for candidates that answer N.
+        tie_margin: points of clean accuracy minus ASR within which candidates are near-ties,
+            decided by the lower attack success rate.
 
     Returns:
         tuple: (chosen name, {name: reason it is not eligible}, rule used).
@@ -171,13 +178,21 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02):
     if figures["badnet"].get("mean_attack_success_rate") is not None:
         order = {candidate.name: index for index, candidate in enumerate(candidates)}
 
+        def score(candidate):
+            entry = figures[candidate.name]
+            return entry["clean_accuracy"] - entry["mean_attack_success_rate"]
+
+        best = max(score(candidate) for candidate in eligible)
+        near = [candidate for candidate in eligible if score(candidate) >= best - tie_margin / 100.0 - 1e-12]
+
         def key(candidate):
             entry = figures[candidate.name]
-            return (-(entry["clean_accuracy"] - entry["mean_attack_success_rate"]),
-                    entry.get("false_rejection_rate", 0.0), order[candidate.name])
+            return (entry["mean_attack_success_rate"], -score(candidate), entry.get("false_rejection_rate", 0.0),
+                    order[candidate.name])
 
-        return (min(eligible, key=key).name, reasons,
-                "highest clean accuracy minus mean attack success rate" + relaxed)
+        return (min(near, key=key).name, reasons,
+                f"lowest mean attack success rate among the eligible candidates within {tie_margin:g} points of "
+                f"the highest clean accuracy minus mean attack success rate" + relaxed)
     names = [candidate.name for candidate in eligible]
     for name in PREFERENCE:
         if name in names:
@@ -192,10 +207,23 @@ class RepairOptions:
     layer: str = "conv_3"
     drops: tuple = (2, 4, 10)
     fineprune_drop: float = 4
-    epochs: int = 10
-    learning_rate: float = 1e-4
+    # The fine-tuning recipe (see goodnet.finepruning.FinePruning and RECIPE_DEFAULTS).
+    epochs: int = RECIPE_DEFAULTS["epochs"]
+    learning_rate: float = RECIPE_DEFAULTS["learning_rate"]
     holdout_fraction: float = 0.2
-    patience: int = 3
+    patience: int = RECIPE_DEFAULTS["patience"]
+    batch_size: int = RECIPE_DEFAULTS["batch_size"]
+    optimizer: str = RECIPE_DEFAULTS["optimizer"]
+    momentum: float = RECIPE_DEFAULTS["momentum"]
+    schedule: str = RECIPE_DEFAULTS["schedule"]
+    warmup: float = RECIPE_DEFAULTS["warmup"]
+    min_epochs: int = RECIPE_DEFAULTS["min_epochs"]
+    augment: bool = RECIPE_DEFAULTS["augment"]
+    shift: int = RECIPE_DEFAULTS["shift"]
+    flip: bool = RECIPE_DEFAULTS["flip"]
+    noise: float = RECIPE_DEFAULTS["noise"]
+    clip_norm: float = RECIPE_DEFAULTS["clip_norm"]
+    distill: float = RECIPE_DEFAULTS["distill"]
     copies: int = 100
     blend: str = "alpha"
     alpha: float = 0.5
@@ -203,6 +231,7 @@ class RepairOptions:
     frr: float = 0.01
     max_accuracy_drop: float = 3.0
     max_frr: float = 0.02
+    tie_margin: float = 2.0
     seed: int = 0
 
 
@@ -256,8 +285,9 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     from goodnet.finepruning import channels_to_prune
 
     channels = channels_to_prune(defense, options.fineprune_drop)
-    fine = FinePruning(options.layer, options.epochs, options.learning_rate, holdout_fraction=options.holdout_fraction,
-                       patience=options.patience, seed=options.seed).fit(classifier, channels, clean, poisoned)
+    recipe = {name: getattr(options, name) for name in RECIPE_DEFAULTS}
+    fine = FinePruning(options.layer, holdout_fraction=options.holdout_fraction, seed=options.seed, **recipe).fit(
+        classifier, channels, clean, poisoned)
     if not np.array_equal(fine.holdout_indices_, holdout_indices):
         raise RuntimeError("fine-pruning split the validation data differently from the repair's split")
     base_models["fine_pruned"] = fine.model_
@@ -274,7 +304,8 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                       for name, data in zip(poisoned_names, poisoned)]
     validation = {c.name: candidate_figures(c, valid_clean, valid_poisoned, num_classes, strip.threshold_)
                   for c in candidates}
-    chosen, reasons, rule = choose(candidates, validation, options.max_accuracy_drop, options.max_frr)
+    chosen, reasons, rule = choose(candidates, validation, options.max_accuracy_drop, options.max_frr,
+                                   options.tie_margin)
 
     # 5. Files: every candidate, the chosen model, curves, report.
     files = _write_models(classifier, candidates, base_models, strip, chosen, out_dir, protect)
@@ -286,6 +317,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                                                                                    defense.selected_.items()},
                           "curve": defense.curve_.rows()},
               "fine_pruning": {"channels_pruned": [int(c) for c in channels], "best_epoch": fine.best_epoch_,
+                               "recipe": fine.recipe(),
                                "curve": fine.curve_rows(poisoned_names)},
               "strip": {"threshold": strip.threshold_, "copies": options.copies, "blend": options.blend,
                         "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,

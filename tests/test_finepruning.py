@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from goodnet.data import LabData
-from goodnet.finepruning import FinePruning, split_holdout
+from goodnet.finepruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at,
+                                 split_holdout)
 from goodnet.models import Classifier, build_deepid
 
 
@@ -38,7 +39,7 @@ def test_split_is_per_class_disjoint_and_complete():
 def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_task):
     classifier, clean, poisoned = tiny_task
     channels = list(range(0, 60, 2))
-    first = FinePruning(epochs=3, learning_rate=1e-3, patience=5).fit(classifier, channels, clean, [poisoned])
+    first = FinePruning(epochs=3, learning_rate=1e-2, clip_norm=1.0).fit(classifier, channels, clean, [poisoned])
     kernel, bias = first.model_.model.get_layer("conv_3").get_weights()
     assert np.all(kernel[..., channels] == 0) and np.all(bias[channels] == 0)
     assert np.any(kernel[..., 1] != 0)
@@ -47,16 +48,22 @@ def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_ta
     with pytest.raises(ValueError, match="no layer named 'conv_9'"):
         FinePruning(layer="conv_9").fit(classifier, [0], clean)
     assert len(first.history_[0].attack_success_rates) == 1
-    assert first.history_[first.best_epoch_].holdout_accuracy == max(r.holdout_accuracy for r in first.history_)
+    kept = [r.holdout_accuracy for r in first.history_ if r.epoch >= first.first_kept_epoch]
+    assert first.first_kept_epoch == 1 and first.best_epoch_ >= 1
+    assert first.history_[first.best_epoch_].holdout_accuracy == max(kept)
     # Another poisoned file (or none) must not change anything that was chosen or learned.
     other = LabData(poisoned.images[::-1], np.full(120, 3, np.int64), "other.h5")
-    second = FinePruning(epochs=3, learning_rate=1e-3, patience=5).fit(classifier, channels, clean, [other])
-    third = FinePruning(epochs=3, learning_rate=1e-3, patience=5).fit(classifier, channels, clean)
+    second = FinePruning(epochs=3, learning_rate=1e-2, clip_norm=1.0).fit(classifier, channels, clean, [other])
+    third = FinePruning(epochs=3, learning_rate=1e-2, clip_norm=1.0).fit(classifier, channels, clean)
     assert first.best_epoch_ == second.best_epoch_ == third.best_epoch_
     for a, b in zip(first.model_.model.get_weights(), third.model_.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     rows = first.curve_rows(["bd.h5"])
-    assert set(rows[1]) == {"epoch", "loss", "holdout_accuracy", "asr:bd.h5"}
+    assert set(rows[1]) == {"epoch", "learning_rate", "loss", "holdout_accuracy", "asr:bd.h5"}
+    # The logged rates follow the one-cycle schedule (rate after each epoch's last step).
+    steps = int(np.ceil(len(first.tune_indices_) / 32))
+    assert [row["learning_rate"] for row in rows[1:]] == [learning_rate_at(e * steps - 1, 3 * steps, 1e-2)
+                                                          for e in (1, 2, 3)]
 
 
 def test_fineprune_command_writes_model_curve_and_plot(tiny_task, tmp_path, capsys):
@@ -88,3 +95,69 @@ def test_fineprune_command_writes_model_curve_and_plot(tiny_task, tmp_path, caps
     code = main(["fineprune", "--model", str(model_path), "--valid", str(tmp_path / "valid.h5"),
                  "--out", str(model_path)])
     assert code == 2 and "expected a folder" in capsys.readouterr().err
+
+
+def test_learning_rate_schedules():
+    rates = [learning_rate_at(step, 100, 0.02) for step in range(101)]
+    assert rates[0] == pytest.approx(0.02 / 25) and rates[30] == pytest.approx(0.02) and rates[100] == 0.0
+    assert all(a < b for a, b in zip(rates[:30], rates[1:31]))        # rises over the warm-up share
+    assert all(a > b for a, b in zip(rates[30:100], rates[31:101]))   # then decays to zero
+    cosine = [learning_rate_at(step, 10, 0.5, "cosine") for step in (0, 5, 10)]
+    assert cosine == pytest.approx([0.5, 0.25, 0.0])
+    assert learning_rate_at(7, 10, 1e-4, "constant") == 1e-4
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate_at(0, 10, 0.1, "linear")
+    with pytest.raises(ValueError, match="optimizer"):
+        FinePruning(optimizer="rmsprop")
+
+
+def test_augmentation_is_deterministic_for_a_seed_and_shifts_within_bounds():
+    images = np.random.default_rng(0).uniform(0, 255, (6, 55, 47, 3)).astype(np.float32)
+    first = augment_images(images, np.random.default_rng(3), shift=3)
+    np.testing.assert_array_equal(first, augment_images(images, np.random.default_rng(3), shift=3))
+    assert not np.array_equal(first, augment_images(images, np.random.default_rng(4), shift=3))
+    assert first.shape == images.shape and first.dtype == np.float32
+    padded = np.pad(images, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge")
+    for index in range(6):   # every copy is a window of the edge-padded image, at most 3 pixels off
+        assert any(np.array_equal(first[index], padded[index, top:top + 55, left:left + 47])
+                   for top in range(7) for left in range(7))
+    np.testing.assert_array_equal(augment_images(images, np.random.default_rng(0), shift=0), images)
+    mirrored = augment_images(images, np.random.default_rng(1), shift=0, flip=True)
+    assert all(np.array_equal(m, i) or np.array_equal(m, i[:, ::-1]) for m, i in zip(mirrored, images))
+    noisy = augment_images(images, np.random.default_rng(1), shift=0, noise=5.0)
+    assert 0 <= noisy.min() and noisy.max() <= 255 and not np.array_equal(noisy, images)
+
+
+def test_min_epochs_and_patience_decide_the_kept_epoch(tiny_task):
+    classifier, clean, poisoned = tiny_task
+    channels = list(range(0, 60, 2))
+    # min_epochs = epochs: the end of the schedule is kept whatever the hold-out accuracy did before.
+    last = FinePruning(epochs=3, learning_rate=1e-2, min_epochs=3, augment=False).fit(classifier, channels, clean)
+    assert last.best_epoch_ == 3 and len(last.history_) == 4
+    # The legacy recipe (Adam, constant rate, epoch 0 allowed, patience) still runs.
+    legacy = FinePruning(epochs=4, learning_rate=1e-4, optimizer="adam", schedule="constant", min_epochs=0,
+                         patience=1, augment=False, batch_size=64).fit(classifier, channels, clean)
+    best = max(r.holdout_accuracy for r in legacy.history_)
+    assert legacy.history_[legacy.best_epoch_].holdout_accuracy == best
+    assert len(legacy.history_) - 1 <= legacy.best_epoch_ + 1      # stopped one epoch after the last gain
+    kernel = legacy.model_.model.get_layer("conv_3").get_weights()[0]
+    assert np.all(kernel[..., channels] == 0)
+    assert legacy.recipe()["optimizer"] == "adam" and last.recipe()["min_epochs"] == 3
+
+
+def test_the_default_recipe_is_shared_by_the_class_the_repair_and_both_commands():
+    import argparse
+    import inspect
+
+    from goodnet.cli.fineprune import add_recipe_arguments, recipe_from_args
+    from goodnet.repair import RepairOptions
+
+    signature = inspect.signature(FinePruning).parameters
+    assert {name: signature[name].default for name in RECIPE_DEFAULTS} == RECIPE_DEFAULTS
+    options = RepairOptions()
+    assert {name: getattr(options, name) for name in RECIPE_DEFAULTS} == RECIPE_DEFAULTS
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    assert recipe_from_args(parser.parse_args([])) == RECIPE_DEFAULTS
+    parsed = recipe_from_args(parser.parse_args(["--optimizer", "adam", "--no-augment", "--min-epochs", "0"]))
+    assert parsed["optimizer"] == "adam" and parsed["augment"] is False and parsed["min_epochs"] == 0

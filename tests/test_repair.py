@@ -10,7 +10,10 @@ from goodnet.repair import Candidate, RepairOptions, build_candidates, choose, r
 
 CLASSES = 6
 SHAPE = (55, 47, 3)  # the lab's image size, so that the command line reads the files
+# The small-scale repair fine-tunes with the earlier recipe (Adam, constant rate, early stopping), which is
+# quick and enough at this scale; the default recipe is tested in test_finepruning.py.
 OPTIONS = RepairOptions(layer="conv_2", drops=(2, 10), fineprune_drop=4, epochs=3, learning_rate=2e-3, patience=2,
+                        optimizer="adam", schedule="constant", min_epochs=0, augment=False, batch_size=64,
                         copies=12, holdout_fraction=0.25, max_accuracy_drop=5.0, max_frr=0.1, seed=0)
 
 
@@ -169,6 +172,24 @@ def test_choice_rule():
     assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned_strip"
 
 
+def test_near_ties_go_to_the_lower_attack_success_rate():
+    candidates = build_candidates([2])
+    table = {name: figures(0.5, 1.0, 0.5) for name in [c.name for c in candidates]}
+    table["badnet"] = figures(0.97, 1.0)
+    table["fine_pruned"] = figures(0.965, 0.006)            # score 0.959, the highest
+    table["fine_pruned_strip"] = figures(0.955, 0.0, 0.01)  # score 0.955: a near-tie with no attack success
+    table["goodnet_strip_fp"] = figures(0.935, 0.0, 0.018)  # score 0.935: more than 2 points below the best
+    chosen, _, rule = choose(candidates, table, 3.0, 0.02)
+    assert chosen == "fine_pruned_strip" and "within 2 points" in rule
+    # Without the margin the highest score wins, as before.
+    assert choose(candidates, table, 3.0, 0.02, tie_margin=0.0)[0] == "fine_pruned"
+    # A margin of 3 points brings goodnet_strip_fp in; equal ASRs go to the higher score.
+    assert choose(candidates, table, 3.0, 0.02, tie_margin=3.0)[0] == "fine_pruned_strip"
+    # A near-tie with a lower ASR but an FRR above the bound is not eligible.
+    table["fine_pruned_strip"] = figures(0.955, 0.0, 0.03)
+    assert choose(candidates, table, 3.0, 0.02)[0] == "fine_pruned"
+
+
 def test_repair_command_end_to_end(badnet, tmp_path, capsys):
     from goodnet.cli import main
     from goodnet.data import save_h5
@@ -184,10 +205,15 @@ def test_repair_command_end_to_end(badnet, tmp_path, capsys):
     argv = ["repair", str(model), "--valid", paths["valid"], "--poisoned-valid", paths["bd_valid"],
             "--test", paths["test"], "--poisoned-test", paths["bd_test"], "--out", str(out), "--layer", "conv_2",
             "--drops", "2", "10", "--epochs", "3", "--learning-rate", "2e-3", "--patience", "2", "--copies", "12",
-            "--holdout", "0.25", "--max-accuracy-drop", "5", "--max-frr", "0.1", "--no-progress"]
+            "--optimizer", "adam", "--schedule", "constant", "--min-epochs", "0", "--no-augment",
+            "--tune-batch-size", "64", "--holdout", "0.25", "--max-accuracy-drop", "5", "--max-frr", "0.1",
+            "--tie-margin", "1.5", "--no-progress"]
     code = main(argv + ["--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["options"]["tie_margin"] == 1.5 and report["options"]["optimizer"] == "adam"
+    assert report["fine_pruning"]["recipe"]["schedule"] == "constant" and "within 1.5 points" in payload["choice_rule"]
     for key in ("clean_accuracy", "attack_success_rate", "detection_rate", "false_rejection_rate"):
         assert key in payload and key in payload["badnet"]
     assert payload["badnet"]["attack_success_rate"] > 0.9 and payload["attack_success_rate"] < 0.2

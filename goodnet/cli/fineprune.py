@@ -1,12 +1,14 @@
 """``goodnet fineprune``: prune the dormant channels, then fine-tune on clean validation data.
 
     goodnet fineprune --model M --valid V [--poisoned-valid BV ...] --out DIR
-                      [--layer conv_3] [--drop X | --channels K] [--epochs 10] [--learning-rate 1e-4]
+                      [--layer conv_3] [--drop X | --channels K] [--epochs E] [--learning-rate LR]
+                      [--optimizer sgd|adam] [--schedule one-cycle|cosine|constant] [--min-epochs K]
+                      [--no-augment] [--shift PX] ...
 
 Writes ``DIR/model_fp.h5`` (plain Keras), ``DIR/fineprune_curve.{csv,json,png}``.
 The clean validation file is split per class into a fine-tuning part and a
-hold-out part (``--holdout``); the hold-out part decides early stopping and
-gives the reported figures. Poisoned files are measured, never used to choose.
+hold-out part (``--holdout``); the hold-out part chooses the kept epoch (the
+best hold-out accuracy from ``--min-epochs`` on) and gives the reported figures. Poisoned files are measured, never used to choose.
 """
 
 import os
@@ -16,6 +18,53 @@ from goodnet.cli import (CommandError, add_model_options, configure_execution, e
 from goodnet.cli.prune import load_inputs
 
 HELP = "fine-pruning: prune a convolution's dormant channels, then fine-tune on clean data (Liu et al. 2018)"
+
+
+def add_recipe_arguments(parser):
+    """The fine-tuning recipe's options (shared with ``goodnet repair``); defaults are FinePruning's."""
+    from goodnet.finepruning import OPTIMIZERS, RECIPE_DEFAULTS as D, SCHEDULES
+
+    parser.add_argument("--epochs", type=positive, default=D["epochs"],
+                        help=f"fine-tuning epochs: the length of the schedule (default {D['epochs']})")
+    parser.add_argument("--learning-rate", type=float, default=D["learning_rate"],
+                        help=f"peak learning rate (default {D['learning_rate']:g})")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=D["optimizer"],
+                        help=f"optimizer (default {D['optimizer']}, momentum --momentum)")
+    parser.add_argument("--momentum", type=float, default=D["momentum"],
+                        help=f"SGD momentum (default {D['momentum']:g})")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=D["schedule"],
+                        help=f"learning-rate schedule (default {D['schedule']}: rise from peak/25 to the peak over "
+                             f"--warmup of the steps, then cosine decay to 0)")
+    parser.add_argument("--warmup", type=float, default=D["warmup"],
+                        help=f"share of the steps the one-cycle rate rises (default {D['warmup']:g})")
+    parser.add_argument("--tune-batch-size", dest="tune_batch_size", type=positive, default=D["batch_size"],
+                        help=f"fine-tuning batch size (default {D['batch_size']})")
+    parser.add_argument("--min-epochs", type=int, default=D["min_epochs"], metavar="K",
+                        help="first epoch that may be kept: the kept model has the best hold-out accuracy among "
+                             "epochs K..end (default: half the epochs; 0 allows the untuned pruned model)")
+    parser.add_argument("--patience", type=positive, default=D["patience"],
+                        help="stop after this many epochs without hold-out gain, counted from --min-epochs "
+                             "(default: run the whole schedule)")
+    parser.add_argument("--no-augment", dest="augment", action="store_false",
+                        help="fine-tune on the clean images as they are (default: randomly shifted copies)")
+    parser.add_argument("--shift", type=int, default=D["shift"],
+                        help=f"augmentation: largest random shift in pixels (default {D['shift']})")
+    parser.add_argument("--flip", action="store_true", help="augmentation: also mirror half the images")
+    parser.add_argument("--noise", type=float, default=D["noise"],
+                        help=f"augmentation: Gaussian pixel noise, 0-255 scale (default {D['noise']:g})")
+    parser.add_argument("--clip-norm", type=float, default=D["clip_norm"], metavar="NORM",
+                        help="clip each step's gradients to this global norm "
+                             + (f"(default {D['clip_norm']:g})" if D["clip_norm"] else "(default: no clipping)"))
+    parser.add_argument("--distill", type=float, default=D["distill"], metavar="W",
+                        help="weight of the suspect model's own answers on the clean tune images in the training "
+                             f"targets, 0-1 (default {D['distill']:g}: labels only)")
+
+
+def recipe_from_args(args):
+    """The FinePruning keyword arguments of the options added by :func:`add_recipe_arguments`."""
+    from goodnet.finepruning import RECIPE_DEFAULTS
+
+    return {name: getattr(args, "tune_batch_size" if name == "batch_size" else name) for name in RECIPE_DEFAULTS}
 
 
 def add_arguments(parser):
@@ -29,10 +78,8 @@ def add_arguments(parser):
     how.add_argument("--drop", type=float, default=4.0, metavar="X",
                      help="prune up to the first step at least X points below the unpruned accuracy (default 4)")
     how.add_argument("--channels", type=int, default=None, metavar="K", help="prune exactly K channels instead")
-    parser.add_argument("--epochs", type=positive, default=10, help="maximum fine-tuning epochs (default 10)")
-    parser.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    add_recipe_arguments(parser)
     parser.add_argument("--holdout", type=float, default=0.2, help="share of each class held out (default 0.2)")
-    parser.add_argument("--patience", type=positive, default=3, help="epochs without hold-out gain before stopping")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
     add_model_options(parser)
     parser.add_argument("--no-plot", action="store_true", help="do not write fineprune_curve.png")
@@ -53,8 +100,8 @@ def run(args):
         classifier, clean, poisoned = load_inputs(args)
         _, execution_report = configure_execution(args, classifier, clean)
         result = run_fine_pruning(classifier, clean, poisoned, args.out, layer=args.layer, drop=drop,
-                                  count=args.channels, epochs=args.epochs, learning_rate=args.learning_rate,
-                                  holdout_fraction=args.holdout, patience=args.patience, seed=args.seed,
+                                  count=args.channels, holdout_fraction=args.holdout, seed=args.seed,
+                                  **recipe_from_args(args),
                                   protect=[args.model, args.valid, *args.poisoned_valid], plot=not args.no_plot)
     summary = result["summary"]
     summary.update(execution_report)

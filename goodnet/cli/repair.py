@@ -22,6 +22,7 @@ model file.
 
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
                          positive, print_json)
+from goodnet.cli.fineprune import add_recipe_arguments, recipe_from_args
 
 HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or combine B and B' into a GoodNet"
 
@@ -44,14 +45,15 @@ def add_arguments(parser):
                      help="pruned candidates at X points of accuracy lost (default 2 4 10)")
     end.add_argument("--fineprune-drop", type=float, default=4.0, metavar="X",
                      help="fine-pruning prunes up to X points of accuracy lost, then fine-tunes (default 4)")
-    end.add_argument("--epochs", type=positive, default=10, help="maximum fine-tuning epochs (default 10)")
-    end.add_argument("--learning-rate", type=float, default=1e-4, help="fine-tuning learning rate (default 1e-4)")
     end.add_argument("--holdout", type=float, default=0.2, help="share of each class held out (default 0.2)")
-    end.add_argument("--patience", type=positive, default=3, help="early-stopping patience in epochs (default 3)")
+    add_recipe_arguments(parser.add_argument_group("fine-tuning recipe (end-to-end form)"))
     end.add_argument("--max-accuracy-drop", type=float, default=3.0,
                      help="eligible candidates lose at most this many points of hold-out accuracy (default 3)")
     end.add_argument("--max-frr", type=float, default=0.02,
                      help="eligible N+1 candidates reject at most this share of clean hold-out images (default 0.02)")
+    end.add_argument("--tie-margin", type=float, default=2.0, metavar="POINTS",
+                     help="eligible candidates within this many points of the best clean accuracy minus ASR are "
+                          "near-ties, won by the lowest ASR (default 2)")
     parser.add_argument("--repaired-scale", choices=("raw", "unit", "auto"), default="auto",
                         help="input scaling of B' (default: stored in the file, else chosen on --valid, else B's)")
     strip = parser.add_argument_group("STRIP gate (--strip)")
@@ -142,11 +144,12 @@ def _end_to_end(args):
     test = load_h5(args.test, num_classes=classifier.num_classes) if args.test else None
     poisoned_test = [load_h5(path, num_classes=classifier.num_classes) for path in args.poisoned_test]
     options = RepairOptions(layer=args.layer, drops=tuple(_whole(d) for d in args.drops),
-                            fineprune_drop=_whole(args.fineprune_drop), epochs=args.epochs,
-                            learning_rate=args.learning_rate, holdout_fraction=args.holdout, patience=args.patience,
+                            fineprune_drop=_whole(args.fineprune_drop), holdout_fraction=args.holdout,
+                            **recipe_from_args(args),
                             copies=args.copies, blend=args.blend or "alpha", alpha=args.alpha,
                             threshold_method=args.threshold or "quantile", frr=args.frr,
-                            max_accuracy_drop=args.max_accuracy_drop, max_frr=args.max_frr, seed=args.seed)
+                            max_accuracy_drop=args.max_accuracy_drop, max_frr=args.max_frr,
+                            tie_margin=args.tie_margin, seed=args.seed)
     inputs = [args.model, args.valid, *args.poisoned_valid] + ([args.test] if args.test else []) + args.poisoned_test
     report = repair(classifier, clean, poisoned, args.out, options, test=test, poisoned_test=poisoned_test,
                     protect=inputs, progress=False if args.no_progress else None)
