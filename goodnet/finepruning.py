@@ -143,7 +143,7 @@ def augment_images(images, rng, shift=3, flip=False, noise=0.0):
     return np.clip(out, 0.0, 255.0)
 
 
-RECIPE_DEFAULTS = {"epochs": 40, "learning_rate": 0.025, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
+RECIPE_DEFAULTS = {"epochs": 60, "learning_rate": 0.025, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
                    "schedule": "one-cycle", "warmup": 0.3, "min_epochs": None, "patience": None, "augment": True,
                    "shift": 3, "flip": False, "noise": 0.0, "clip_norm": None,
                    "distill": 0.0}
