@@ -345,8 +345,9 @@ class STRIP:
                 conv, _ = self._split
                 divisor = float(self.classifier.divisor)
                 alpha = float(self.alpha)
-                pre_function = tf.function(lambda images: alpha * _pre_activation(
-                    conv, images / divisor if divisor != 1.0 else images))
+                def pre_function(images):   # eager: once per fit, so no function to trace again each fit
+                    return alpha * _pre_activation(conv, images / divisor if divisor != 1.0 else images)
+
                 size = max(1, self.chunk_inputs(1))
                 parts = [pre_function(tf.constant(self.bank_[start:start + size], tf.float32))
                          for start in range(0, len(self.bank_), size)]
