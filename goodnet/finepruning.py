@@ -232,10 +232,7 @@ class FinePruning:
 
     def recipe(self):
         """The fine-tuning options as a JSON-ready dict (for reports)."""
-        names = ("epochs", "learning_rate", "batch_size", "optimizer", "momentum", "schedule", "warmup", "patience",
-                 "augment", "shift", "flip", "noise", "clip_norm",
-                 "distill")
-        return {**{name: getattr(self, name) for name in names}, "min_epochs": self.first_kept_epoch}
+        return {**{name: getattr(self, name) for name in RECIPE_DEFAULTS}, "min_epochs": self.first_kept_epoch}
 
     @property
     def first_kept_epoch(self):

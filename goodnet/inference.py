@@ -146,6 +146,15 @@ class Execution:
             devices = "all"
         return cls(device=device, devices=devices, precision=precision, jit_compile=bool(jit_compile))
 
+    @classmethod
+    def of(cls, classifier):
+        """The execution ``classifier`` was configured with (default: one device, float32).
+
+        Example:
+            >>> Execution.of(load_model("bd_net.h5")).describe()
+        """
+        return getattr(classifier, "execution", None) or cls()
+
     def single(self):
         """This execution on its first device only (same kind, precision and XLA setting)."""
         return dataclasses.replace(self, devices=None)

@@ -57,7 +57,7 @@ import os
 
 import numpy as np
 
-from goodnet.inference import DEFAULT_BATCH, compiled_forward, progress_bar, run_batches
+from goodnet.inference import DEFAULT_BATCH, Execution, compiled_forward, progress_bar, run_batches
 from goodnet.models import ModelError
 
 logger = logging.getLogger(__name__)
@@ -334,13 +334,6 @@ def _match_deepid_tail(model, measure):
 
 
 # --------------------------------------------------------------------------- sweep engines
-
-
-def _execution(classifier):
-    """The classifier's :class:`goodnet.inference.Execution` (default: one device, float32)."""
-    from goodnet.inference import Execution
-
-    return getattr(classifier, "execution", None) or Execution()
 
 
 def _head_function(model, plan, divisor, execution=None):
@@ -637,7 +630,7 @@ def predict_pruned(classifier, layer, channel_sets, images, batch_size=DEFAULT_B
             pruned = classifier.with_model(prune_model(model, layer, channels, classifier.path))
             results.append(pruned.predict(images, batch_size, progress).astype(np.int32))
         return np.stack(results) if results else np.zeros((0, len(images)), np.int32)
-    execution = _execution(classifier)
+    execution = Execution.of(classifier)
     activations = run_batches(_head_function(model, plan, classifier.divisor, execution), images, batch_size,
                               progress, "activations")
     with execution.placement():
@@ -801,7 +794,7 @@ class PruningDefense:
             logger.warning("pruning %s: exact slow path (%s)", self.layer, self.method_reason_)
         logger.info("pruning %s measured at %s, method %s", self.layer, self.plan_.measure.name, self.method_)
 
-        self.execution_ = _execution(self.classifier)
+        self.execution_ = Execution.of(self.classifier)
         with self.execution_.placement():
             self._sweep(clean_valid, poisoned_valid)
         return self

@@ -50,6 +50,7 @@ import os
 import numpy as np
 
 from goodnet.finepruning import RECIPE_DEFAULTS, FinePruning, split_holdout
+from goodnet.inference import Execution
 from goodnet.metrics import score_predictions
 
 logger = logging.getLogger(__name__)
@@ -235,13 +236,6 @@ class RepairOptions:
     seed: int = 0
 
 
-def _execution_description(classifier):
-    """Where the repair's inference ran (the classifier's :class:`goodnet.inference.Execution`)."""
-    from goodnet.inference import Execution
-
-    return (getattr(classifier, "execution", None) or Execution()).describe()
-
-
 def _name(data, index):
     return os.path.basename(data.path) if data.path else f"poisoned_{index}"
 
@@ -317,7 +311,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     # 5. Files: every candidate, the chosen model, curves, report.
     files = _write_models(classifier, candidates, base_models, strip, chosen, out_dir, protect)
     report = {"model": classifier.path, "scale": classifier.scale, "num_classes": num_classes,
-              "options": dataclasses.asdict(options), "execution": _execution_description(classifier),
+              "options": dataclasses.asdict(options), "execution": Execution.of(classifier).describe(),
               "chosen": chosen, "choice_rule": rule,
               "not_eligible": reasons, "files": files,
               "split": {"tune_images": int(len(tune_indices)), "holdout_images": int(len(holdout_indices))},

@@ -487,7 +487,7 @@ class STRIP:
 
         from goodnet.inference import Execution, with_precision
 
-        execution = getattr(self.classifier, "execution", None) or Execution()
+        execution = Execution.of(self.classifier)
         if execution.precision != "float32" and self.precision != "float32":
             raise ValueError(f"precision: STRIP's {self.precision} copy and the execution precision "
                              f"{execution.precision} are two ways to reduce precision; choose one")
@@ -561,14 +561,11 @@ class STRIP:
         images = _images(images)
         twin = copy.copy(self)
         twin.precision = "float32"
-        execution = getattr(self.classifier, "execution", None)
-        if execution is not None:
-            twin.classifier = copy.copy(self.classifier).configure(dataclasses.replace(execution, precision="float32"))
+        twin.classifier = copy.copy(self.classifier).configure(dataclasses.replace(self.execution_,
+                                                                                   precision="float32"))
         twin._bank_tensor, twin._compiled = None, None
         twin._network, twin._strategy, twin.execution_ = twin._placed_network()
-        twin._split = twin._linear_split()
-        if self._split is None:
-            twin._split = None
+        twin._split = None if self._split is None else twin._linear_split()   # the same path as this STRIP
         reduced, reference = self.entropy(images, seed), twin.entropy(images, seed)
         precision = self.precision if self.precision != "float32" else self.execution_.precision
         return {"strip_precision": precision, "images": int(len(images)),
