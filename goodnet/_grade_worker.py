@@ -123,15 +123,12 @@ def evaluate_submission(job):
     return figures
 
 
-PRECISION_SAMPLE = 1024
-
-
 def _score(job, path, execution):
     """Load the submission, configure ``execution`` and score it (the test files streamed batch by batch)."""
     import contextlib
 
     from goodnet.data import LabFile, load_h5
-    from goodnet.inference import precision_agreement
+    from goodnet.inference import PRECISION_SAMPLE, precision_agreement
     from goodnet.metrics import evaluate_files
     from goodnet.models import load_model
 

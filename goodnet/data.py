@@ -44,12 +44,22 @@ class LabData:
         """Return a LabData holding only ``indices`` (a slice or index array)."""
         return LabData(self.images[indices], self.labels[indices], self.path)
 
+    def sample(self, count, seed=0):
+        """A fixed random subset of at most ``count`` images (in file order), as :meth:`LabFile.sample` draws it."""
+        return self.subset(sample_indices(len(self), count, seed))
+
     def check_classes(self, num_classes):
         """Raise DataError unless every label lies in 0..num_classes-1; return self."""
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= num_classes):
             bad = self.labels[(self.labels < 0) | (self.labels >= num_classes)][0]
             _fail(self.path, "label", f"expected class labels in 0..{num_classes - 1} (the model's classes), found {bad}")
         return self
+
+
+def sample_indices(size, count, seed=0):
+    """Sorted indices of a fixed random subset of at most ``count`` of ``size`` items."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(size, size=min(count, size), replace=False))
 
 
 def _fail(path, field, message):
@@ -209,8 +219,7 @@ class LabFile:
         Returns:
             LabData: the sampled images and labels (in file order).
         """
-        rng = np.random.default_rng(seed)
-        indices = np.sort(rng.choice(len(self), size=min(count, len(self)), replace=False))
+        indices = sample_indices(len(self), count, seed)
         images = np.empty((len(indices),) + self.image_shape, dtype=np.float32)
         for position, index in enumerate(indices):
             self.read_images(int(index), int(index) + 1, out=images[position:position + 1])

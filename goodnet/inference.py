@@ -287,6 +287,9 @@ def replica_parts(count, replicas, part_size=None):
             for start in range(0, part_size * replicas, part_size)]
 
 
+PRECISION_SAMPLE = 1024   # clean images on which a reduced precision is compared with float32
+
+
 def precision_agreement(model, divisor, images, precision, batch_size=DEFAULT_BATCH, execution=None):
     """Measure what a reduced precision does to predictions on ``images``.
 

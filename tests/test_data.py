@@ -188,3 +188,18 @@ def test_image_of_another_size_is_refused_or_resized(tmp_path):
     bogus.write_bytes(b"not a png")
     with pytest.raises(DataError, match="not a readable PNG/JPEG"):
         load_image(bogus)
+
+
+def test_sample_draws_the_same_images_in_memory_and_from_an_open_file(make_lab_file):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (40, 55, 47, 3)).astype(np.float32)
+    labels = np.arange(40) % 5
+    path = make_lab_file("sample.h5", images, labels)
+    in_memory = load_h5(path).sample(12, seed=4)
+    with LabFile(path) as lab_file:
+        streamed = lab_file.sample(12, seed=4)
+    np.testing.assert_array_equal(in_memory.images, streamed.images)
+    np.testing.assert_array_equal(in_memory.labels, streamed.labels)
+    positions = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in in_memory.images]
+    assert len(set(positions)) == 12 and positions == sorted(positions)      # distinct, in file order
+    assert len(load_h5(path).sample(100)) == 40

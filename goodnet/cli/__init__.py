@@ -176,20 +176,6 @@ def execution_from_args(args):
     return Execution.from_settings(args.device, args.devices, args.strategy, args.precision, args.xla)
 
 
-PRECISION_SAMPLE = 1024
-
-
-def sample_images(data, count=PRECISION_SAMPLE, seed=0):
-    """A fixed random subset of at most ``count`` images of a LabData or an open LabFile (file order)."""
-    if hasattr(data, "sample"):
-        return data.sample(count, seed).images
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    indices = np.sort(rng.choice(len(data), size=min(count, len(data)), replace=False))
-    return data.images[indices]
-
-
 def configure_execution(args, classifier, clean=None):
     """Configure ``classifier`` as the execution options say and measure a mixed precision's effect.
 
@@ -204,7 +190,7 @@ def configure_execution(args, classifier, clean=None):
         ``precision_report`` (top-1 agreement with float32 on a clean sample,
         see :func:`goodnet.inference.precision_agreement`)).
     """
-    from goodnet.inference import precision_agreement
+    from goodnet.inference import PRECISION_SAMPLE, precision_agreement
 
     execution = execution_from_args(args)
     classifier.configure(execution)
@@ -214,7 +200,7 @@ def configure_execution(args, classifier, clean=None):
             raise CommandError(f"--precision {execution.precision}: expected clean data to measure its effect "
                                "on predictions (it is never on unmeasured)")
         report["precision_report"] = precision_agreement(classifier.model, classifier.divisor,
-                                                         sample_images(clean), execution.precision,
+                                                         clean.sample(PRECISION_SAMPLE).images, execution.precision,
                                                          execution=execution)
     return execution, report
 

@@ -12,9 +12,8 @@ Two forms:
 
 import os
 
-from goodnet.cli import CommandError, add_model_options, execution_from_args, execution_lines, print_json
-
-PRECISION_SAMPLE = 1024
+from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
+                         print_json)
 
 HELP = "evaluate a model: clean accuracy, attack success rate, detection and false rejection rates"
 
@@ -69,7 +68,6 @@ def _file_mode(args):
     import contextlib
 
     from goodnet.data import LabFile
-    from goodnet.inference import precision_agreement
     from goodnet.metrics import evaluate_files
     from goodnet.models import load_model
 
@@ -83,15 +81,10 @@ def _file_mode(args):
         classifier = load_model(model_path, scale=args.scale, num_classes=args.num_classes, clean=clean)
         for lab in [clean] + poisoned:
             lab.check_classes(classifier.num_classes)
-        execution = execution_from_args(args)
-        classifier.configure(execution)
+        _, execution_report = configure_execution(args, classifier, clean)
         progress = False if args.no_progress else None
         figures = evaluate_files(classifier, clean, poisoned, batch_size=args.batch_size, progress=progress)
-        figures["execution"] = execution.describe()
-        if execution.precision != "float32":
-            figures["precision_report"] = precision_agreement(classifier.model, classifier.divisor,
-                                                              clean.sample(PRECISION_SAMPLE).images,
-                                                              execution.precision)
+        figures.update(execution_report)
     figures["scale_report"] = classifier.scale_report
     if args.json:
         print_json(figures)
