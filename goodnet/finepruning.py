@@ -79,6 +79,7 @@ class EpochRecord:
     holdout_accuracy: float
     attack_success_rates: list
     learning_rate: float = float("nan")
+    trigger_loss: float = float("nan")
 
 
 OPTIMIZERS = ("sgd", "adam")
@@ -143,25 +144,65 @@ def augment_images(images, rng, shift=3, flip=False, noise=0.0):
     return np.clip(out, 0.0, 255.0)
 
 
-RECIPE_DEFAULTS = {"epochs": 60, "learning_rate": 0.025, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
+def mix_images(images, targets, rng, alpha=0.4):
+    """Mixup (Zhang et al. 2018): each image blended with a random partner, and its target likewise.
+
+    Image ``i`` becomes ``w_i * images[i] + (1 - w_i) * images[p_i]`` and its
+    target ``w_i * targets[i] + (1 - w_i) * targets[p_i]``, where ``p`` is a
+    random permutation and ``w_i ~ Beta(alpha, alpha)``, drawn per image and
+    folded to ``max(w, 1 - w)`` so each image stays the larger part of its blend.
+
+    Args:
+        images: raw-pixel images (N, H, W, C).
+        targets: float targets (N, K) (one-hot labels or soft targets).
+        rng: a ``numpy.random.Generator`` (the same seed gives the same blends).
+        alpha: the Beta distribution's parameter, > 0 (small: blends close to
+            the original images).
+
+    Returns:
+        tuple: (float32 images, float32 targets), the same shapes.
+
+    Example:
+        >>> mixed, soft = mix_images(images, np.eye(10)[labels], np.random.default_rng(0), 0.4)
+    """
+    if not alpha > 0:
+        raise ValueError(f"mixup: expected a Beta parameter > 0, got {alpha}")
+    images = np.asarray(images, np.float32)
+    targets = np.asarray(targets, np.float32)
+    if len(images) != len(targets):
+        raise ValueError(f"targets: expected one row per image ({len(images)}), got {len(targets)}")
+    partners = rng.permutation(len(images))
+    weights = rng.beta(alpha, alpha, size=len(images)).astype(np.float32)
+    weights = np.maximum(weights, 1.0 - weights)
+    image_weights = weights.reshape((-1,) + (1,) * (images.ndim - 1))
+    mixed = image_weights * images + (1.0 - image_weights) * images[partners]
+    soft = weights[:, None] * targets + (1.0 - weights[:, None]) * targets[partners]
+    return mixed, soft
+
+
+RECIPE_DEFAULTS = {"epochs": 60, "learning_rate": 0.01, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
                    "schedule": "one-cycle", "warmup": 0.3, "min_epochs": None, "patience": None, "augment": True,
                    "shift": 3, "flip": False, "noise": 0.0, "clip_norm": None,
-                   "distill": 0.0}
+                   "distill": 0.0, "mixup": 0.4, "unlearn": 0.25, "unlearn_area": 0.05, "unlearn_steps": 10}
 """The default fine-tuning recipe of :class:`FinePruning` (and of ``goodnet fineprune`` and ``goodnet repair``)."""
 
 
 class FinePruning:
     """Prune channels of one convolution, then fine-tune on clean validation data.
 
-    The default recipe is a short "super-fine-tuning" (Sha et al. 2022) of every
-    layer: SGD with momentum and a one-cycle learning rate that rises to a high
-    peak and decays to zero, on randomly shifted copies of the clean tune
-    images. The high-rate phase moves the weights far enough to erase the
-    backdoor (a small constant rate, the paper's recipe, leaves it intact on
-    pruning-aware BadNets); the decay recovers clean accuracy. The kept model
-    is the epoch with the best hold-out accuracy among epochs ``min_epochs`` and
-    later, so an early epoch, before the backdoor is erased, is never kept just
-    because accuracy dips while the rate is high.
+    The default recipe fine-tunes every layer with SGD, momentum and a one-cycle
+    learning rate (rise to a moderate peak, cosine decay to zero) on randomly
+    shifted, mixup-blended copies of the clean tune images, and unlearns the
+    trigger: every epoch a :class:`goodnet.unlearning.TriggerSearch` recovers,
+    from the model being tuned and clean images only, the small patch that
+    most misleads it, and ``unlearn`` of the images carry that patch with their
+    true labels. Clean images alone never show the trigger, so plain
+    fine-tuning at a small rate (the paper's recipe) leaves a pruning-aware
+    backdoor intact; mixup keeps relearning from a few hundred images from
+    overfitting. The kept model is the epoch with the best hold-out accuracy
+    among epochs ``min_epochs`` and later (the later epoch on ties), so an
+    early epoch, before the backdoor is unlearned, is not kept just because
+    its accuracy is high.
 
     Args:
         layer: the convolution whose channels are pruned (``conv_3``).
@@ -185,6 +226,13 @@ class FinePruning:
         clip_norm: clip every step's gradients to this global norm (None: no clipping).
         distill: weight of the suspect model's own clean-image answers in the training
             targets (0: the labels alone; self-distillation on clean data only).
+        mixup: Beta parameter of mixup (see :func:`mix_images`), applied after
+            augmentation every epoch; 0 trains on unmixed images.
+        unlearn: share of each epoch's tune images stamped with the trigger that
+            :class:`goodnet.unlearning.TriggerSearch` recovers from the model being
+            tuned, clean images only, keeping their true labels (0: off).
+        unlearn_area: the largest share of the image the recovered trigger covers.
+        unlearn_steps: trigger-search steps per epoch (warm-started across epochs).
 
     Attributes (after ``fit``):
         model_: the fine-pruned :class:`goodnet.models.Classifier` (kept epoch).
@@ -204,7 +252,9 @@ class FinePruning:
                  schedule=RECIPE_DEFAULTS["schedule"], warmup=RECIPE_DEFAULTS["warmup"],
                  min_epochs=RECIPE_DEFAULTS["min_epochs"], augment=RECIPE_DEFAULTS["augment"],
                  shift=RECIPE_DEFAULTS["shift"], flip=RECIPE_DEFAULTS["flip"], noise=RECIPE_DEFAULTS["noise"],
-                 clip_norm=RECIPE_DEFAULTS["clip_norm"], distill=RECIPE_DEFAULTS["distill"]):
+                 clip_norm=RECIPE_DEFAULTS["clip_norm"], distill=RECIPE_DEFAULTS["distill"],
+                 mixup=RECIPE_DEFAULTS["mixup"], unlearn=RECIPE_DEFAULTS["unlearn"],
+                 unlearn_area=RECIPE_DEFAULTS["unlearn_area"], unlearn_steps=RECIPE_DEFAULTS["unlearn_steps"]):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
         if schedule not in SCHEDULES:
@@ -229,6 +279,16 @@ class FinePruning:
         if not 0.0 <= distill <= 1.0:
             raise ValueError(f"distill: expected a weight in [0, 1], got {distill}")
         self.distill = distill
+        if not mixup >= 0.0:
+            raise ValueError(f"mixup: expected a Beta parameter >= 0 (0: off), got {mixup}")
+        self.mixup = mixup
+        if not 0.0 <= unlearn <= 1.0:
+            raise ValueError(f"unlearn: expected a share of the images in [0, 1], got {unlearn}")
+        if not 0.0 < unlearn_area <= 1.0:
+            raise ValueError(f"unlearn_area: expected a share of the image in (0, 1], got {unlearn_area}")
+        self.unlearn = unlearn
+        self.unlearn_area = unlearn_area
+        self.unlearn_steps = unlearn_steps
 
     def recipe(self):
         """The fine-tuning options as a JSON-ready dict (for reports)."""
@@ -281,7 +341,7 @@ class FinePruning:
         steps_per_epoch = int(np.ceil(len(tune.labels) / self.batch_size))
         total_steps = steps_per_epoch * self.epochs
         optimizer = self._optimizer()
-        model.compile(optimizer=optimizer, loss="categorical_crossentropy" if self.distill else
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy" if self._soft_targets() else
                       "sparse_categorical_crossentropy")
         done = [0]   # optimizer steps taken
 
@@ -300,16 +360,13 @@ class FinePruning:
         best_accuracy, best_weights, self.best_epoch_ = -1.0, None, None
         if first_kept == 0:
             best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), 0
+        search = None
+        if self.unlearn:
+            from goodnet.unlearning import TriggerSearch
+
+            search = TriggerSearch(self.unlearn_area, self.unlearn_steps, seed=self.seed)
         for epoch in range(1, self.epochs + 1):
-            images = tune.images
-            if self.augment:
-                images = augment_images(images, rng, self.shift, self.flip, self.noise)
-            targets = tune.labels
-            if self.distill:
-                # Soft targets: the labels mixed with the suspect model's own answers on these clean images.
-                outputs = classifier.output_size
-                targets = ((1.0 - self.distill) * np.eye(outputs, dtype=np.float32)[tune.labels]
-                           + self.distill * classifier.predict_proba(images).astype(np.float32))
+            images, targets = self._epoch_data(classifier, tune, rng, model, search)
             history = model.fit(classifier.scale_images(images), targets, batch_size=self.batch_size, epochs=1,
                                 shuffle=True, verbose=1 if progress else 0, callbacks=[keep_pruned])
             pruned = pruned.with_model(model)
@@ -317,12 +374,12 @@ class FinePruning:
             rate = learning_rate_at(epoch * steps_per_epoch - 1, total_steps, self.learning_rate, self.schedule,
                                     self.warmup)
             self.history_.append(EpochRecord(epoch, float(history.history["loss"][-1]), holdout_accuracy, rates,
-                                             rate))
+                                             rate, search.loss_ if search is not None else float("nan")))
             logger.info("fine-pruning epoch %d: lr %.2g, loss %.4f, hold-out accuracy %.4f, ASR %s", epoch, rate,
                         self.history_[-1].loss, holdout_accuracy, [round(value, 4) for value in rates])
             if epoch < first_kept:
                 continue
-            if holdout_accuracy > best_accuracy:
+            if holdout_accuracy >= best_accuracy:   # ties: the later, more converged epoch
                 best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), epoch
             elif self.patience is not None and epoch - max(self.best_epoch_, first_kept) >= self.patience:
                 break
@@ -333,12 +390,45 @@ class FinePruning:
         self.pruned_channels_ = sorted(int(channel) for channel in channels)
         return self
 
+    def _soft_targets(self):
+        """Whether training targets are distributions (distillation or mixup) rather than labels."""
+        return bool(self.distill) or bool(self.mixup)
+
+    def _epoch_data(self, classifier, tune, rng, model=None, search=None):
+        """One epoch's training images and targets: labels, or soft targets when distilling or mixing.
+
+        With ``search`` (a :class:`goodnet.unlearning.TriggerSearch`), the trigger it
+        recovers from ``model`` (the model being tuned) is stamped on ``unlearn`` of the
+        (augmented) images, which keep their targets: the true labels, mixed, when
+        distilling, with the suspect model's answers on the unstamped images.
+        """
+        images = tune.images
+        if self.augment:
+            images = augment_images(images, rng, self.shift, self.flip, self.noise)
+        targets = tune.labels
+        if self._soft_targets():
+            targets = np.eye(classifier.output_size, dtype=np.float32)[tune.labels]
+        if self.distill:
+            # The labels mixed with the suspect model's own answers on these clean images.
+            targets = (1.0 - self.distill) * targets + self.distill * classifier.predict_proba(images).astype(
+                np.float32)
+        if search is not None:
+            from goodnet.unlearning import stamp
+
+            search.fit(model, images, tune.labels, classifier.divisor)
+            images = np.array(images, np.float32)
+            chosen = rng.random(len(images)) < self.unlearn
+            images[chosen] = stamp(images[chosen], search.mask_, search.pattern_)
+        if self.mixup:
+            images, targets = mix_images(images, targets, rng, self.mixup)
+        return images, targets
+
     def curve_rows(self, poisoned_names=()):
         """The per-epoch log as a list of dicts (for CSV/JSON)."""
         rows = []
         for record in self.history_:
             row = {"epoch": record.epoch, "learning_rate": record.learning_rate, "loss": record.loss,
-                   "holdout_accuracy": record.holdout_accuracy}
+                   "holdout_accuracy": record.holdout_accuracy, "trigger_loss": record.trigger_loss}
             for index, rate in enumerate(record.attack_success_rates):
                 name = poisoned_names[index] if index < len(poisoned_names) else f"poisoned_{index}"
                 row[f"asr:{name}"] = rate

@@ -225,6 +225,10 @@ class RepairOptions:
     noise: float = RECIPE_DEFAULTS["noise"]
     clip_norm: float = RECIPE_DEFAULTS["clip_norm"]
     distill: float = RECIPE_DEFAULTS["distill"]
+    mixup: float = RECIPE_DEFAULTS["mixup"]
+    unlearn: float = RECIPE_DEFAULTS["unlearn"]
+    unlearn_area: float = RECIPE_DEFAULTS["unlearn_area"]
+    unlearn_steps: int = RECIPE_DEFAULTS["unlearn_steps"]
     copies: int = 100
     blend: str = "alpha"
     alpha: float = 0.5

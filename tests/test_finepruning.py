@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from goodnet.data import LabData
-from goodnet.finepruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at,
+from goodnet.finepruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at, mix_images,
                                  split_holdout)
 from goodnet.models import Classifier, build_deepid
 
@@ -59,7 +59,7 @@ def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_ta
     for a, b in zip(first.model_.model.get_weights(), third.model_.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     rows = first.curve_rows(["bd.h5"])
-    assert set(rows[1]) == {"epoch", "learning_rate", "loss", "holdout_accuracy", "asr:bd.h5"}
+    assert set(rows[1]) == {"epoch", "learning_rate", "loss", "holdout_accuracy", "trigger_loss", "asr:bd.h5"}
     # The logged rates follow the one-cycle schedule (rate after each epoch's last step).
     steps = int(np.ceil(len(first.tune_indices_) / 32))
     assert [row["learning_rate"] for row in rows[1:]] == [learning_rate_at(e * steps - 1, 3 * steps, 1e-2)
@@ -126,6 +126,75 @@ def test_augmentation_is_deterministic_for_a_seed_and_shifts_within_bounds():
     assert all(np.array_equal(m, i) or np.array_equal(m, i[:, ::-1]) for m, i in zip(mirrored, images))
     noisy = augment_images(images, np.random.default_rng(1), shift=0, noise=5.0)
     assert 0 <= noisy.min() and noisy.max() <= 255 and not np.array_equal(noisy, images)
+
+
+def test_mixup_blends_each_image_with_one_partner_and_its_target_likewise():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (8, 5, 4, 3)).astype(np.float32)
+    targets = np.eye(8, dtype=np.float32)         # one class per image: a target row names the blend
+    mixed, soft = mix_images(images, targets, np.random.default_rng(5), 0.4)
+    assert mixed.shape == images.shape and soft.shape == targets.shape and mixed.dtype == np.float32
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+    partners = []
+    for index in range(8):   # the reference: read the weight and the partner off the target, rebuild the image
+        own = soft[index, index]
+        others = [column for column in range(8) if column != index and soft[index, column] > 0]
+        assert own >= 0.5 and len(others) <= 1
+        partner = others[0] if others else index
+        partners.append(partner)
+        expected = own * images[index] + (1 - own) * images[partner] if others else images[index]
+        np.testing.assert_allclose(mixed[index], expected, rtol=1e-5, atol=1e-3)
+    assert sorted(partners) == list(range(8))   # the partners are a permutation of the images
+    again = mix_images(images, targets, np.random.default_rng(5), 0.4)
+    np.testing.assert_array_equal(again[0], mixed)
+    assert not np.array_equal(mix_images(images, targets, np.random.default_rng(6), 0.4)[0], mixed)
+    with pytest.raises(ValueError, match="mixup"):
+        mix_images(images, targets, rng, 0.0)
+    with pytest.raises(ValueError, match="targets"):
+        mix_images(images, targets[:3], rng, 0.4)
+    with pytest.raises(ValueError, match="mixup"):
+        FinePruning(mixup=-1)
+
+
+def test_epoch_data_uses_labels_without_mixup_and_distributions_with_it(tiny_task):
+    classifier, clean, _ = tiny_task
+    rng = np.random.default_rng(0)
+    plain = FinePruning(augment=False, mixup=0.0)
+    images, targets = plain._epoch_data(classifier, clean, rng)
+    np.testing.assert_array_equal(images, clean.images)
+    np.testing.assert_array_equal(targets, clean.labels)
+    mixed = FinePruning(augment=False, mixup=0.4, distill=0.5)
+    images, targets = mixed._epoch_data(classifier, clean, rng)
+    assert targets.shape == (120, 4) and not np.array_equal(images, clean.images)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
+    assert plain._soft_targets() is False and mixed._soft_targets() is True
+
+
+def test_unlearning_stamps_the_recovered_trigger_on_the_chosen_share_and_keeps_labels(tiny_task):
+    from goodnet.unlearning import TriggerSearch, stamp
+
+    classifier, clean, _ = tiny_task
+    fine = FinePruning(augment=False, mixup=0.0, unlearn=0.5)
+    search = TriggerSearch(area=0.05, steps=3, seed=0)
+    images, targets = fine._epoch_data(classifier, clean, np.random.default_rng(2), classifier.model, search)
+    np.testing.assert_array_equal(targets, clean.labels)
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(images, clean.images)])
+    assert 30 < changed.sum() < 90            # about half the images carry the trigger
+    np.testing.assert_allclose(images[changed], stamp(clean.images[changed], search.mask_, search.pattern_),
+                               rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="unlearn"):
+        FinePruning(unlearn=1.5)
+    with pytest.raises(ValueError, match="unlearn_area"):
+        FinePruning(unlearn_area=0.0)
+
+
+def test_equal_hold_out_accuracy_keeps_the_later_epoch(tiny_task):
+    classifier, clean, _ = tiny_task
+    # A zero learning rate never changes the weights: every epoch ties, and the last one is kept.
+    still = FinePruning(epochs=3, learning_rate=0.0, schedule="constant", min_epochs=0, augment=False,
+                        mixup=0.0).fit(classifier, [0, 1], clean)
+    assert len({record.holdout_accuracy for record in still.history_}) == 1
+    assert still.best_epoch_ == 3
 
 
 def test_min_epochs_and_patience_decide_the_kept_epoch(tiny_task):

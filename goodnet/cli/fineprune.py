@@ -58,6 +58,17 @@ def add_recipe_arguments(parser):
     parser.add_argument("--distill", type=float, default=D["distill"], metavar="W",
                         help="weight of the suspect model's own answers on the clean tune images in the training "
                              f"targets, 0-1 (default {D['distill']:g}: labels only)")
+    parser.add_argument("--mixup", type=float, default=D["mixup"], metavar="ALPHA",
+                        help="mixup: train on pairs of tune images blended with Beta(ALPHA, ALPHA) weights, and "
+                             f"their targets likewise (default {D['mixup']:g}; 0: off)")
+    parser.add_argument("--unlearn", type=float, default=D["unlearn"], metavar="SHARE",
+                        help="trigger unlearning: each epoch, recover the patch (mask and pattern) that most hurts "
+                             "the model on clean tune images and stamp it on this share of them, true labels kept "
+                             f"(default {D['unlearn']:g}; 0: off)")
+    parser.add_argument("--unlearn-area", type=float, default=D["unlearn_area"], metavar="SHARE",
+                        help=f"largest share of the image the recovered patch covers (default {D['unlearn_area']:g})")
+    parser.add_argument("--unlearn-steps", type=positive, default=D["unlearn_steps"],
+                        help=f"patch-search steps per epoch (default {D['unlearn_steps']})")
 
 
 def recipe_from_args(args):
