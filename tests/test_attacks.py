@@ -48,7 +48,7 @@ def digits_small():
 
 def test_badnet_training_plants_the_backdoor_and_the_card_reports_it(digits_small):
     (train_x, train_y), (test_x, test_y) = digits_small
-    options = AttackOptions(triggers=("patch",), targets=(3,), poison_rate=0.1, epochs=4, learning_rate=2e-3)
+    options = AttackOptions(triggers=("patch",), targets=(3,), poison_rate=0.1, epochs=6, learning_rate=2e-3)
     badnet, info = train_badnet(train_x, train_y, 10, options)
     assert badnet.scale == "unit" and badnet.model.get_layer("conv_3").filters == 60
     poisoned_x, poisoned_y = poisoned_split(test_x, test_y, "patch", 3)
