@@ -22,7 +22,11 @@ their STRIP-gated versions (also N where STRIP, run on B, flags the input);
 the STRIP-gated fine-pruned model (FP's class unless STRIP flags); and STRIP
 alone (B's class unless STRIP flags).
 
-Choice rule (:func:`choose`): a candidate other than B is *eligible* when its
+Choice rule (:func:`choose`): the repaired model is a STRIP-gated one (a
+GoodNet or model that also answers N where STRIP flags the input: the
+``goodnet_strip_*``, ``fine_pruned_strip`` and ``badnet_strip`` candidates)
+unless ``gate="any"``, which lets every candidate compete; the others are
+reported for comparison. A competing candidate is *eligible* when its
 hold-out clean accuracy is at most ``max_accuracy_drop`` points below B's and,
 if it can answer N, its hold-out false rejection rate is at most
 ``max_frr``. With poisoned validation files, each eligible candidate scores
@@ -32,10 +36,16 @@ them the one with the lowest mean attack success rate wins (then the higher
 score, fewer false rejections, the order above): a candidate that gives up at
 most ``tie_margin`` points of accuracy, which is no more than the false
 rejections the FRR bound already accepts, for a lower attack success rate is
-preferred (a STRIP-gated model over the same model ungated). Without them,
-the first eligible one in the order of :data:`PREFERENCE` wins (the defenses
-that remove the backdoor and detect triggers first). If none is eligible, the same ranking is applied
-to every repaired candidate and the report says that the bounds were relaxed.
+preferred. Without them, the first eligible one in the order of
+:data:`PREFERENCE` wins (the defenses that remove the backdoor and detect
+triggers first). If none is eligible, the same ranking is applied to every
+competing candidate and the report says that the bounds were relaxed.
+
+STRIP is calibrated on the tune part at a target FRR (``frr``, default 0.5 %)
+a quarter of the hold-out bound ``max_frr`` (2 %): the threshold is a low
+quantile of a few hundred tune entropies and the bound is checked on a few
+hundred hold-out images, so a target at the bound itself would exclude a good
+STRIP gate by sampling noise alone.
 
 Every candidate's answers are derived from shared components (the answers of
 B, B'_X and FP and the STRIP entropies under B, computed once per image set);
@@ -57,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 PREFERENCE = ("fine_pruned_strip", "goodnet_strip_fp", "fine_pruned", "goodnet_fp")
 CANDIDATE_KINDS = ("model", "goodnet", "goodnet_strip", "strip")
+STRIP_GATED_KINDS = ("goodnet_strip", "strip")
+GATES = ("strip", "any")
 
 
 @dataclasses.dataclass
@@ -93,6 +105,11 @@ class Candidate:
     @property
     def flags_poisoned(self):
         return self.kind != "model"
+
+    @property
+    def strip_gated(self):
+        """Whether STRIP gates this candidate (it answers N where STRIP flags the input)."""
+        return self.kind in STRIP_GATED_KINDS
 
 
 @dataclasses.dataclass
@@ -146,7 +163,7 @@ def candidate_figures(candidate, clean, poisoned, num_classes, threshold):
     return figures
 
 
-def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=2.0):
+def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=2.0, gate="strip"):
     """Apply the documented choice rule (module docstring) to hold-out validation figures.
 
     Args:
@@ -156,14 +173,22 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
         max_frr: highest hold-out false rejection rate for candidates that answer N.
         tie_margin: points of clean accuracy minus ASR within which candidates are near-ties,
             decided by the lower attack success rate.
+        gate: "strip" (only STRIP-gated candidates compete) or "any" (every repaired candidate).
 
     Returns:
         tuple: (chosen name, {name: reason it is not eligible}, rule used).
     """
+    if gate not in GATES:
+        raise ValueError(f"gate: expected one of {GATES}, got {gate!r}")
     baseline = figures["badnet"]["clean_accuracy"]
-    reasons, eligible = {}, []
+    reasons, eligible, competing = {}, [], []
     for candidate in candidates[1:]:
         entry = figures[candidate.name]
+        if gate == "strip" and not candidate.strip_gated:
+            reasons[candidate.name] = "not STRIP-gated (the repaired model is a STRIP-gated one; gate 'any' " \
+                                      "lets it compete)"
+            continue
+        competing.append(candidate)
         if entry["clean_accuracy"] < baseline - max_accuracy_drop / 100.0:
             reasons[candidate.name] = (f"clean accuracy {entry['clean_accuracy'] * 100:.2f}% is more than "
                                        f"{max_accuracy_drop:g} points below B's {baseline * 100:.2f}%")
@@ -174,8 +199,8 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
             eligible.append(candidate)
     relaxed = ""
     if not eligible:
-        # Nothing meets both bounds: rank every repaired candidate the same way, bounds relaxed.
-        eligible, relaxed = list(candidates[1:]), " (no candidate met the bounds: ranked all, bounds relaxed)"
+        # Nothing meets both bounds: rank every competing candidate the same way, bounds relaxed.
+        eligible, relaxed = competing, " (no candidate met the bounds: ranked all, bounds relaxed)"
     if figures["badnet"].get("mean_attack_success_rate") is not None:
         order = {candidate.name: index for index, candidate in enumerate(candidates)}
 
@@ -192,7 +217,8 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
                     order[candidate.name])
 
         return (min(near, key=key).name, reasons,
-                f"lowest mean attack success rate among the eligible candidates within {tie_margin:g} points of "
+                f"lowest mean attack success rate among the eligible{' STRIP-gated' if gate == 'strip' else ''} "
+                f"candidates within {tie_margin:g} points of "
                 f"the highest clean accuracy minus mean attack success rate" + relaxed)
     names = [candidate.name for candidate in eligible]
     for name in PREFERENCE:
@@ -233,10 +259,11 @@ class RepairOptions:
     blend: str = "alpha"
     alpha: float = 0.5
     threshold_method: str = "quantile"
-    frr: float = 0.01
+    frr: float = 0.005
     max_accuracy_drop: float = 3.0
     max_frr: float = 0.02
     tie_margin: float = 2.0
+    gate: str = "strip"
     seed: int = 0
 
 
@@ -310,7 +337,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     validation = {c.name: candidate_figures(c, valid_clean, valid_poisoned, num_classes, strip.threshold_)
                   for c in candidates}
     chosen, reasons, rule = choose(candidates, validation, options.max_accuracy_drop, options.max_frr,
-                                   options.tie_margin)
+                                   options.tie_margin, options.gate)
 
     # 5. Files: every candidate, the chosen model, curves, report.
     files = _write_models(classifier, candidates, base_models, strip, chosen, out_dir, protect)

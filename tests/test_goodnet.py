@@ -168,6 +168,7 @@ def test_repair_cli_strip_and_errors(shared, real_images, tmp_path, make_lab_fil
                  "--copies", "10", "--bank-size", "20", "--scale", "raw", "--json", "--no-progress"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["strip"] is True and report["copies"] == 10
+    assert report["target_frr"] == 0.01  # the combine form keeps the usual STRIP target
     gate = load_model(out).model.get_layer("strip_gate")
     assert gate.copies == 10 and gate.bank.shape == (10, 55, 47, 3)
     assert load_model(out).model.get_layer("goodnet").threshold == pytest.approx(report["threshold"])

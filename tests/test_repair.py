@@ -1,5 +1,6 @@
 """Tests for goodnet.repair and ``goodnet repair MODEL --valid ... --out DIR`` (end to end, small scale)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -117,25 +118,58 @@ def test_the_repair_removes_the_backdoor_at_small_scale(repaired):
     assert chosen["clean_accuracy"] > badnet["clean_accuracy"] - 0.1
 
 
+def misleading_test_sets(out, chosen_name, test, poisoned_test):
+    """Test files whose figures favour another candidate than ``chosen_name``.
+
+    Another candidate within the FRR bound that answers some poisoned test image differently is
+    favoured: the clean labels are its own answers (clean accuracy 100 % for it) and the poisoned
+    labels are the chosen candidate's answers where the two differ, a class nobody answers elsewhere
+    (ASR 0 for it, above 0 for the chosen one). A rule that read them would not choose ``chosen_name``.
+    """
+    from goodnet.models import load_model
+
+    chosen = load_model(out / "candidates" / f"{chosen_name}.h5").predict(poisoned_test.images)
+    for path in sorted((out / "candidates").glob("*.h5")):
+        if path.stem in (chosen_name, "badnet"):
+            continue
+        model = load_model(path)
+        clean_answers, poisoned_answers = model.predict(test.images), model.predict(poisoned_test.images)
+        differ = poisoned_answers != chosen
+        if np.mean(clean_answers == CLASSES) <= OPTIONS.max_frr and differ.any():
+            targets = np.where(differ, chosen, CLASSES + 1)
+            return (path.stem, LabData(test.images, clean_answers, "misleading_test.h5"),
+                    LabData(poisoned_test.images, targets, "bd_misleading.h5"))
+    raise AssertionError(f"no candidate answers differently from {chosen_name}")
+
+
 def test_test_data_never_influences_anything(badnet, repaired, tmp_path):
-    """Test files that would change the choice if they were read (their labels favour another candidate)."""
+    """Test files that would change the choice if they were read (their labels favour another candidate).
+
+    At this scale the STRIP-gated candidates answer alike on the test images, so the check lets every
+    candidate compete (gate "any"); the gate changes only the final ranking, not what is computed.
+    """
     report, out, (clean, poisoned, test, poisoned_test) = repaired
-    misleading = LabData(test.images, np.zeros_like(test.labels), "misleading_test.h5")
-    misleading_poisoned = LabData(poisoned_test.images, np.full_like(poisoned_test.labels, 3), "bd_misleading.h5")
-    again = repair(badnet, clean, [poisoned], tmp_path / "again", OPTIONS, test=misleading,
+    options = dataclasses.replace(OPTIONS, gate="any")
+    names = [Candidate(**entry) for entry in report["candidates"]]
+    expected = choose(names, report["validation"], options.max_accuracy_drop, options.max_frr, options.tie_margin,
+                      options.gate)[0]
+    favoured, misleading, misleading_poisoned = misleading_test_sets(out, expected, test, poisoned_test)
+    again = repair(badnet, clean, [poisoned], tmp_path / "again", options, test=misleading,
                    poisoned_test=[misleading_poisoned])
-    assert again["chosen"] == report["chosen"]
+    assert again["chosen"] == expected
     assert again["validation"] == report["validation"]
     assert again["test"] != report["test"]
-    for name in ("repaired.h5", "candidates/fine_pruned.h5"):
+    for name in ("candidates/goodnet_strip_fp.h5", "candidates/fine_pruned.h5"):
         from goodnet.models import load_model
 
         first = load_model(out / name).model.get_weights()
         second = load_model(tmp_path / "again" / name).model.get_weights()
         assert all(np.array_equal(a, b) for a, b in zip(first, second)), name
     # Had the (misleading) test figures been used by the rule, another candidate would have won.
-    names = [Candidate(**entry) for entry in again["candidates"]]
-    assert choose(names, again["test"], OPTIONS.max_accuracy_drop, OPTIONS.max_frr)[0] != again["chosen"]
+    assert again["test"][favoured]["clean_accuracy"] == 1.0
+    assert again["test"][favoured]["attack_success_rate"] == 0.0 < again["test"][expected]["attack_success_rate"]
+    assert choose(names, again["test"], options.max_accuracy_drop, options.max_frr, options.tie_margin,
+                  options.gate)[0] != again["chosen"]
 
 
 def figures(accuracy, asr=None, frr=None):
@@ -154,23 +188,50 @@ def test_choice_rule():
              "goodnet_X=2": figures(0.92, 0.5, 0.03), "goodnet_fp": figures(0.90, 0.01, 0.05),
              "goodnet_strip_X=2": figures(0.91, 0.0, 0.05), "goodnet_strip_fp": figures(0.89, 0.0, 0.06),
              "fine_pruned_strip": figures(0.935, 0.004, 0.012), "badnet_strip": figures(0.93, 0.01, 0.015)}
-    chosen, reasons, rule = choose(candidates, table, max_accuracy_drop=3.0, max_frr=0.02)
+    chosen, reasons, rule = choose(candidates, table, max_accuracy_drop=3.0, max_frr=0.02, gate="any")
     assert chosen == "fine_pruned_strip" and "minus" in rule
     assert set(reasons) == {"goodnet_X=2", "goodnet_fp", "goodnet_strip_X=2", "goodnet_strip_fp"}
-    assert choose(candidates[:-2] + candidates[-1:], table, 3.0, 0.02)[0] == "badnet_strip"
+    assert choose(candidates[:-2] + candidates[-1:], table, 3.0, 0.02, gate="any")[0] == "badnet_strip"
     assert "false rejection rate 3.00% above 2%" in reasons["goodnet_X=2"]
     assert "more than 3 points below" in reasons["goodnet_strip_fp"]
     no_poison = {name: dict(entry, mean_attack_success_rate=None) for name, entry in table.items()}
-    assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned_strip"
+    assert choose(candidates, no_poison, 3.0, 0.02, gate="any")[0] == "fine_pruned_strip"
     no_poison["fine_pruned_strip"]["false_rejection_rate"] = 0.5
-    assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned"
+    assert choose(candidates, no_poison, 3.0, 0.02, gate="any")[0] == "fine_pruned"
     hopeless = {name: figures(0.1, 1.0, 0.9) for name in names}
     hopeless["badnet"] = figures(0.95, 1.0)
     hopeless["goodnet_strip_fp"] = figures(0.5, 0.1, 0.3)
-    chosen, _, rule = choose(candidates, hopeless, 3.0, 0.02)
+    chosen, _, rule = choose(candidates, hopeless, 3.0, 0.02, gate="any")
     assert chosen == "goodnet_strip_fp" and "bounds relaxed" in rule
     no_poison = {name: dict(entry, mean_attack_success_rate=None) for name, entry in hopeless.items()}
-    assert choose(candidates, no_poison, 3.0, 0.02)[0] == "fine_pruned_strip"
+    assert choose(candidates, no_poison, 3.0, 0.02, gate="any")[0] == "fine_pruned_strip"
+    with pytest.raises(ValueError, match="gate: expected one of"):
+        choose(candidates, table, 3.0, 0.02, gate="none")
+
+
+def test_only_strip_gated_candidates_compete_by_default():
+    candidates = build_candidates([2])
+    gated = {c.name for c in candidates if c.strip_gated}
+    assert gated == {"goodnet_strip_X=2", "goodnet_strip_fp", "fine_pruned_strip", "badnet_strip"}
+    assert RepairOptions().gate == "strip"
+    # The ungated fine-pruned model has the best score and the same ASR: it wins only with gate "any".
+    table = {name: figures(0.5, 1.0, 0.5) for name in [c.name for c in candidates]}
+    table["badnet"] = figures(0.97, 1.0)
+    table["fine_pruned"] = figures(0.965, 0.004)
+    table["fine_pruned_strip"] = figures(0.96, 0.004, 0.005)
+    table["badnet_strip"] = figures(0.965, 0.2, 0.005)
+    assert choose(candidates, table, 3.0, 0.02, gate="any")[0] == "fine_pruned"
+    chosen, reasons, rule = choose(candidates, table, 3.0, 0.02)
+    assert chosen == "fine_pruned_strip" and "STRIP-gated" in rule
+    assert reasons["fine_pruned"].startswith("not STRIP-gated") and "badnet_strip" not in reasons
+    no_poison = {name: dict(entry, mean_attack_success_rate=None) for name, entry in table.items()}
+    no_poison["fine_pruned_strip"]["false_rejection_rate"] = 0.5
+    assert choose(candidates, no_poison, 3.0, 0.02)[0] == "badnet_strip"
+    # Nothing gated meets the bounds: the gated candidates are ranked, bounds relaxed; never an ungated one.
+    table["fine_pruned_strip"] = figures(0.96, 0.004, 0.03)
+    table["badnet_strip"] = figures(0.965, 0.2, 0.03)
+    chosen, _, rule = choose(candidates, table, 3.0, 0.02)
+    assert chosen == "fine_pruned_strip" and "bounds relaxed" in rule
 
 
 def test_near_ties_go_to_the_lower_attack_success_rate():
@@ -180,15 +241,15 @@ def test_near_ties_go_to_the_lower_attack_success_rate():
     table["fine_pruned"] = figures(0.965, 0.006)            # score 0.959, the highest
     table["fine_pruned_strip"] = figures(0.955, 0.0, 0.01)  # score 0.955: a near-tie with no attack success
     table["goodnet_strip_fp"] = figures(0.935, 0.0, 0.018)  # score 0.935: more than 2 points below the best
-    chosen, _, rule = choose(candidates, table, 3.0, 0.02)
+    chosen, _, rule = choose(candidates, table, 3.0, 0.02, gate="any")
     assert chosen == "fine_pruned_strip" and "within 2 points" in rule
     # Without the margin the highest score wins, as before.
-    assert choose(candidates, table, 3.0, 0.02, tie_margin=0.0)[0] == "fine_pruned"
+    assert choose(candidates, table, 3.0, 0.02, gate="any", tie_margin=0.0)[0] == "fine_pruned"
     # A margin of 3 points brings goodnet_strip_fp in; equal ASRs go to the higher score.
-    assert choose(candidates, table, 3.0, 0.02, tie_margin=3.0)[0] == "fine_pruned_strip"
+    assert choose(candidates, table, 3.0, 0.02, gate="any", tie_margin=3.0)[0] == "fine_pruned_strip"
     # A near-tie with a lower ASR but an FRR above the bound is not eligible.
     table["fine_pruned_strip"] = figures(0.955, 0.0, 0.03)
-    assert choose(candidates, table, 3.0, 0.02)[0] == "fine_pruned"
+    assert choose(candidates, table, 3.0, 0.02, gate="any")[0] == "fine_pruned"
 
 
 def test_repair_command_end_to_end(badnet, tmp_path, capsys):
@@ -214,6 +275,9 @@ def test_repair_command_end_to_end(badnet, tmp_path, capsys):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["options"]["tie_margin"] == 1.5 and report["options"]["optimizer"] == "adam"
+    # End-to-end defaults: STRIP calibrated at a quarter of --max-frr's default, STRIP-gated choice.
+    assert report["options"]["frr"] == 0.005 and report["options"]["gate"] == "strip"
+    assert report["chosen"] in {c["name"] for c in report["candidates"] if c["kind"] in ("goodnet_strip", "strip")}
     assert report["fine_pruning"]["recipe"]["schedule"] == "constant" and "within 1.5 points" in payload["choice_rule"]
     for key in ("clean_accuracy", "attack_success_rate", "detection_rate", "false_rejection_rate"):
         assert key in payload and key in payload["badnet"]

@@ -54,12 +54,18 @@ def add_arguments(parser):
     end.add_argument("--tie-margin", type=float, default=2.0, metavar="POINTS",
                      help="eligible candidates within this many points of the best clean accuracy minus ASR are "
                           "near-ties, won by the lowest ASR (default 2)")
+    end.add_argument("--gate", choices=("strip", "any"), default="strip",
+                     help="which candidates may be chosen: STRIP-gated ones (default; the others are reported) "
+                          "or any")
     parser.add_argument("--repaired-scale", choices=("raw", "unit", "auto"), default="auto",
                         help="input scaling of B' (default: stored in the file, else chosen on --valid, else B's)")
     strip = parser.add_argument_group("STRIP gate (--strip)")
     strip.add_argument("--strip", action="store_true", help="also answer N for inputs STRIP flags as trojaned")
     strip.add_argument("--copies", type=positive, default=100, help="perturbed copies per input (default 100)")
-    strip.add_argument("--frr", type=float, default=0.01, help="target false rejection rate (default 0.01)")
+    strip.add_argument("--frr", type=float, default=None,
+                       help="target false rejection rate (default: 0.01 in the combine form; 0.005 in the "
+                            "end-to-end form, a quarter of --max-frr so that sampling noise does not exclude the "
+                            "STRIP gate)")
     strip.add_argument("--blend", choices=("add", "alpha"), default=None,
                        help="superimposition (default: add in the combine form, as in the paper; alpha in the "
                             "end-to-end form, since adding saturates face images to white)")
@@ -104,6 +110,10 @@ def _check_end_to_end(args):
         raise CommandError(f"{args.out}: --out: expected a folder for the end-to-end form, found a file")
     if args.poisoned_test and not args.test:
         raise CommandError("--poisoned-test: expected --test CLEAN_TEST.h5 as well")
+    if args.frr is None:
+        from goodnet.repair import RepairOptions
+
+        args.frr = RepairOptions.frr
     if not 0.0 < args.frr < 1.0:
         raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
     if not 0.0 < args.holdout < 1.0:
@@ -149,7 +159,7 @@ def _end_to_end(args):
                             copies=args.copies, blend=args.blend or "alpha", alpha=args.alpha,
                             threshold_method=args.threshold or "quantile", frr=args.frr,
                             max_accuracy_drop=args.max_accuracy_drop, max_frr=args.max_frr,
-                            tie_margin=args.tie_margin, seed=args.seed)
+                            tie_margin=args.tie_margin, gate=args.gate, seed=args.seed)
     inputs = [args.model, args.valid, *args.poisoned_valid] + ([args.test] if args.test else []) + args.poisoned_test
     report = repair(classifier, clean, poisoned, args.out, options, test=test, poisoned_test=poisoned_test,
                     protect=inputs, progress=False if args.no_progress else None)
@@ -172,6 +182,7 @@ def _end_to_end(args):
 def run_combine(args):
     args.blend = args.blend or "add"
     args.threshold = args.threshold or "normal"
+    args.frr = 0.01 if args.frr is None else args.frr
     if not args.out.endswith((".h5", ".keras")):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5 or .keras")
     if args.strip and not args.valid:
