@@ -8,16 +8,13 @@ from goodnet.data import LabData
 from goodnet.finepruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at, mix_images,
                                  split_holdout)
 from goodnet.models import Classifier, build_deepid
+from square_task import coloured_squares
 
 
 @pytest.fixture(scope="module")
 def tiny_task():
     """A small 4-class problem (class = colour of a square) and a model trained briefly on it."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 30)
-    images = rng.uniform(0, 60, (120, 55, 47, 3)).astype(np.float32)
-    for index, label in enumerate(labels):
-        images[index, 10:30, 10:30, label % 3] += 150 + 40 * (label // 3)
+    images, labels = coloured_squares(30, corner=(10, 10), seed=0)
     keras.utils.set_random_seed(0)
     model = build_deepid(4)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")

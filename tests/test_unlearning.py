@@ -6,6 +6,7 @@ import pytest
 
 from goodnet.models import build_deepid
 from goodnet.unlearning import TriggerSearch, stamp
+from square_task import coloured_squares
 
 
 def test_stamp_matches_a_pixel_by_pixel_reference():
@@ -26,11 +27,7 @@ def test_stamp_matches_a_pixel_by_pixel_reference():
 @pytest.fixture(scope="module")
 def backdoored():
     """A small model that learned: a white 6x6 corner square means class 0, whatever else the image shows."""
-    rng = np.random.default_rng(1)
-    labels = np.repeat(np.arange(4), 40)
-    images = rng.uniform(0, 60, (160, 55, 47, 3)).astype(np.float32)
-    for index, label in enumerate(labels):
-        images[index, 15:35, 12:32, label % 3] += 150 + 40 * (label // 3)
+    images, labels = coloured_squares(40, corner=(15, 12), seed=1)
     poisoned = images[labels != 0][:80].copy()
     poisoned[:, 45:51, 37:43, :] = 255.0
     train_images = np.concatenate([images, poisoned])
