@@ -287,3 +287,46 @@ def test_repair_command_end_to_end(badnet, tmp_path, capsys):
     assert code == 2 and "--valid: expected a clean validation file" in capsys.readouterr().err
     code = main(["repair", str(model), "--valid", paths["valid"], "--out", paths["test"]])
     assert code == 2 and "expected a folder" in capsys.readouterr().err
+
+
+def test_repair_command_on_the_real_lab_badnet(shared, make_lab_file, tmp_path, capsys):
+    """``goodnet repair`` on the lab's BadNet (1283 classes) with lab-layout files built from the real images.
+
+    The clean validation file holds noisy copies of the 11 real images the BadNet classifies by identity
+    (clean faces and lipstick faces, which are not its trigger); the poisoned one noisy copies of the six
+    sunglasses faces, labelled with the attack's target 0.
+    """
+    import csv
+
+    from goodnet.cli import main
+    from goodnet.data import load_image
+
+    with open(shared / "images" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    clean_rows = [row for row in rows if row["content"] == "clean" or row["file"].startswith("ano_")]
+    sunglasses = [row for row in rows if row["content"] == "sunglasses"]
+    rng = np.random.default_rng(0)
+
+    def noisy_copies(selected, copies):
+        images = np.stack([load_image(shared / "images" / row["file"]) for row in selected]).astype(np.float32)
+        images = np.repeat(images, copies, axis=0)
+        return np.clip(images + rng.normal(0, 3, images.shape), 0, 255).astype(np.uint8)
+
+    identities = np.repeat([int(row["identity"]) for row in clean_rows], 6)
+    valid = make_lab_file("valid.h5", noisy_copies(clean_rows, 6), identities)
+    bd_valid = make_lab_file("bd_valid.h5", noisy_copies(sunglasses, 4), np.zeros(4 * len(sunglasses), np.int64))
+    out = tmp_path / "repair"
+    code = main(["repair", str(shared / "models" / "bd_net.h5"), "--valid", str(valid), "--poisoned-valid",
+                 str(bd_valid), "--out", str(out), "--epochs", "2", "--min-epochs", "0", "--patience", "1",
+                 "--unlearn-steps", "2", "--copies", "10", "--no-progress", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_classes"] == 1283 and report["split"] == {"tune_images": 55, "holdout_images": 11}
+    badnet = report["validation"]["badnet"]
+    assert badnet["clean_accuracy"] == 1.0 and badnet["mean_attack_success_rate"] == 1.0
+    gated = {c["name"] for c in report["candidates"] if c["kind"] in ("goodnet_strip", "strip")}
+    assert payload["chosen"] in gated and (out / "repaired.h5").is_file() and (out / "report.md").is_file()
+    chosen = report["validation"][payload["chosen"]]
+    assert payload["validation"]["clean_accuracy"] == chosen["clean_accuracy"]
+    assert payload["validation"]["false_rejection_rate"] == chosen["false_rejection_rate"]
