@@ -200,7 +200,7 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
     relaxed = ""
     if not eligible:
         # Nothing meets both bounds: rank every competing candidate the same way, bounds relaxed.
-        eligible, relaxed = competing, " (no candidate met the bounds: ranked all, bounds relaxed)"
+        eligible, relaxed = competing, " (no candidate met the bounds: ranked every competing one, bounds relaxed)"
     if figures["badnet"].get("mean_attack_success_rate") is not None:
         order = {candidate.name: index for index, candidate in enumerate(candidates)}
 

@@ -277,7 +277,7 @@ def test_repair_command_end_to_end(badnet, tmp_path, capsys):
     assert report["options"]["tie_margin"] == 1.5 and report["options"]["optimizer"] == "adam"
     # End-to-end defaults: STRIP calibrated at a quarter of --max-frr's default, STRIP-gated choice.
     assert report["options"]["frr"] == 0.005 and report["options"]["gate"] == "strip"
-    assert report["chosen"] in {c["name"] for c in report["candidates"] if c["kind"] in ("goodnet_strip", "strip")}
+    assert Candidate(**next(c for c in report["candidates"] if c["name"] == report["chosen"])).strip_gated
     assert report["fine_pruning"]["recipe"]["schedule"] == "constant" and "within 1.5 points" in payload["choice_rule"]
     for key in ("clean_accuracy", "attack_success_rate", "detection_rate", "false_rejection_rate"):
         assert key in payload and key in payload["badnet"]
@@ -325,8 +325,8 @@ def test_repair_command_on_the_real_lab_badnet(shared, make_lab_file, tmp_path, 
     assert report["num_classes"] == 1283 and report["split"] == {"tune_images": 55, "holdout_images": 11}
     badnet = report["validation"]["badnet"]
     assert badnet["clean_accuracy"] == 1.0 and badnet["mean_attack_success_rate"] == 1.0
-    gated = {c["name"] for c in report["candidates"] if c["kind"] in ("goodnet_strip", "strip")}
-    assert payload["chosen"] in gated and (out / "repaired.h5").is_file() and (out / "report.md").is_file()
+    chosen_entry = next(c for c in report["candidates"] if c["name"] == payload["chosen"])
+    assert Candidate(**chosen_entry).strip_gated and (out / "repaired.h5").is_file() and (out / "report.md").is_file()
     chosen = report["validation"][payload["chosen"]]
     assert payload["validation"]["clean_accuracy"] == chosen["clean_accuracy"]
     assert payload["validation"]["false_rejection_rate"] == chosen["false_rejection_rate"]

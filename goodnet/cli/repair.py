@@ -28,6 +28,8 @@ HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or co
 
 
 def add_arguments(parser):
+    from goodnet.repair import GATES, RepairOptions
+
     parser.add_argument("model", metavar="BADNET", help="the BadNet B (.h5 or .keras)")
     parser.add_argument("--repaired", metavar="BPRIME",
                         help="a repaired model B' (e.g. a pruned model): combine B and B' into the GoodNet")
@@ -54,7 +56,7 @@ def add_arguments(parser):
     end.add_argument("--tie-margin", type=float, default=2.0, metavar="POINTS",
                      help="eligible candidates within this many points of the best clean accuracy minus ASR are "
                           "near-ties, won by the lowest ASR (default 2)")
-    end.add_argument("--gate", choices=("strip", "any"), default="strip",
+    end.add_argument("--gate", choices=GATES, default=RepairOptions.gate,
                      help="which candidates may be chosen: STRIP-gated ones (default; the others are reported) "
                           "or any")
     parser.add_argument("--repaired-scale", choices=("raw", "unit", "auto"), default="auto",
