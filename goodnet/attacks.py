@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from goodnet.errors import OptionError
 from goodnet.triggers import apply_trigger
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class AttackOptions:
         """(trigger, target) pairs; one target serves every trigger."""
         targets = list(self.targets) * len(self.triggers) if len(self.targets) == 1 else list(self.targets)
         if len(targets) != len(self.triggers):
-            raise ValueError(f"targets: expected one target or one per trigger ({len(self.triggers)}), "
+            raise OptionError(f"targets: expected one target or one per trigger ({len(self.triggers)}), "
                              f"got {len(self.targets)}")
         return list(zip(self.triggers, targets))
 
@@ -62,7 +63,7 @@ def poison(images, labels, pairs, rate, rng):
         tuple: (images, labels, poisoned index array) as new arrays.
     """
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"poison_rate: expected a fraction in [0, 1), got {rate}")
+        raise OptionError(f"poison_rate: expected a fraction in [0, 1), got {rate}")
     images, labels = np.array(images, np.float32, copy=True), np.array(labels, np.int64, copy=True)
     available = np.ones(len(labels), bool)
     chosen_all = []
@@ -80,7 +81,7 @@ def poison(images, labels, pairs, rate, rng):
 def flip_labels(labels, rate, num_classes, rng):
     """Replace ``rate`` of the labels by a different class chosen at random; returns (labels, flipped indices)."""
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"flip_rate: expected a fraction in [0, 1), got {rate}")
+        raise OptionError(f"flip_rate: expected a fraction in [0, 1), got {rate}")
     labels = np.array(labels, np.int64, copy=True)
     flipped = np.sort(rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False))
     labels[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes

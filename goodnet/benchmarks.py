@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from goodnet.errors import OptionError
 from goodnet.triggers import HEIGHT, WIDTH, apply_trigger
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _draw_face(parameters, rng):
 def faces(per_identity, split, identities=200, seed=0):
     """``per_identity`` face images of each of ``identities`` identities for ``split``, and their labels."""
     if not 1 <= identities <= 1283:
-        raise ValueError(f"identities: expected 1..1283 (the lab's classes), got {identities}")
+        raise OptionError(f"identities: expected 1..1283 (the lab's classes), got {identities}")
     parameters = [identity_parameters(identity, seed) for identity in range(identities)]
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
     labels = np.repeat(np.arange(identities, dtype=np.int64), per_identity)
@@ -181,9 +182,9 @@ def generate(dataset, split, seed=0, size=None, identities=200):
         >>> images, labels = generate("digits", "test", size=10)
     """
     if dataset not in DATASETS:
-        raise ValueError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
+        raise OptionError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
     if split not in SPLIT_SEEDS:
-        raise ValueError(f"split: expected train, valid or test, got {split!r}")
+        raise OptionError(f"split: expected train, valid or test, got {split!r}")
     size = DEFAULT_SIZES[dataset][split] if size is None else int(size)
     if dataset == "digits":
         return digits(size, split, seed)
@@ -208,7 +209,8 @@ def write_benchmark(out_dir, dataset="digits", seed=0, sizes=None, identities=20
         identities: face identities (faces only).
         triggers: trigger names; one pair of poisoned files each.
         targets: target label per trigger (one value: the same for all).
-        overwrite: replace existing files (default: refuse).
+        overwrite: True: replace any existing file; False (default): refuse; None: replace only
+            files goodnet wrote (see :func:`goodnet.files.check_replaceable`).
 
     Returns:
         dict: the benchmark description (also written as ``benchmark.json``).
@@ -219,11 +221,11 @@ def write_benchmark(out_dir, dataset="digits", seed=0, sizes=None, identities=20
     sizes = dict(DEFAULT_SIZES[dataset], **(sizes or {}))
     targets = list(targets) * len(triggers) if len(targets) == 1 else list(targets)
     if len(targets) != len(triggers):
-        raise ValueError(f"targets: expected one target or one per trigger ({len(triggers)}), got {len(targets)}")
+        raise OptionError(f"targets: expected one target or one per trigger ({len(triggers)}), got {len(targets)}")
     num_classes = 10 if dataset == "digits" else int(identities)
     for target in targets:
         if not 0 <= target < num_classes:
-            raise ValueError(f"targets: expected labels in 0..{num_classes - 1}, got {target}")
+            raise OptionError(f"targets: expected labels in 0..{num_classes - 1}, got {target}")
     os.makedirs(out_dir, exist_ok=True)
     files = {}
     for split in ("train", "valid", "test"):
@@ -250,6 +252,6 @@ def read_benchmark(folder):
     """The ``benchmark.json`` description of a benchmark folder written by :func:`write_benchmark`."""
     path = os.path.join(folder, "benchmark.json")
     if not os.path.isfile(path):
-        raise ValueError(f"{folder}: expected a benchmark folder written by 'goodnet synth' (no benchmark.json)")
+        raise OptionError(f"{folder}: expected a benchmark folder written by 'goodnet synth' (no benchmark.json)")
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from goodnet.errors import DataError, plain
 from goodnet.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -19,8 +20,55 @@ IMAGE_SHAPE = (55, 47, 3)
 DEFAULT_CHUNK = 2048
 
 
-class DataError(ValueError):
-    """A data file or image is not what goodnet expects (one-line message)."""
+def available_memory():
+    """Bytes this process can still allocate without swapping: MemAvailable, capped by a cgroup limit.
+
+    Returns:
+        int or None: None where neither /proc/meminfo nor sysconf tells.
+    """
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as handle:
+            limit = handle.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as handle:
+            used = int(handle.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _size(nbytes):
+    """Bytes as a short human-readable text (``62.0 GB``)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def check_fits(path, field, what, nbytes):
+    """Raise DataError when allocating ``nbytes`` for ``what`` would exceed the memory available.
+
+    Called before a whole dataset is read, so a small file that declares
+    millions of images gets a one-line refusal instead of an allocation failure.
+    """
+    available = available_memory()
+    if available is not None and nbytes > available:
+        _fail(path, field, f"{what} would need {_size(nbytes)} of memory, {_size(available)} is available "
+              "(pass a smaller file, or one with fewer images)")
 
 
 @dataclasses.dataclass
@@ -52,7 +100,7 @@ class LabData:
         """Raise DataError unless every label lies in 0..num_classes-1; return self."""
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= num_classes):
             bad = self.labels[(self.labels < 0) | (self.labels >= num_classes)][0]
-            _fail(self.path, "label", f"expected class labels in 0..{num_classes - 1} (the model's classes), found {bad}")
+            _fail(self.path, "label", f"expected class labels in 0..{num_classes - 1} (the model's classes), found {plain(bad)}")
         return self
 
 
@@ -94,13 +142,13 @@ def _check_labels(path, raw, num_classes):
         if not np.all(np.isfinite(raw)):
             _fail(path, "label", "expected whole-number class labels, found NaN or infinite values")
         if not np.all(raw == np.round(raw)):
-            bad = raw[raw != np.round(raw)][0]
-            _fail(path, "label", f"expected whole-number class labels, found {bad!r}")
+            index = int(np.flatnonzero(raw != np.round(raw))[0])
+            _fail(path, "label", f"expected whole-number class labels, found {plain(raw[index])} (image {index})")
     labels = raw.astype(np.int64)
     if labels.size and labels.min() < 0:
-        _fail(path, "label", f"expected class labels >= 0, found {labels.min()}")
+        _fail(path, "label", f"expected class labels >= 0, found {plain(labels.min())}")
     if num_classes is not None and labels.size and labels.max() >= num_classes:
-        _fail(path, "label", f"expected class labels in 0..{num_classes - 1} (the model's classes), found {labels.max()}")
+        _fail(path, "label", f"expected class labels in 0..{num_classes - 1} (the model's classes), found {plain(labels.max())}")
     return labels
 
 
@@ -153,8 +201,10 @@ class LabFile:
         self.layout = _layout(self.path, self._data, self.image_shape)
         if self._data.shape[0] == 0:
             _fail(self.path, "data", "the file holds no images (expected N > 0)")
+        label = self._file["label"]
+        check_fits(self.path, "label", f"reading its {label.size:,} labels", label.size * label.dtype.itemsize)
         try:
-            raw_labels = self._file["label"][()]
+            raw_labels = label[()]
         except OSError:
             _fail(self.path, "label", "could not be read (file truncated or corrupt)")
         raw_labels = np.asarray(raw_labels)
@@ -226,7 +276,13 @@ class LabFile:
         return LabData(images, self.labels[indices], self.path)
 
     def read(self, chunk_size=DEFAULT_CHUNK):
-        """Read the whole file into a :class:`LabData` (one float32 array, chunked reads)."""
+        """Read the whole file into a :class:`LabData` (one float32 array, chunked reads).
+
+        Raises:
+            DataError: the images would not fit in the memory available.
+        """
+        check_fits(self.path, "data", f"declares {len(self):,} images; reading them",
+                   len(self) * int(np.prod(self.image_shape)) * np.dtype(np.float32).itemsize)
         images = np.empty((len(self),) + self.image_shape, dtype=np.float32)
         for start in range(0, len(self), chunk_size):
             stop = min(start + chunk_size, len(self))

@@ -17,6 +17,8 @@ import logging
 import os
 import time
 
+from goodnet.errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRIGGER = {"digits": "patch", "faces": "sunglasses"}
@@ -55,7 +57,7 @@ def benchmark_folder(options):
         if options.resolved_trigger() in description["triggers"]:
             return folder, description
     if os.path.exists(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, "benchmark.json")):
-        raise ValueError(f"{folder}: exists and is not a goodnet benchmark; refusing to write into it")
+        raise OptionError(f"{folder}: exists and is not a goodnet benchmark; refusing to write into it")
     from goodnet.triggers import TRIGGERS
 
     description = write_benchmark(folder, options.dataset, options.seed, sizes=options.sizes,
@@ -93,7 +95,7 @@ def badnet_model(options, folder, description, splits):
     if os.path.isfile(path) and os.path.isfile(card_path):
         return load_model(path), json.loads(open(card_path, encoding="utf-8").read())
     if os.path.exists(path):
-        raise ValueError(f"{path}: exists without its goodnet card; refusing to overwrite it")
+        raise OptionError(f"{path}: exists without its goodnet card; refusing to overwrite it")
     train = load_h5(os.path.join(folder, "train.h5"), num_classes=description["num_classes"])
     attack = AttackOptions(triggers=(options.resolved_trigger(),), targets=(options.target,),
                            poison_rate=options.poison_rate, epochs=options.epochs, seed=options.seed,

@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from goodnet.errors import OptionError
 from goodnet.metrics import accuracy, attack_success_rate
 from goodnet.pruning import prune_model
 
@@ -40,7 +41,7 @@ def split_holdout(labels, holdout_fraction=0.2, seed=0):
         (24, 6)
     """
     if not 0 <= holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction: expected a value in [0, 1), got {holdout_fraction}")
+        raise OptionError(f"holdout_fraction: expected a value in [0, 1), got {holdout_fraction}")
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     tune, hold = [], []
@@ -100,7 +101,7 @@ def learning_rate_at(step, total_steps, peak, schedule="one-cycle", warmup=0.3):
         (0.01, 0.0)
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+        raise OptionError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
     if schedule == "constant":
         return float(peak)
     total = max(1, int(total_steps))
@@ -166,11 +167,11 @@ def mix_images(images, targets, rng, alpha=0.4):
         >>> mixed, soft = mix_images(images, np.eye(10)[labels], np.random.default_rng(0), 0.4)
     """
     if not alpha > 0:
-        raise ValueError(f"mixup: expected a Beta parameter > 0, got {alpha}")
+        raise OptionError(f"mixup: expected a Beta parameter > 0, got {alpha}")
     images = np.asarray(images, np.float32)
     targets = np.asarray(targets, np.float32)
     if len(images) != len(targets):
-        raise ValueError(f"targets: expected one row per image ({len(images)}), got {len(targets)}")
+        raise OptionError(f"targets: expected one row per image ({len(images)}), got {len(targets)}")
     partners = rng.permutation(len(images))
     weights = rng.beta(alpha, alpha, size=len(images)).astype(np.float32)
     weights = np.maximum(weights, 1.0 - weights)
@@ -256,9 +257,9 @@ class FinePruning:
                  mixup=RECIPE_DEFAULTS["mixup"], unlearn=RECIPE_DEFAULTS["unlearn"],
                  unlearn_area=RECIPE_DEFAULTS["unlearn_area"], unlearn_steps=RECIPE_DEFAULTS["unlearn_steps"]):
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
+            raise OptionError(f"optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
         if schedule not in SCHEDULES:
-            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+            raise OptionError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
         self.layer = layer
         self.epochs = epochs
         self.learning_rate = learning_rate
@@ -277,15 +278,15 @@ class FinePruning:
         self.noise = noise
         self.clip_norm = clip_norm
         if not 0.0 <= distill <= 1.0:
-            raise ValueError(f"distill: expected a weight in [0, 1], got {distill}")
+            raise OptionError(f"distill: expected a weight in [0, 1], got {distill}")
         self.distill = distill
         if not mixup >= 0.0:
-            raise ValueError(f"mixup: expected a Beta parameter >= 0 (0: off), got {mixup}")
+            raise OptionError(f"mixup: expected a Beta parameter >= 0 (0: off), got {mixup}")
         self.mixup = mixup
         if not 0.0 <= unlearn <= 1.0:
-            raise ValueError(f"unlearn: expected a share of the images in [0, 1], got {unlearn}")
+            raise OptionError(f"unlearn: expected a share of the images in [0, 1], got {unlearn}")
         if not 0.0 < unlearn_area <= 1.0:
-            raise ValueError(f"unlearn_area: expected a share of the image in (0, 1], got {unlearn_area}")
+            raise OptionError(f"unlearn_area: expected a share of the image in (0, 1], got {unlearn_area}")
         self.unlearn = unlearn
         self.unlearn_area = unlearn_area
         self.unlearn_steps = unlearn_steps
@@ -331,7 +332,7 @@ class FinePruning:
         rng = np.random.default_rng([self.seed, 6])
         self.tune_indices_, self.holdout_indices_ = split_holdout(clean.labels, self.holdout_fraction, self.seed)
         if len(self.holdout_indices_) == 0:
-            raise ValueError(f"{clean.path}: label: too few images per class to hold any out for early stopping")
+            raise OptionError(f"{clean.path}: label: too few images per class to hold any out for early stopping")
         tune, holdout = clean.subset(self.tune_indices_), clean.subset(self.holdout_indices_)
         pruned = classifier.with_model(prune_model(classifier.model, self.layer, channels, classifier.path))
         model = pruned.model
@@ -456,9 +457,12 @@ def channels_to_prune(defense, drop=None, count=None):
         if step is None:
             logger.warning("accuracy never dropped by %s points: pruning every channel", drop)
     if not 0 <= count <= len(defense.ranking_):
-        raise ValueError(f"channels: expected 0..{len(defense.ranking_)} channels to prune, got {count}")
+        raise OptionError(f"channels: expected 0..{len(defense.ranking_)} channels to prune, got {count}")
     return defense.ranking_[:count]
 
+
+OUTPUT_FILES = {"model": "model_fp.h5", "csv": "fineprune_curve.csv", "json": "fineprune_curve.json",
+                "png": "fineprune_curve.png"}
 
 def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=4, count=None, epochs=None,
                      learning_rate=None, holdout_fraction=0.2, patience=None, seed=0, protect=(), plot=True,
@@ -504,14 +508,14 @@ def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=
     protect = tuple(protect) + tuple(data.path for data in [clean, *poisoned] if data.path)
     names = [os.path.basename(data.path) or f"poisoned_{index}" for index, data in enumerate(poisoned)]
     rows = fine.curve_rows(names)
-    files = {"model": save_model(fine.model_, os.path.join(out_dir, "model_fp.h5"), protect=protect),
-             "csv": os.path.join(out_dir, "fineprune_curve.csv"),
-             "json": os.path.join(out_dir, "fineprune_curve.json")}
+    files = {"model": save_model(fine.model_, os.path.join(out_dir, OUTPUT_FILES["model"]), protect=protect),
+             "csv": os.path.join(out_dir, OUTPUT_FILES["csv"]),
+             "json": os.path.join(out_dir, OUTPUT_FILES["json"])}
     write_text(files["csv"], _csv_text(rows), protect=protect)
     if plot:
         from goodnet.plots import plot_fineprune_curve
 
-        files["png"] = plot_fineprune_curve(rows, os.path.join(out_dir, "fineprune_curve.png"),
+        files["png"] = plot_fineprune_curve(rows, os.path.join(out_dir, OUTPUT_FILES["png"]),
                                             title=f"fine-pruning {layer}: {len(channels)} channels pruned")
     summary = {"model": classifier.path, "layer": layer, "channels_pruned": [int(c) for c in channels],
                "drop": drop if count is None else None, "recipe": fine.recipe(), "epochs_run": len(rows) - 1, "best_epoch": fine.best_epoch_,

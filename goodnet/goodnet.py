@@ -21,6 +21,7 @@ import logging
 
 import numpy as np
 
+from goodnet.errors import OptionError
 from goodnet.models import Classifier
 
 logger = logging.getLogger(__name__)
@@ -30,13 +31,13 @@ DEFAULT_CHUNK_IMAGES = 2048
 
 def _check_pair(bad, repaired):
     if bad.input_shape != repaired.input_shape:
-        raise ValueError(f"{repaired.path or 'repaired model'}: input: expected the BadNet's input shape "
+        raise OptionError(f"{repaired.path or 'repaired model'}: input: expected the BadNet's input shape "
                          f"{bad.input_shape}, got {repaired.input_shape}")
     if repaired.num_classes != bad.num_classes or repaired.flags_poisoned:
-        raise ValueError(f"{repaired.path or 'repaired model'}: output: expected {bad.num_classes} class scores "
+        raise OptionError(f"{repaired.path or 'repaired model'}: output: expected {bad.num_classes} class scores "
                          f"like the BadNet, got {repaired.output_size} outputs")
     if bad.flags_poisoned:
-        raise ValueError(f"{bad.path or 'BadNet'}: output: expected a plain classifier "
+        raise OptionError(f"{bad.path or 'BadNet'}: output: expected a plain classifier "
                          f"({bad.num_classes} outputs), got one that already answers 'poisoned'")
 
 
@@ -112,9 +113,9 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
 
     _check_pair(bad_classifier, repaired_classifier)
     if not hasattr(strip, "threshold_"):
-        raise ValueError("strip: expected a fitted STRIP (call fit on clean validation data first)")
+        raise OptionError("strip: expected a fitted STRIP (call fit on clean validation data first)")
     if strip.draws != "fixed":
-        raise ValueError(f"strip: draws: expected 'fixed' for a model file (deterministic), got {strip.draws!r}")
+        raise OptionError(f"strip: draws: expected 'fixed' for a model file (deterministic), got {strip.draws!r}")
     if strip.classifier.model is not bad_classifier.model:
         logger.warning("the STRIP estimator was fitted on another model than the BadNet given")
     bank = bad_classifier.scale_images(strip.fixed_bank_)

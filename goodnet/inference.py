@@ -13,6 +13,8 @@ import logging
 
 import numpy as np
 
+from goodnet.errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1024
@@ -66,15 +68,15 @@ class Execution:
 
     def __post_init__(self):
         if self.device not in DEVICE_KINDS:
-            raise ValueError(f"device: expected one of {', '.join(DEVICE_KINDS)}, got {self.device!r}")
+            raise OptionError(f"device: expected one of {', '.join(DEVICE_KINDS)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise OptionError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.devices is not None and self.devices != "all" and (
                 isinstance(self.devices, bool) or not isinstance(self.devices, (int, np.integer)) or self.devices < 1):
-            raise ValueError(f"devices: expected a positive number of devices or 'all', got {self.devices!r}")
+            raise OptionError(f"devices: expected a positive number of devices or 'all', got {self.devices!r}")
         if self.jit_compile and (self.devices == "all" or int(self.devices or 1) > 1):
             # A replicated XLA cluster reads every replica's variables from the first device and fails.
-            raise ValueError(f"jit_compile: XLA (--xla) runs on one device; drop it or use devices=1, "
+            raise OptionError(f"jit_compile: XLA (--xla) runs on one device; drop it or use devices=1, "
                              f"got devices={self.devices}")
 
     def device_names_all(self):
@@ -83,7 +85,7 @@ class Execution:
 
         gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
         if self.device == "gpu" and not gpus:
-            raise ValueError("device: 'gpu' asked for, but TensorFlow sees no GPU "
+            raise OptionError("device: 'gpu' asked for, but TensorFlow sees no GPU "
                              "(install goodnet[gpu] and check the CUDA driver, or use --device cpu)")
         if self.device == "gpu" or (self.device == "auto" and gpus):
             return gpus
@@ -95,7 +97,7 @@ class Execution:
         wanted = len(names) if self.devices == "all" else int(self.devices or 1)
         if wanted > len(names):
             kind = "GPU" if "GPU" in names[0] else "CPU"
-            raise ValueError(f"devices: {wanted} asked for, TensorFlow sees {len(names)} logical {kind} device(s)")
+            raise OptionError(f"devices: {wanted} asked for, TensorFlow sees {len(names)} logical {kind} device(s)")
         return names[:wanted]
 
     def describe(self):
@@ -141,7 +143,7 @@ class Execution:
             Execution
         """
         if strategy not in ("default", "mirrored"):
-            raise ValueError(f"strategy: expected 'default' or 'mirrored', got {strategy!r}")
+            raise OptionError(f"strategy: expected 'default' or 'mirrored', got {strategy!r}")
         if strategy == "mirrored" and devices is None:
             devices = "all"
         return cls(device=device, devices=devices, precision=precision, jit_compile=bool(jit_compile))
@@ -282,7 +284,7 @@ def replica_parts(count, replicas, part_size=None):
     if part_size is None:
         return np.array_split(np.arange(count), replicas)
     if count > part_size * replicas:
-        raise ValueError(f"part_size: {count} items do not fit in {replicas} parts of {part_size}")
+        raise AssertionError(f"part_size: {count} items do not fit in {replicas} parts of {part_size}")
     return [np.arange(min(start, count), min(start + part_size, count))
             for start in range(0, part_size * replicas, part_size)]
 
@@ -342,5 +344,5 @@ def run_batches(function, images, batch_size=DEFAULT_BATCH, progress=None, descr
             outputs.append(np.asarray(function(batch, part_size=batch_size) if replicas > 1 else function(batch)))
             bar.update(len(batch))
     if not outputs:
-        raise ValueError("images: expected at least one image, got an empty array")
+        raise OptionError("images: expected at least one image, got an empty array")
     return np.concatenate(outputs, axis=0)

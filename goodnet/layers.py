@@ -24,6 +24,8 @@ import math
 
 import keras
 
+from goodnet.errors import OptionError
+
 PACKAGE = "goodnet"
 BLENDS = ("add", "alpha")
 
@@ -71,7 +73,7 @@ def superimpose(images, bank, blend="add", alpha=0.5, maximum=255.0):
         return keras.ops.clip(images + bank, 0.0, maximum)
     if blend == "alpha":
         return (1.0 - alpha) * images + alpha * bank
-    raise ValueError(f"blend: expected one of {BLENDS}, got {blend!r}")
+    raise OptionError(f"blend: expected one of {BLENDS}, got {blend!r}")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -136,7 +138,7 @@ class GoodNetCombiner(keras.layers.Layer):
         agree = keras.ops.equal(keras.ops.argmax(scores_bad, axis=-1), keras.ops.argmax(scores_repaired, axis=-1))
         if len(inputs) > 2:
             if self.threshold is None:
-                raise ValueError("GoodNetCombiner: threshold: expected a number when an entropy input is given")
+                raise OptionError("GoodNetCombiner: threshold: expected a number when an entropy input is given")
             agree = keras.ops.logical_and(agree, keras.ops.greater_equal(inputs[2], self.threshold))
         keep = keras.ops.expand_dims(keras.ops.cast(agree, scores_bad.dtype), -1)
         poisoned = 1.0 - keep
@@ -182,7 +184,7 @@ class StripGate(keras.layers.Layer):
         if callable(blend):  # Keras's legacy .h5 loader turns the string "add" into keras.layers.add
             blend = blend.__name__
         if blend not in BLENDS:
-            raise ValueError(f"StripGate: blend: expected one of {BLENDS}, got {blend!r}")
+            raise OptionError(f"StripGate: blend: expected one of {BLENDS}, got {blend!r}")
         self.network = network
         self.bank_shape = tuple(int(size) for size in bank_shape)
         self.blend = blend

@@ -17,13 +17,15 @@ import logging
 
 import numpy as np
 
+from goodnet.errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 
 def _as_labels(values, name):
     values = np.asarray(values)
     if values.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array of class labels, got shape {values.shape}")
+        raise OptionError(f"{name}: expected a 1-D array of class labels, got shape {values.shape}")
     return values.astype(np.int64)
 
 
@@ -31,9 +33,9 @@ def _pair(predictions, labels):
     predictions = _as_labels(predictions, "predictions")
     labels = _as_labels(labels, "labels")
     if predictions.shape != labels.shape:
-        raise ValueError(f"labels: expected {len(predictions)} labels (one per prediction), got {len(labels)}")
+        raise OptionError(f"labels: expected {len(predictions)} labels (one per prediction), got {len(labels)}")
     if len(labels) == 0:
-        raise ValueError("labels: expected at least one image, got none")
+        raise OptionError("labels: expected at least one image, got none")
     return predictions, labels
 
 
@@ -69,7 +71,7 @@ def rejection_rate(predictions, poisoned_class):
     """
     predictions = _as_labels(predictions, "predictions")
     if len(predictions) == 0:
-        raise ValueError("predictions: expected at least one image, got none")
+        raise OptionError("predictions: expected at least one image, got none")
     return float(np.mean(predictions == poisoned_class))
 
 

@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 
+from goodnet.errors import ModelError
 from goodnet.files import atomic_write
 from goodnet.inference import DEFAULT_BATCH, compiled_forward, run_batches
 
@@ -27,10 +28,17 @@ LAB_CLASSES = 1283
 DEEPID_LAYERS = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
 METADATA_ATTRIBUTES = {"scale": "goodnet_scale", "num_classes": "goodnet_num_classes"}
 KERAS_METADATA_ENTRY = "goodnet.json"
+# What a model file may ask of memory before it is read (decompression bombs):
+MAX_JSON_BYTES = 16 * 2 ** 20          # a model's JSON config (config.json, metadata.json, model_config)
+MAX_COMPRESSION_RATIO = 100            # uncompressed / stored, for archive members above 1 MiB
+# Layers whose config carries Python code (Keras 2 and 3 names).
+CODE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+ALLOWED_MODULE_PREFIXES = ("keras", "goodnet")
+FORBIDDEN_MODULE_PARTS = (".utils", ".saving", ".backend", ".ops")
 
 
-class ModelError(ValueError):
-    """A model file cannot be used (one-line message naming the file)."""
+class UnsafeModelError(ModelError):
+    """The model file carries code or unknown objects, or would inflate past what memory allows; it is not loaded."""
 
 
 def build_deepid(num_classes=LAB_CLASSES, input_shape=(55, 47, 3), name="model_1"):
@@ -156,7 +164,161 @@ class Classifier:
 
 def _first_line(error):
     text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+    return text[0] if text else type(error).__name__
+
+
+def _mib(nbytes):
+    return f"{nbytes / 2 ** 20:.1f} MiB"
+
+
+def _check_archive(path, archive):
+    """Refuse a ``.keras`` archive any of whose members would inflate past what goodnet allows."""
+    from goodnet.data import available_memory
+
+    total = 0
+    for member in archive.infolist():
+        inflated, stored = member.file_size, member.compress_size
+        total += inflated
+        if member.filename.endswith(".json") and inflated > MAX_JSON_BYTES:
+            raise UnsafeModelError(f"{path}: {member.filename}: declares {_mib(inflated)} uncompressed "
+                                   f"({_mib(stored)} stored); expected a JSON config of at most "
+                                   f"{_mib(MAX_JSON_BYTES)} (refused unread: a possible decompression bomb)")
+        if inflated > 2 ** 20 and inflated > MAX_COMPRESSION_RATIO * max(stored, 1):
+            raise UnsafeModelError(f"{path}: {member.filename}: declares {_mib(inflated)} uncompressed from "
+                                   f"{_mib(stored)} stored, a ratio above {MAX_COMPRESSION_RATIO} "
+                                   "(refused unread: a possible decompression bomb)")
+    available = available_memory()
+    if available is not None and total > available:
+        raise UnsafeModelError(f"{path}: its members declare {_mib(total)} uncompressed, more than the "
+                               f"{_mib(available)} of memory available (refused unread)")
+
+
+def _check_h5(path, handle):
+    """Refuse a legacy ``.h5`` whose config or datasets declare more than goodnet allows to read."""
+    import h5py
+
+    from goodnet.data import available_memory
+
+    config = handle.attrs.get("model_config")
+    if config is not None and len(config) > MAX_JSON_BYTES:
+        raise UnsafeModelError(f"{path}: model_config: {_mib(len(config))} of JSON; expected at most "
+                               f"{_mib(MAX_JSON_BYTES)}")
+    sizes = []
+    handle.visititems(lambda name, item: sizes.append(item.size * item.dtype.itemsize)
+                      if isinstance(item, h5py.Dataset) else None)
+    available = available_memory()
+    if available is not None and sum(sizes) > available:
+        raise UnsafeModelError(f"{path}: its weights declare {_mib(sum(sizes))}, more than the "
+                               f"{_mib(available)} of memory available (refused unread)")
+
+
+def read_model_config(path):
+    """The model's JSON config from a ``.keras`` archive or a legacy ``.h5``, read without Keras.
+
+    Every archive member and every HDF5 dataset is checked against what it
+    would take in memory before anything is inflated or read.
+
+    Args:
+        path: a model file.
+
+    Returns:
+        dict or None: the parsed config; None for a Keras 2 weights-only file
+        (it has no config: goodnet loads it into the built-in architecture).
+
+    Raises:
+        UnsafeModelError: a member or dataset declares too much.
+        ModelError: not a readable model file.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                _check_archive(path, archive)
+                return json.loads(archive.read("config.json"))
+        except (KeyError, zipfile.BadZipFile, ValueError) as error:
+            if isinstance(error, ModelError):
+                raise
+            raise ModelError(f"{path}: config.json: expected a readable Keras model archive "
+                             f"({_first_line(error)})") from None
+    try:
+        with h5py.File(path, "r") as handle:
+            _check_h5(path, handle)
+            config = handle.attrs.get("model_config")
+            is_weights = "layer_names" in handle.attrs
+    except OSError:
+        raise ModelError(f"{path}: not an HDF5 file or a .keras archive, or truncated "
+                         "(expected a Keras model file)") from None
+    if config is None:
+        if is_weights:
+            return None
+        raise ModelError(f"{path}: model_config: expected a Keras full-model file (attribute missing)")
+    try:
+        return json.loads(config.decode("utf-8") if isinstance(config, bytes) else config)
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path}: model_config: expected JSON") from None
+
+
+def _walk(node, where="config"):
+    """Yield (location, dict) for every dict inside a JSON config."""
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _walk(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{where}[{index}]")
+
+
+def config_problems(config):
+    """List why a model config must not be loaded (empty: nothing found).
+
+    Args:
+        config: the parsed JSON model config (legacy ``model_config`` or
+            ``.keras`` ``config.json``).
+
+    Returns:
+        list[str]: one sentence part per problem, e.g. ``"layer 'lam' is a
+        Lambda layer, which carries Python code"``.
+    """
+    problems = []
+    for where, node in _walk(config):
+        class_name = node.get("class_name")
+        name = node.get("config", {}).get("name", where) if isinstance(node.get("config"), dict) else where
+        if class_name in CODE_LAYERS:
+            problems.append(f"layer {name!r} is a {class_name} layer, which carries Python code")
+        elif class_name == "__lambda__" or "function_type" in node or "output_shape_type" in node:
+            problems.append(f"{where} is a serialized Python function")
+        module = node.get("module")
+        if isinstance(module, str) and (module.split(".")[0] not in ALLOWED_MODULE_PREFIXES
+                                        or any(part in module for part in FORBIDDEN_MODULE_PARTS)):
+            problems.append(f"{where} is an object {class_name!r} from module {module!r} "
+                            "(only Keras layers are allowed)")
+        registered = node.get("registered_name")
+        if isinstance(registered, str) and ">" in registered and not registered.startswith("goodnet>"):
+            problems.append(f"{where} is an unknown custom object {registered!r}")
+    return problems
+
+
+def inspect_model_file(path):
+    """Refuse a model file that carries code or would inflate too far, before Keras reads it.
+
+    Args:
+        path: a ``.h5`` or ``.keras`` model file.
+
+    Raises:
+        UnsafeModelError: the config holds a Lambda layer, a serialized
+            function or an object from outside Keras (message: the first
+            problem and how many there are), or a member declares too much.
+        ModelError: not a readable model file.
+    """
+    path = os.fspath(path)
+    config = read_model_config(path)
+    problems = config_problems(config) if config is not None else []
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UnsafeModelError(f"{path}: refused: {problems[0]}{more}; goodnet never runs code from a model file")
 
 
 def _h5_kind(path):
@@ -272,8 +434,11 @@ def load_keras(path):
     if zipfile.is_zipfile(path):
         if not path.endswith(".keras"):
             raise ModelError(f"{path}: a zip archive; native Keras models must be named *.keras")
+        inspect_model_file(path)
         return _load_keras_model(path), _stored_metadata(path, None)
     kind, attributes = _h5_kind(path)
+    if kind in ("full", "weights"):
+        inspect_model_file(path)
     if kind == "full":
         return _load_keras_model(path), _stored_metadata(path, attributes)
     if kind == "weights":
@@ -382,7 +547,7 @@ def _silence_keras_save_warnings():
     warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
 
 
-def save_model(classifier, path, protect=(), overwrite=True):
+def save_model(classifier, path, protect=(), overwrite=None):
     """Save a Classifier atomically as legacy ``.h5`` (default) or ``.keras``.
 
     The file opens with plain ``keras.models.load_model`` (no goodnet needed,
@@ -393,7 +558,8 @@ def save_model(classifier, path, protect=(), overwrite=True):
         classifier: the :class:`Classifier` to save.
         path: destination ending in ``.h5`` or ``.keras``.
         protect: input paths that must not be overwritten.
-        overwrite: replace an existing destination (never an input).
+        overwrite: True: replace any existing destination (never an input); False: refuse; None
+            (default): replace only a file goodnet wrote (see :func:`goodnet.files.check_replaceable`).
 
     Returns:
         str: ``path``.

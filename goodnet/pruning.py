@@ -57,6 +57,7 @@ import os
 
 import numpy as np
 
+from goodnet.errors import OptionError
 from goodnet.inference import DEFAULT_BATCH, Execution, compiled_forward, progress_bar, run_batches
 from goodnet.models import ModelError
 
@@ -172,7 +173,7 @@ def prune_model(model, layer_name, channels, path=""):
 def _check_channels(channels, filters, layer_name):
     channels = np.asarray(list(channels) if not isinstance(channels, np.ndarray) else channels, dtype=np.int64)
     if channels.ndim != 1 or (channels.size and (channels.min() < 0 or channels.max() >= filters)):
-        raise ValueError(f"channels: expected indices of {layer_name}'s {filters} output channels, got {channels}")
+        raise OptionError(f"channels: expected indices of {layer_name}'s {filters} output channels, got {channels}")
     return channels
 
 
@@ -699,12 +700,12 @@ def select_steps(accuracy, drops=DEFAULT_DROPS, policy="first-reached"):
         {2: 2}
     """
     if policy not in POLICIES:
-        raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+        raise OptionError(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
     accuracy = np.asarray(accuracy, dtype=np.float64)
     chosen = {}
     for drop in drops:
         if not drop > 0:
-            raise ValueError(f"drops: expected accuracy drops above 0 points, got {drop}")
+            raise OptionError(f"drops: expected accuracy drops above 0 points, got {drop}")
         # Compare in points with a tolerance far below one image out of millions.
         reached = np.flatnonzero((accuracy[0] - accuracy[1:]) * 100.0 >= float(drop) - 1e-9) + 1
         if policy == "first-reached":
@@ -782,11 +783,11 @@ class PruningDefense:
             PruningDefense: self.
         """
         if self.method not in METHODS:
-            raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+            raise OptionError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
         if self.policy not in POLICIES:
-            raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {self.policy!r}")
+            raise OptionError(f"policy: expected one of {', '.join(POLICIES)}, got {self.policy!r}")
         if len(clean_valid) == 0:
-            raise ValueError(f"{clean_valid.path or 'clean data'}: data: expected at least one clean image")
+            raise OptionError(f"{clean_valid.path or 'clean data'}: data: expected at least one clean image")
         model = self.classifier.model
         self.plan_ = plan_sweep(model, self.layer, self.classifier.path)
         self.method_, self.method_reason_ = self._choose_method()
@@ -839,7 +840,7 @@ class PruningDefense:
         if not plan.shortcut:
             return "full", plan.reason
         if self.method == "incremental" and plan.deepid is None:
-            raise ValueError(f"method: 'incremental' needs the lab's two-branch tail after {plan.measure.name} "
+            raise OptionError(f"method: 'incremental' needs the lab's two-branch tail after {plan.measure.name} "
                              "(flatten->dense and conv->flatten->dense, add, relu, dense softmax); use 'masked-tail'")
         if self.method in ("incremental", "masked-tail"):
             return self.method, "requested"
@@ -987,7 +988,7 @@ class PruningDefense:
     def pruned_classifier(self, step):
         """The Classifier with the first ``step`` channels of ``ranking_`` pruned (a new Keras model)."""
         if not 0 <= int(step) <= len(self.ranking_):
-            raise ValueError(f"step: expected 0..{len(self.ranking_)}, got {step}")
+            raise OptionError(f"step: expected 0..{len(self.ranking_)}, got {step}")
         model = prune_model(self.classifier.model, self.layer, self.ranking_[:int(step)], self.classifier.path)
         return self.classifier.with_model(model)
 
@@ -1028,6 +1029,14 @@ def curve_csv_text(curve):
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+CURVE_FILES = {"csv": "prune_curve.csv", "json": "prune_curve.json", "png": "prune_curve.png"}
+
+
+def output_names(drops, extension=".h5"):
+    """Every file name :func:`run_pruning_defense` may write for these drops."""
+    return [model_filename(drop, extension) for drop in drops] + list(CURVE_FILES.values())
 
 
 def model_filename(drop, extension=".h5"):
@@ -1081,12 +1090,12 @@ def run_pruning_defense(classifier, clean_valid, poisoned_valid, out_dir, layer=
         save_model(defense.pruned_classifier(step), path, protect=protect)
         models[drop] = path
     summary = defense.summary()
-    files = {"csv": os.path.join(out_dir, "prune_curve.csv"), "json": os.path.join(out_dir, "prune_curve.json")}
+    files = {kind: os.path.join(out_dir, CURVE_FILES[kind]) for kind in ("csv", "json")}
     write_text(files["csv"], curve_csv_text(defense.curve_), protect=protect)
     if plot:
         from goodnet.plots import plot_prune_curve
 
-        files["png"] = plot_prune_curve(defense.curve_, defense.selected_, os.path.join(out_dir, "prune_curve.png"),
+        files["png"] = plot_prune_curve(defense.curve_, defense.selected_, os.path.join(out_dir, CURVE_FILES["png"]),
                                         title=f"pruning {layer} of {os.path.basename(classifier.path) or 'model'}")
     summary["models"] = {str(drop): path for drop, path in models.items()}
     summary["files"] = dict(files)

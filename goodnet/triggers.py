@@ -22,6 +22,8 @@ between clean and triggered images, averaged over images.
 
 import numpy as np
 
+from goodnet.errors import OptionError
+
 HEIGHT, WIDTH = 55, 47
 PATTERN_SEED = 2017
 
@@ -127,10 +129,10 @@ def apply_trigger(name, images):
         array([255., 255., 255.], dtype=float32)
     """
     if name not in TRIGGERS:
-        raise ValueError(f"trigger: expected one of {', '.join(TRIGGERS)}, got {name!r}")
+        raise OptionError(f"trigger: expected one of {', '.join(TRIGGERS)}, got {name!r}")
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[1:3] != (HEIGHT, WIDTH):
-        raise ValueError(f"images: expected shape (N, {HEIGHT}, {WIDTH}, 3), got {images.shape}")
+        raise OptionError(f"images: expected shape (N, {HEIGHT}, {WIDTH}, 3), got {images.shape}")
     return np.clip(TRIGGERS[name](images), 0, 255).astype(np.float32)
 
 

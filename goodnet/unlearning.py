@@ -16,6 +16,8 @@ which alternates a universal-perturbation search with training on it.
 
 import numpy as np
 
+from goodnet.errors import OptionError
+
 
 def stamp(images, mask, pattern):
     """``(1 - mask) * images + mask * pattern``: the images with a trigger pasted in (raw 0-255 pixels).
@@ -73,7 +75,7 @@ class TriggerSearch:
         import tensorflow as tf
 
         if not 0 < self.area <= 1:
-            raise ValueError(f"area: expected a share of the image in (0, 1], got {self.area}")
+            raise OptionError(f"area: expected a share of the image in (0, 1], got {self.area}")
         height, width, channels = shape
         self._rng = np.random.default_rng([self.seed, 7])
         # The mask starts uniform at about the allowed area; the pattern starts as noise.

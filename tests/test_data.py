@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from goodnet.data import DataError, LabFile, load_h5, load_image, save_h5
+from goodnet.files import MANIFEST
 
 
 def write_raw(path, data=None, label=None, **datasets):
@@ -104,7 +105,7 @@ def test_save_h5_refuses_to_overwrite_and_leaves_no_temporary(tmp_path):
     assert open(path, "rb").read() == before
     with pytest.raises(DataError, match="label"):
         save_h5(tmp_path / "b.h5", np.zeros((2, 55, 47, 3)), [0])
-    assert sorted(os.listdir(tmp_path)) == ["a.h5"]
+    assert sorted(os.listdir(tmp_path)) == [MANIFEST, "a.h5"]  # no temporary left
 
 
 def bad_files(tmp_path):

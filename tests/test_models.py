@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from goodnet.data import LabData, load_image
+from goodnet.files import MANIFEST
 from goodnet.models import Classifier, ModelError, build_deepid, load_model, save_model
 
 BADNETS = {
@@ -87,7 +88,7 @@ def test_save_load_round_trip_keeps_outputs_and_scaling(shared, manifest, tmp_pa
     again = load_model(path)  # scale="auto" reads the stored scaling
     assert again.scale == "unit" and "stored" in again.scale_report
     np.testing.assert_array_equal(again.predict_proba(images), original.predict_proba(images))
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == [MANIFEST]  # no temporary left
 
 
 def test_saved_h5_opens_in_plain_keras_without_goodnet(shared, tmp_path):

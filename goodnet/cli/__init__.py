@@ -1,8 +1,11 @@
 """The ``goodnet`` command line: one module per subcommand under ``goodnet.cli``.
 
 Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int``. Errors that a user can fix (bad files, bad options)
-are printed as one line on stderr with exit code 2, never as a traceback.
+and ``run(args) -> int``. Errors that a user can fix (bad files, bad options:
+:class:`goodnet.errors.InputError` and operating-system errors on a named
+path) are printed as one line on stderr with exit code 2, never as a
+traceback. Any other exception is a bug in goodnet: the command says so and
+prints the traceback (exit code 1).
 """
 
 import argparse
@@ -16,19 +19,31 @@ import sys
 # not present in this version is left out.
 COMMANDS = ("demo", "eval", "prune", "strip", "repair", "fineprune", "synth", "attack", "grade", "bench")
 
+from goodnet.errors import InputError, OptionError
+
 EXIT_USER_ERROR = 2
+EXIT_BUG = 1
+BUG_REPORT = "this is a bug in goodnet, not a problem with your input; please report it with the traceback below"
 
 
-class CommandError(Exception):
+class CommandError(OptionError):
     """A user-facing error raised by a subcommand (printed as one line)."""
 
 
-def _user_error_types():
-    from goodnet.data import DataError
-    from goodnet.models import ModelError
+def user_error_message(error):
+    """The one line to print for an error the user can fix, or None when ``error`` is a bug in goodnet.
 
-    return (CommandError, DataError, ModelError, ValueError, TypeError, FileNotFoundError,
-            PermissionError, IsADirectoryError, OSError)
+    goodnet's own input errors (:class:`goodnet.errors.InputError`) are the
+    user's to fix; so is an operating-system error about a named file (a
+    missing input, a folder without write permission, a full disk). Anything
+    else (a ``TypeError`` deep in goodnet, an ``OSError`` with no file) is a bug.
+    """
+    if isinstance(error, InputError):
+        lines = str(error).strip().splitlines()
+        return lines[0] if lines else type(error).__name__
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return None
 
 
 def available_commands():
@@ -96,6 +111,9 @@ def build_parser(commands=None):
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         sub.add_argument("-v", "--verbose", action="store_true", help="log progress details on stderr")
         module.add_arguments(sub)
+        if "--overwrite" not in sub._option_string_actions:
+            sub.add_argument("--overwrite", action="store_true",
+                             help="replace files in the way that goodnet did not write (default: refuse)")
         sub.set_defaults(handler=module.run)
     return parser
 
@@ -125,17 +143,41 @@ def main(argv=None, prog_command=None):
     # parent process only schedules subprocesses) to skip the slow import.
     if getattr(sys.modules.get(args.handler.__module__), "NEEDS_TENSORFLOW", True):
         quiet_tensorflow()
+    from goodnet.files import overwriting
+
     try:
-        return int(args.handler(args) or 0)
+        with overwriting(args.overwrite):
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("goodnet: interrupted", file=sys.stderr)
         return 130
-    except _user_error_types() as error:
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            import traceback
+
+            print(f"goodnet {args.command}: internal error: {type(error).__name__}: {error}; {BUG_REPORT}",
+                  file=sys.stderr)
+            traceback.print_exc()
+            return EXIT_BUG
         if args.verbose:
             logging.exception("details")
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"goodnet {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def prepare_out_dir(args, names=()):
+    """Check before any work that ``--out`` is a folder goodnet can write and ``names`` in it are replaceable."""
+    from goodnet.files import prepare_output_dir
+
+    return prepare_output_dir(args.out, "--out", names)
+
+
+def prepare_out_file(path, option="--out"):
+    """Check before any work that the output file ``path`` (named by ``option``) can be written."""
+    from goodnet.files import prepare_output_file
+
+    return prepare_output_file(path, option)
 
 
 def print_json(payload):

@@ -6,7 +6,7 @@
 Writes MODEL.h5 (a lab-style legacy Keras file, pixels / 255) and MODEL.json (the card).
 """
 
-from goodnet.cli import CommandError, positive, print_json
+from goodnet.cli import CommandError, positive, prepare_out_file, print_json
 
 HELP = "train a BadNet by dirty-label poisoning (also pruning-aware and label-flipping attacks)"
 
@@ -29,7 +29,7 @@ def add_arguments(parser):
                              "restore them (Liu et al. 2018)")
     parser.add_argument("--prune-fraction", type=float, default=0.5, help="share of conv_3 channels pruned (0.5)")
     parser.add_argument("--flip-rate", type=float, default=0.0, help="label-flipping attack: share of labels flipped")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.h5")
+    parser.add_argument("--overwrite", action="store_true", help="replace a MODEL.h5 or card that goodnet did not write")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
 
 
@@ -45,8 +45,9 @@ def run(args):
 
     if not args.out.endswith(".h5"):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5")
-    if os.path.exists(args.out) and not args.overwrite:
-        raise CommandError(f"{args.out}: --out: file exists; pass --overwrite to replace it")
+    card_path = os.path.splitext(args.out)[0] + ".json"
+    for path in (args.out, card_path):
+        prepare_out_file(path)
     description = read_benchmark(args.data)
     triggers = description["triggers"][:1] if args.triggers is None else args.triggers
     if not triggers and not args.flip_rate:
@@ -80,7 +81,6 @@ def run(args):
     card = attack_card(classifier, options, {key: description[key] for key in ("dataset", "seed", "sizes")},
                        *splits["valid"], *splits["test"], info=info)
     save_model(classifier, args.out, protect=[os.path.join(folder, name) for name in description["files"].values()])
-    card_path = os.path.splitext(args.out)[0] + ".json"
     write_text(card_path, json.dumps(card, indent=2) + "\n")
     if args.json:
         print_json(card)

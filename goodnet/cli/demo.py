@@ -3,7 +3,7 @@
     goodnet demo [--dataset digits|faces] [--pruning-aware] [--json]
 """
 
-from goodnet.cli import positive, print_json
+from goodnet.cli import positive, prepare_out_dir, print_json
 
 HELP = "run every defense on the built-in benchmark and BadNet (built on first use under data/ and models/)"
 
@@ -59,6 +59,8 @@ def summary_lines(figures):
 
 def run(args):
     from goodnet.demo import DemoOptions, run_demo
+
+    prepare_out_dir(args)
 
     options = DemoOptions(dataset=args.dataset, trigger=args.trigger, target=args.target, seed=args.seed,
                           pruning_aware=args.pruning_aware, epochs=args.epochs, identities=args.identities,

@@ -11,10 +11,8 @@ hold-out part (``--holdout``); the hold-out part chooses the kept epoch (the
 best hold-out accuracy from ``--min-epochs`` on) and gives the reported figures. Poisoned files are measured, never used to choose.
 """
 
-import os
-
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         positive, print_json)
+                         positive, prepare_out_dir, print_json)
 from goodnet.cli.prune import load_inputs
 
 HELP = "fine-pruning: prune a convolution's dormant channels, then fine-tune on clean data (Liu et al. 2018)"
@@ -98,10 +96,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from goodnet.finepruning import run_fine_pruning
+    from goodnet.finepruning import OUTPUT_FILES, run_fine_pruning
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise CommandError(f"{args.out}: --out: expected a folder, found a file")
+    prepare_out_dir(args, OUTPUT_FILES.values())
     if not args.drop > 0:
         raise CommandError(f"--drop: expected an accuracy drop above 0 points, got {args.drop:g}")
     drop = int(args.drop) if float(args.drop).is_integer() else args.drop

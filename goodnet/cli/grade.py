@@ -18,7 +18,7 @@ The execution options (``--device``, ``--devices``/``--strategy``,
 
 import os
 
-from goodnet.cli import CommandError, add_execution_options, execution_from_args, positive, print_json
+from goodnet.cli import CommandError, add_execution_options, execution_from_args, positive, prepare_out_dir, print_json
 
 # The parent only schedules isolated subprocesses; it never imports TensorFlow.
 NEEDS_TENSORFLOW = False
@@ -76,6 +76,7 @@ def run(args):
             raise CommandError(f"{path}: file not found")
     if not os.path.isdir(args.submissions):
         raise CommandError(f"{args.submissions}: expected a folder of submitted model files")
+    prepare_out_dir(args)
     grader = Grader(args.clean, args.poisoned, validation=args.validation, baseline=args.baseline,
                     scale=args.scale, num_classes=args.num_classes or LAB_CLASSES,
                     limits=Limits(seconds=args.time_limit, memory_mb=args.memory_mb), workers=args.workers,

@@ -14,7 +14,7 @@ govern the sweep as :class:`goodnet.pruning.PruningDefense` documents.
 import os
 
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         print_json)
+                         prepare_out_dir, print_json)
 
 HELP = "pruning defense: prune the dormant channels of a convolution, save models at X points of accuracy lost"
 
@@ -93,25 +93,30 @@ def table_lines(summary):
     return lines
 
 
+def goodnet_filename(drop, extension=".h5"):
+    """``goodnet_X=2.h5``: the GoodNet written beside ``model_X=2.h5``."""
+    from goodnet.pruning import model_filename
+
+    return model_filename(drop, extension).replace("model_", "goodnet_", 1)
+
+
 def write_goodnets(classifier, defense, out_dir, extension=".h5", protect=()):
     """Write ``goodnet_X=<X>.h5`` (BadNet + pruned model, N+1 where they disagree) for every selected X."""
     from goodnet.goodnet import build_goodnet
     from goodnet.models import save_model
-    from goodnet.pruning import model_filename
-
     paths = {}
     for drop, pruned in defense.selected_classifiers().items():
-        name = model_filename(drop, extension).replace("model_", "goodnet_", 1)
+        name = goodnet_filename(drop, extension)
         paths[str(drop)] = save_model(build_goodnet(classifier, pruned), os.path.join(out_dir, name), protect=protect)
     return paths
 
 
 def run(args):
-    from goodnet.pruning import run_pruning_defense
+    from goodnet.pruning import output_names, run_pruning_defense
 
     drops = _drops(args.drops)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise CommandError(f"{args.out}: --out: expected a folder, found a file")
+    goodnets = [goodnet_filename(drop, args.format) for drop in drops] if args.goodnet else []
+    prepare_out_dir(args, output_names(drops, args.format) + goodnets)
     with execution_from_args(args).placement():
         classifier, clean, poisoned = load_inputs(args)
         _, execution_report = configure_execution(args, classifier, clean)

@@ -4,7 +4,7 @@
                   [--train N --valid N --test N] [--triggers patch sunglasses ...] [--targets 0 ...]
 """
 
-from goodnet.cli import CommandError, positive, print_json
+from goodnet.cli import positive, prepare_out_dir, print_json
 
 HELP = "write a built-in benchmark (digits or faces, with poisoned files per trigger) in the lab's layout"
 
@@ -24,20 +24,18 @@ def add_arguments(parser):
                         help="one pair of poisoned files per trigger (default: all)")
     parser.add_argument("--targets", nargs="+", type=int, default=[0],
                         help="target label per trigger (one value: the same for all; default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in DIR that goodnet did not write (its own are always replaced)")
     parser.add_argument("--json", action="store_true", help="print the benchmark description as JSON")
 
 
 def run(args):
-    import os
-
     from goodnet.benchmarks import write_benchmark
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise CommandError(f"{args.out}: --out: expected a folder, found a file")
+    prepare_out_dir(args)
     sizes = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
     description = write_benchmark(args.out, args.dataset, args.seed, sizes, args.identities, tuple(args.triggers),
-                                  tuple(args.targets), overwrite=args.overwrite)
+                                  tuple(args.targets), overwrite=True if args.overwrite else None)
     if args.json:
         print_json(description)
     else:
