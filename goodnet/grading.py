@@ -8,6 +8,11 @@ re-run scores only new or changed files.
 
 Safety, in layers:
 
+0. :func:`submission_entries` makes every matching name a row and refuses,
+   unread and with its reason, whatever is not a regular model file inside
+   the folder (folders, FIFOs, devices, sockets, symlinks leading out, hidden
+   names); :func:`read_entry` opens the rest without following a symlink or
+   blocking and hashes only the regular file that was checked.
 1. :func:`inspect_model_file` reads the model's JSON config with h5py/zipfile
    only, before Keras is involved, and refuses any ``Lambda``-style layer,
    serialized Python function (``__lambda__``, ``function_type``) and any
@@ -36,12 +41,14 @@ score and are listed last, by name.
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import html
 import io
 import json
 import logging
 import os
+import stat
 import time
 import zipfile
 
@@ -76,10 +83,15 @@ def sha256_file(path, chunk_size=1 << 20):
     Example:
         >>> sha256_file("models/bd_net.h5")[:12]
     """
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(block)
+        return _sha256_stream(handle, chunk_size)
+
+
+def _sha256_stream(handle, chunk_size=1 << 20):
+    """The hex SHA-256 of what is left to read in a binary file object."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(chunk_size), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -404,30 +416,214 @@ def _data_entry(path, num_classes):
     return {"path": os.path.abspath(path), "sha256": sha256_file(path), "images": count}
 
 
+# Names an entry's kind in a reason; anything else that is not a regular file is "a special file".
+FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symlink"}
+# How an accepted entry's file is opened: never through a symlink, never blocking (a FIFO), not inherited.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclasses.dataclass
+class Entry:
+    """One submission entry: a matching name in the submissions folder, or a path of a given list.
+
+    Attributes:
+        path: the absolute path as listed; its row's ``path`` (and its name, the row's ``submission``).
+        target: the regular file to read: ``path`` itself, or where a symlink leads inside the folder
+            (None when refused).
+        status: None (to be graded), "refused" (not read: see ``reason``) or "error" (could not be read).
+        reason: one line naming the entry and what was expected (empty when graded).
+        identity: ``(st_dev, st_ino)`` of ``target`` when it was checked; the opened file must still be it.
+        sha256: the content's hash, once :func:`read_entry` has read it (None when refused).
+    """
+
+    path: str
+    target: str = None
+    status: str = None
+    reason: str = ""
+    identity: tuple = None
+    sha256: str = None
+
+
+def _kind(mode):
+    return FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def _printable(path):
+    """``path`` as printable UTF-8 text, for rows and reasons: undecodable bytes and control characters as ``\\xNN``."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(f"\\x{ord(char):02x}" if ord(char) < 32 or ord(char) == 127 else char for char in text)
+
+
+def _refused(path, why, status="refused"):
+    return Entry(_printable(path), status=status, reason=f"{_printable(path)}: {why}")
+
+
+def _excluded_files(exclude):
+    """``{(st_dev, st_ino): what it is}`` of the existing files in ``exclude`` (paths, or a path -> role mapping)."""
+    roles = exclude.items() if isinstance(exclude, dict) else ((path, "a data or baseline file") for path in exclude)
+    files = {}
+    for path, role in roles:
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        files.setdefault((info.st_dev, info.st_ino), role)
+    return files
+
+
+def check_entry(path, folder, excluded=None, where="its folder"):
+    """Decide from its metadata alone (``os.lstat``, ``readlink``, ``realpath``) whether to read one entry.
+
+    Nothing is opened here: a FIFO, a device, a folder or a socket is refused
+    unopened, and a symlink is refused unread unless it leads, through any
+    chain of links, to a regular file inside ``folder``.
+
+    Args:
+        path: the entry's absolute path.
+        folder: the folder a symlink must not lead out of (the submissions
+            folder, or the folder of a listed path).
+        excluded: ``{(st_dev, st_ino): role}`` of the grader's own files (see
+            :func:`_excluded_files`): such an entry is refused as that role.
+        where: ``folder`` in words, for the reason.
+
+    Returns:
+        Entry: ``status`` None with ``target`` and ``identity`` set, or
+        "refused"/"error" with a one-line ``reason``.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        return _refused(path, f"cannot be checked ({error.strerror}): expected a model file", "error")
+    target, link = path, ""
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            link = f"a symlink to {_printable(os.readlink(path))!r}"
+        except OSError:
+            link = "a symlink"
+        target = os.path.realpath(path)
+        real_folder = os.path.realpath(folder)
+        if os.path.commonpath([target, real_folder]) != real_folder:
+            return _refused(path, f"{link} that leads out of {where}: expected a model file "
+                                  "inside it; not read")
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            return _refused(path, f"{link} whose target does not exist (dangling): expected a model file; not read")
+        except OSError as error:
+            return _refused(path, f"{link} whose target cannot be checked ({error.strerror}): expected a model "
+                                  "file", "error")
+        if stat.S_ISLNK(info.st_mode):
+            return _refused(path, f"{link} in a loop of symlinks: expected a model file; not read")
+    if not stat.S_ISREG(info.st_mode):
+        what = f"{link} leading to {_kind(info.st_mode)}" if link else _kind(info.st_mode)
+        return _refused(path, f"{what}, not a regular file: expected a model file; not opened")
+    role = (excluded or {}).get((info.st_dev, info.st_ino))
+    if role:
+        return _refused(path, f"{role} given to the grader, not a submission; not graded as one")
+    return Entry(path, target=target, identity=(info.st_dev, info.st_ino))
+
+
+def read_entry(entry):
+    """Open an accepted entry's file and hash it, refusing whatever it became since it was checked.
+
+    The file is opened with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink put in its
+    place is not followed, a FIFO does not block) and the open descriptor is
+    ``fstat``-ed: unless it is still the regular file :func:`check_entry`
+    saw (same device and inode), nothing is read.
+
+    Args:
+        entry: an :class:`Entry` with ``status`` None.
+
+    Returns:
+        Entry: a copy with ``sha256`` set, or refused/"error" with its reason.
+    """
+    try:
+        descriptor = os.open(entry.target, READ_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return _refused(entry.path, "became a symlink after it was checked: expected a regular model file; "
+                                        "not read")
+        return _refused(entry.path, f"cannot be opened ({error.strerror}): expected a readable model file", "error")
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != entry.identity:
+            now = "another file" if stat.S_ISREG(info.st_mode) else _kind(info.st_mode)
+            return _refused(entry.path, f"changed after it was checked (now {now}): expected the regular file "
+                                        "that was checked; not read")
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            digest = _sha256_stream(handle)
+    except OSError as error:
+        return _refused(entry.path, f"cannot be read ({error.strerror}): expected a readable model file", "error")
+    finally:
+        os.close(descriptor)
+    return dataclasses.replace(entry, sha256=digest)
+
+
+def submission_entries(submissions, exclude=()):
+    """Every submission entry and whether it will be read: one per scoreboard row.
+
+    A folder is listed (not recursively) and every name ending in
+    :data:`MODEL_SUFFIXES` (any case) is an entry; other names are not
+    submissions. A list of paths is taken as given (any names). Each entry is
+    checked by :func:`check_entry` without opening it. Refused unread, each
+    with its one-line reason: hidden names in a folder (starting with ".";
+    a listed path is taken as named), names that are not printable UTF-8,
+    folders, FIFOs, devices, sockets, symlinks that lead out of the folder
+    (the submissions folder, or a listed path's own folder), dangling or
+    looping symlinks, and the grader's own data and baseline files.
+
+    Args:
+        submissions: the submissions folder, or a list of model paths.
+        exclude: the grader's own files: paths, or a mapping path -> what it
+            is (e.g. ``{"test.h5": "the clean test file"}``).
+
+    Returns:
+        list[Entry]: sorted by name for a folder, in the given order for a list.
+
+    Raises:
+        ValueError: ``submissions`` is a path but not a folder.
+    """
+    excluded = _excluded_files(exclude)
+    if not isinstance(submissions, (str, os.PathLike)):
+        paths = [os.path.abspath(os.fspath(path)) for path in submissions]
+        return [_checked(path, os.path.dirname(path), excluded, "its folder") for path in paths]
+    folder = os.fspath(submissions)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: expected a folder of submitted model files")
+    entries = []
+    for name in sorted(os.listdir(folder)):
+        if not name.lower().endswith(MODEL_SUFFIXES):
+            continue
+        path = os.path.abspath(os.path.join(folder, name))
+        if name.startswith("."):
+            entries.append(_refused(path, "a hidden name (starts with '.'): hidden entries are not graded; "
+                                          "rename it without the dot to submit it"))
+        else:
+            entries.append(_checked(path, folder, excluded, "the submissions folder"))
+    return entries
+
+
+def _checked(path, folder, excluded, where):
+    """:func:`check_entry`, after refusing a name that is not printable UTF-8 (the scoreboard shows it escaped)."""
+    name = os.path.basename(path)
+    if _printable(name) != name:
+        return _refused(path, "a name that is not printable UTF-8 (undecodable bytes or control characters): "
+                              "rename it to submit it; not opened")
+    return check_entry(path, folder, excluded, where)
+
+
 def find_submissions(folder, exclude=()):
-    """Model files (``.h5``, ``.hdf5``, ``.keras``) directly inside ``folder``, sorted by name.
+    """The entries of ``folder`` that will be read and graded (see :func:`submission_entries`), sorted by name.
 
     Args:
         folder: the submissions folder (not searched recursively).
         exclude: paths to leave out (the data files, the baseline).
 
     Returns:
-        list[str]: absolute paths.
+        list[str]: absolute paths (as listed; a symlink stays a symlink).
     """
-    from goodnet.files import same_file
-
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise ValueError(f"{folder}: expected a folder of submitted model files")
-    found = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.startswith(".") or not name.lower().endswith(MODEL_SUFFIXES) or not os.path.isfile(path):
-            continue
-        if any(same_file(path, other) for other in exclude):
-            continue
-        found.append(os.path.abspath(path))
-    return found
+    return [entry.path for entry in submission_entries(folder, exclude) if entry.status is None]
 
 
 def mean_asr(result):
@@ -540,14 +736,25 @@ class Grader:
             "execution": self._execution_settings(),
         }
 
-    def _job(self, path, options, role):
-        digest = sha256_file(path)
+    def _own_files(self):
+        """The grader's data and baseline files, by what they are: never graded as submissions."""
+        files = {}
+        for path, role in ([(self.clean, "the clean test file")]
+                           + [(path, "a poisoned test file") for path in self.poisoned]
+                           + [(self.validation, "the validation file"), (self.baseline, "the baseline model")]):
+            if path:
+                files.setdefault(os.fspath(path), role)
+        return files
+
+    def _job(self, path, options, role, entry=None):
+        """The worker's job for the model file ``path``; ``entry``: its read :class:`Entry` (hash, listed path)."""
+        digest = entry.sha256 if entry is not None else sha256_file(path)
         key_source = json.dumps({"model": digest, **{name: value for name, value in options.items()}},
                                 sort_keys=True)
         threads = self.threads or max(1, (os.cpu_count() or 1) // int(self.workers))
         return {"key": hashlib.sha256(key_source.encode()).hexdigest(), "path": path, "sha256": digest,
-                "role": role, "clean": options["clean"]["path"],
-                "poisoned": [entry["path"] for entry in options["poisoned"]],
+                "listed": entry.path if entry is not None else path, "role": role,
+                "clean": options["clean"]["path"], "poisoned": [data["path"] for data in options["poisoned"]],
                 "validation": options["validation"]["path"] if options["validation"] else None,
                 "scale": self.scale, "num_classes": int(self.num_classes), "batch_size": int(self.batch_size),
                 "threads": threads, "execution": options["execution"]}
@@ -565,12 +772,14 @@ class Grader:
         self._check()
         limits = self.limits or Limits()
         options = self._options()
-        exclude = [self.clean, *self.poisoned] + [path for path in (self.validation, self.baseline) if path]
-        paths = (find_submissions(submissions, exclude) if isinstance(submissions, (str, os.PathLike))
-                 else [os.path.abspath(path) for path in submissions])
-        if not paths:
+        entries = submission_entries(submissions, self._own_files())
+        if not entries:
             raise ValueError(f"{submissions}: no model files ({', '.join(MODEL_SUFFIXES)}) to grade")
-        jobs = [self._job(path, options, "submission") for path in paths]
+        entries = [read_entry(entry) if entry.status is None else entry for entry in entries]
+        for entry in entries:
+            if entry.status is not None:
+                logger.warning("%s", entry.reason)
+        jobs = [self._job(entry.target, options, "submission", entry) for entry in entries if entry.status is None]
         if self.baseline:
             jobs.append(self._job(os.path.abspath(self.baseline), options, "baseline"))
         cache_dir = os.path.join(out_dir, "cache")
@@ -597,6 +806,9 @@ class Grader:
                 raise ValueError(f"{self.baseline}: baseline could not be scored: {baseline_result['error']}")
         rows = [_row(job, results[job["key"]], baseline_result, options) for job in jobs
                 if job["role"] == "submission"]
+        # Entries refused or unreadable before any worker: a row each, with no hash, never cached.
+        rows += [_row({"path": entry.path, "sha256": None}, {"status": entry.status, "error": entry.reason},
+                      None, options) for entry in entries if entry.status is not None]
         board = Scoreboard(rank_rows(rows), [os.path.basename(path) for path in self.poisoned],
                            baseline=_row(jobs[-1], baseline_result, None, options) if baseline_result else None,
                            score_name="DER" if baseline_result else "accuracy - mean ASR")
@@ -605,8 +817,13 @@ class Grader:
 
 
 def _row(job, result, baseline, options):
-    row = {"submission": os.path.basename(job["path"]), "path": job["path"], "sha256": job["sha256"],
-           "status": result["status"], "error": result.get("error", "").replace(f"{job['path']}: ", ""), "score": score_result(result, baseline),
+    """The scoreboard row of one job (or unread entry) and its result; errors lose the file's path prefix."""
+    listed = job.get("listed", job["path"])
+    error = result.get("error", "")
+    for path in {job["path"], listed}:
+        error = error.replace(f"{path}: ", "")
+    row = {"submission": os.path.basename(listed), "path": listed, "sha256": job["sha256"],
+           "status": result["status"], "error": error, "score": score_result(result, baseline),
            "clean_accuracy": result.get("clean_accuracy"), "mean_asr": mean_asr(result) if result["status"] == "ok"
            else None, "poisoned": result.get("poisoned", []), "detection_rate": result.get("detection_rate"),
            "false_rejection_rate": result.get("false_rejection_rate"),

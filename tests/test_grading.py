@@ -1,13 +1,15 @@
 """Tests of goodnet.grading and ``goodnet grade``: real submitted models plus generated bad ones.
 
-The real submissions are the peer-repaired models of the shared fixtures; the
-data files are built here from the real face images (clean identities and
-sunglasses-triggered faces, with small pixel noise). The bad submissions are
-generated here: a truncated file, a file that is not HDF5, a model with the
-wrong input shape, a model with the wrong number of outputs, Lambda layers
-whose code would create a marker file (legacy .h5 in the Keras 2 format and
-.keras), an unknown custom layer, and a legitimate model whose evaluation
-takes far longer than the time limit (an LSTM over the 7,755 pixel values).
+The real submissions are copies of the peer-repaired models of the shared
+fixtures; the data files are built here from the real face images (clean
+identities and sunglasses-triggered faces, with small pixel noise). The bad
+submissions are generated here: a truncated file, a file that is not HDF5, a
+model with the wrong input shape, a model with the wrong number of outputs,
+Lambda layers whose code would create a marker file (legacy .h5 in the Keras 2
+format and .keras), an unknown custom layer, and a legitimate model whose
+evaluation takes far longer than the time limit (an LSTM over the 7,755 pixel
+values). The hostile entries (a FIFO, symlinks out of the folder, a folder
+named like a model, ...) are built in the tests that use them.
 """
 
 import base64
@@ -16,6 +18,10 @@ import json
 import marshal
 import multiprocessing
 import os
+import shutil
+import signal
+import socket
+import stat
 import time
 import zipfile
 
@@ -152,8 +158,8 @@ def submissions(shared, tmp_path_factory):
     """A folder of the 5 real submitted models plus 8 bad ones; returns (folder, marker paths)."""
     folder = tmp_path_factory.mktemp("submissions")
     markers = tmp_path_factory.mktemp("markers")
-    for name in REAL:
-        os.symlink(shared / "models" / "peer_repaired" / name, folder / name)
+    for name in REAL:  # copies: a symlink that leads out of the submissions folder is refused
+        shutil.copyfile(shared / "models" / "peer_repaired" / name, folder / name)
     real_bytes = (shared / "models" / "peer_repaired" / REAL[0]).read_bytes()
     (folder / "truncated.h5").write_bytes(real_bytes[:len(real_bytes) // 2])
     (folder / "not_hdf5.h5").write_text("this is not an HDF5 file\n")
@@ -405,6 +411,230 @@ def test_find_submissions_skips_data_and_other_files(tmp_path):
         find_submissions(tmp_path / "b.h5")
 
 
+# ---------------------------------------------------------------- hostile entries in the submissions folder
+
+JUNK = b"not a model: read only by the stand-in worker\n"
+INNER = JUNK + b"(inside a subfolder, reached through a chain of symlinks)\n"
+HIDDEN = JUNK + b"(a hidden name)\n"
+LINK_OUT = "leads out of the submissions folder: expected a model file inside it; not read"
+NOT_OPENED = "not a regular file: expected a model file; not opened"
+
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging if the test blocks (opening a FIFO blocks forever) for 120 s."""
+    def stop(signum, frame):
+        raise TimeoutError("blocked for 120 s: was a FIFO opened?")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def stand_in_workers(monkeypatch):
+    """Replace the isolated workers: record every job sent to one and answer "error" without loading anything."""
+    sent = []
+
+    def run_jobs(jobs, limits, *args, **kwargs):
+        sent.extend(jobs)
+        return {job["key"]: {"status": "error", "error": f"{job['path']}: stand-in worker: not scored",
+                             "seconds": 0.0} for job in jobs}
+
+    monkeypatch.setattr("goodnet.grading.run_jobs", run_jobs)
+    return sent
+
+
+def make_hostile_folder(folder, monkeypatch):
+    """A submissions folder holding every kind of entry a hostile one can; returns what each row must say.
+
+    Returns:
+        dict: name -> (status, part of the reason) for every name that
+        matches the submission pattern; status None: read and sent to a
+        worker (the stand-in answers "error").
+    """
+    folder.mkdir()
+    expected = {}
+
+    def entry(name, status, reason):
+        expected[name] = (status, reason)
+
+    (folder / "good.h5").write_bytes(JUNK)
+    entry("good.h5", None, "stand-in worker")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "inner.bin").write_bytes(INNER)
+    os.symlink("sub/inner.bin", folder / "hop")
+    os.symlink("hop", folder / "chain.h5")
+    entry("chain.h5", None, "stand-in worker")
+    os.mkfifo(folder / "pipe.h5")
+    entry("pipe.h5", "refused", f"a named pipe (FIFO), {NOT_OPENED}")
+    (folder / "x.h5").mkdir()
+    entry("x.h5", "refused", f"a folder, {NOT_OPENED}")
+    os.symlink("/dev/zero", folder / "zero.h5")
+    entry("zero.h5", "refused", f"a symlink to '/dev/zero' that {LINK_OUT}")
+    os.symlink("/etc/passwd", folder / "passwd.h5")
+    entry("passwd.h5", "refused", f"a symlink to '/etc/passwd' that {LINK_OUT}")
+    os.symlink("/etc/passwd", folder / "hop_out")
+    os.symlink("hop_out", folder / "escape.hdf5")
+    entry("escape.hdf5", "refused", f"a symlink to 'hop_out' that {LINK_OUT}")
+    os.symlink("missing.bin", folder / "dangling.h5")
+    entry("dangling.h5", "refused", "a symlink to 'missing.bin' whose target does not exist (dangling)")
+    os.symlink("sub", folder / "to_folder.h5")
+    entry("to_folder.h5", "refused", f"a symlink to 'sub' leading to a folder, {NOT_OPENED}")
+    os.symlink("pipe.h5", folder / "to_pipe.KERAS")
+    entry("to_pipe.KERAS", "refused", f"a symlink to 'pipe.h5' leading to a named pipe (FIFO), {NOT_OPENED}")
+    os.symlink("loop.h5", folder / "loop.h5")
+    entry("loop.h5", "refused", "a symlink to 'loop.h5' in a loop of symlinks")
+    (folder / ".hidden.h5").write_bytes(HIDDEN)
+    entry(".hidden.h5", "refused", "a hidden name (starts with '.'): hidden entries are not graded")
+    with open(os.path.join(os.fsencode(folder), b"\xff.h5"), "wb") as handle:
+        handle.write(JUNK)
+    entry("\\xff.h5", "refused", "a name that is not printable UTF-8 (undecodable bytes or control characters)")
+    (folder / "new\nline.h5").write_bytes(JUNK)
+    entry("new\\x0aline.h5", "refused", "a name that is not printable UTF-8")
+    locked = folder / "locked.h5"
+    locked.write_bytes(JUNK)
+    locked.chmod(0)
+    entry("locked.h5", "error", "cannot be opened (Permission denied): expected a readable model file")
+    try:
+        open(locked, "rb").close()
+    except PermissionError:
+        pass
+    else:  # root reads mode 000: make opening it fail the way it does for everyone else
+        real_open = os.open
+
+        def os_open(path, *args, **kwargs):
+            if os.fspath(path) == str(locked):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(folder / "socket.h5"))
+        entry("socket.h5", "refused", f"a socket, {NOT_OPENED}")
+    except OSError:
+        pass  # path too long for a socket here
+    finally:
+        server.close()
+    try:
+        os.mknod(folder / "device.h5", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero
+        entry("device.h5", "refused", f"a character device, {NOT_OPENED}")
+    except (OSError, AttributeError):
+        pass  # creating device nodes needs privileges
+    (folder / "notes.txt").write_text("not a model: no row\n")
+    return expected
+
+
+def _sha256(data):
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_every_hostile_entry_is_a_row_and_nothing_refused_is_read(lab_data, tmp_path, monkeypatch,
+                                                                   stand_in_workers, no_hang):
+    folder = tmp_path / "submissions"
+    expected = make_hostile_folder(folder, monkeypatch)
+    shutil.copyfile(lab_data["clean"], folder / "test.h5")  # the grader's own clean data, in the folder
+    expected["test.h5"] = ("refused", "the clean test file given to the grader, not a submission")
+    out = tmp_path / "out"
+    grader = Grader(folder / "test.h5", [lab_data["poisoned"]], scale="raw", progress=False)
+    board = grader.grade(folder, out)
+    rows = {row["submission"]: row for row in board.rows}
+    assert sorted(rows) == sorted(expected) and len(board.rows) == len(expected)
+    for name, (status, reason) in expected.items():
+        row = rows[name]
+        assert row["status"] == (status or "error"), (name, row)
+        assert reason in row["error"] and "\n" not in row["error"], (name, row["error"])
+        assert row["score"] is None and row["rank"] is None and row["cached"] is False
+        assert row["path"] == os.path.join(str(folder), name), row["path"]
+        if status is not None:
+            assert row["sha256"] is None, (name, row)
+    assert rows["good.h5"]["sha256"] == _sha256(JUNK) and rows["chain.h5"]["sha256"] == _sha256(INNER)
+    # Only the two readable model entries reached a worker, the chain through its target inside the folder.
+    assert sorted(job["sha256"] for job in stand_in_workers) == sorted([_sha256(JUNK), _sha256(INNER)])
+    assert os.path.realpath(folder / "sub" / "inner.bin") in [job["path"] for job in stand_in_workers]
+    cached = sorted(name for name in os.listdir(out / "cache") if not name.startswith("."))  # not the manifest
+    assert cached == sorted(f"{job['key']}.json" for job in stand_in_workers)
+    document = (out / "scoreboard.json").read_text()
+    with open("/etc/passwd", "rb") as handle:
+        assert _sha256(handle.read()) not in document
+    assert len(json.loads(document)["submissions"]) == len(expected)
+    with open(out / "scoreboard.csv", newline="") as handle:
+        assert len(list(csv.reader(handle))) == len(expected) + 1
+    assert (out / "scoreboard.md").read_text().count("\n") == len(expected) + 2
+    assert (out / "scoreboard.html").read_text().count("<tr>") == len(expected) + 1
+
+
+def test_listed_paths_get_the_same_checks(lab_data, tmp_path, monkeypatch, stand_in_workers, no_hang):
+    folder = tmp_path / "submissions"
+    expected = make_hostile_folder(folder, monkeypatch)
+    names = ["pipe.h5", "x.h5", "zero.h5", "passwd.h5", "escape.hdf5", "dangling.h5", "loop.h5", "locked.h5",
+             "chain.h5", "good.h5"]
+    board = Grader(lab_data["clean"], [lab_data["poisoned"]], scale="raw", progress=False).grade(
+        [folder / name for name in names] + [folder / ".hidden.h5", lab_data["clean"]], tmp_path / "out")
+    rows = {row["submission"]: row for row in board.rows}
+    assert len(board.rows) == len(names) + 2
+    for name in names:
+        status, reason = expected[name]
+        assert rows[name]["status"] == (status or "error") and reason.replace(
+            "the submissions folder", "its folder") in rows[name]["error"], (name, rows[name])
+    # A listed path is taken as named: a hidden name is graded; the grader's own data file is not.
+    assert rows[".hidden.h5"]["sha256"] == _sha256(HIDDEN)
+    assert rows["test.h5"]["status"] == "refused" and "the clean test file" in rows["test.h5"]["error"]
+    assert len(stand_in_workers) == 3
+
+
+def test_entries_swapped_after_the_check_are_not_read(lab_data, tmp_path, monkeypatch, stand_in_workers, no_hang):
+    import goodnet.grading
+
+    folder, elsewhere = tmp_path / "submissions", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    for name in ("becomes_fifo.h5", "becomes_link.h5", "replaced.h5", "kept.h5"):
+        (folder / name).write_bytes(JUNK)
+    (folder / "sub" / "inner.bin").write_bytes(INNER)
+    os.symlink("sub/inner.bin", folder / "chain.h5")
+    (elsewhere / "inner.bin").write_bytes(b"a secret outside the submissions folder\n")
+    (tmp_path / "other.h5").write_bytes(JUNK + b"another file\n")
+    checked = goodnet.grading.submission_entries
+
+    def check_then_swap(*args, **kwargs):
+        entries = checked(*args, **kwargs)
+        (folder / "becomes_fifo.h5").unlink()
+        os.mkfifo(folder / "becomes_fifo.h5")
+        (folder / "becomes_link.h5").unlink()
+        os.symlink("/etc/passwd", folder / "becomes_link.h5")
+        os.replace(tmp_path / "other.h5", folder / "replaced.h5")
+        (folder / "sub").rename(folder / "sub_before")  # the chain's folder now leads outside
+        os.symlink(elsewhere, folder / "sub")
+        return entries
+
+    monkeypatch.setattr(goodnet.grading, "submission_entries", check_then_swap)
+    board = Grader(lab_data["clean"], [lab_data["poisoned"]], scale="raw", progress=False).grade(folder,
+                                                                                                tmp_path / "out")
+    rows = {row["submission"]: row for row in board.rows}
+    assert rows["becomes_fifo.h5"]["status"] == "refused"
+    assert "changed after it was checked (now a named pipe (FIFO)" in rows["becomes_fifo.h5"]["error"]
+    assert rows["becomes_link.h5"]["status"] == "refused"
+    assert "became a symlink after it was checked" in rows["becomes_link.h5"]["error"]
+    for name in ("replaced.h5", "chain.h5"):
+        assert rows[name]["status"] == "refused", rows[name]
+        assert "changed after it was checked (now another file)" in rows[name]["error"]
+        assert rows[name]["sha256"] is None
+    assert [os.path.basename(job["path"]) for job in stand_in_workers] == ["kept.h5"]
+
+
+def test_find_submissions_lists_only_entries_that_will_be_read(tmp_path, monkeypatch):
+    folder = tmp_path / "submissions"
+    make_hostile_folder(folder, monkeypatch)
+    found = [os.path.basename(path) for path in find_submissions(folder)]
+    assert found == ["chain.h5", "good.h5", "locked.h5"]  # locked.h5: its open fails later, as an "error" row
+
+
 # ---------------------------------------------------------------- command line
 
 def test_cli_json_from_the_cache(graded, submissions, lab_data, shared, capsys):
@@ -434,3 +664,18 @@ def test_cli_bad_input_is_one_line_exit_2(lab_data, tmp_path, capsys):
                  "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and "no model files" in error
+
+
+def test_cli_summary_counts_every_row(lab_data, tmp_path, monkeypatch, stand_in_workers, no_hang, capsys):
+    from goodnet.cli import main
+
+    folder = tmp_path / "submissions"
+    expected = make_hostile_folder(folder, monkeypatch)
+    code = main(["grade", str(folder), "--clean", str(lab_data["clean"]), "--poisoned", str(lab_data["poisoned"]),
+                 "--scale", "raw", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    output = capsys.readouterr().out
+    refused = sum(status == "refused" for status, _ in expected.values())
+    errors = len(expected) - refused
+    assert (f"\n{len(expected)} submissions: 0 scored, {len(expected)} failed "
+            f"({refused} refused, {errors} error), 0 from the cache;") in output

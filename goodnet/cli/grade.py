@@ -68,7 +68,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from goodnet.grading import Grader, Limits
+    from goodnet.grading import STATUSES, Grader, Limits
     from goodnet.models import LAB_CLASSES
 
     for path in [args.clean, *args.poisoned] + [path for path in (args.validation, args.baseline) if path]:
@@ -95,9 +95,11 @@ def run(args):
         agreement = ", ".join(f"{row['submission']} {row['precision_report']['top1_agreement'] * 100:.2f}%"
                               for row in board.rows if row.get("precision_report"))
         print(f"Precision {args.precision}: top-1 agreement with float32 on a clean sample: {agreement}")
-    failed = sum(row["status"] != "ok" for row in board.rows)
+    # Every row counts, the entries refused before any worker included.
+    failed = [row["status"] for row in board.rows if row["status"] != "ok"]
+    why = ", ".join(f"{failed.count(status)} {status}" for status in STATUSES if status in failed)
     cached = sum(bool(row["cached"]) for row in board.rows)
-    print(f"\n{len(board.rows)} submissions: {len(board.rows) - failed} scored, {failed} failed, "
-          f"{cached} from the cache; score: {board.score_name}")
+    print(f"\n{len(board.rows)} submissions: {len(board.rows) - len(failed)} scored, {len(failed)} failed"
+          + (f" ({why})" if why else "") + f", {cached} from the cache; score: {board.score_name}")
     print("written: " + ", ".join(board.paths[kind] for kind in ("csv", "json", "md", "html")))
     return 0
