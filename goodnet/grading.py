@@ -52,6 +52,7 @@ import stat
 import time
 import zipfile
 
+from goodnet.errors import OptionError
 from goodnet.files import write_text
 from goodnet.models import LAB_CLASSES, ModelError
 
@@ -582,7 +583,7 @@ def submission_entries(submissions, exclude=()):
         list[Entry]: sorted by name for a folder, in the given order for a list.
 
     Raises:
-        ValueError: ``submissions`` is a path but not a folder.
+        OptionError: ``submissions`` is a path but not a folder.
     """
     excluded = _excluded_files(exclude)
     if not isinstance(submissions, (str, os.PathLike)):
@@ -590,7 +591,7 @@ def submission_entries(submissions, exclude=()):
         return [_checked(path, os.path.dirname(path), excluded, "its folder") for path in paths]
     folder = os.fspath(submissions)
     if not os.path.isdir(folder):
-        raise ValueError(f"{folder}: expected a folder of submitted model files")
+        raise OptionError(f"{folder}: expected a folder of submitted model files")
     entries = []
     for name in sorted(os.listdir(folder)):
         if not name.lower().endswith(MODEL_SUFFIXES):
@@ -768,13 +769,18 @@ class Grader:
 
         Returns:
             Scoreboard: the ranked rows and the paths written.
+
+        Raises:
+            OptionError: ``submissions`` holds no model entry, or the execution
+                settings cannot run here.
+            ModelError: the baseline could not be scored.
         """
         self._check()
         limits = self.limits or Limits()
         options = self._options()
         entries = submission_entries(submissions, self._own_files())
         if not entries:
-            raise ValueError(f"{submissions}: no model files ({', '.join(MODEL_SUFFIXES)}) to grade")
+            raise OptionError(f"{submissions}: no model files ({', '.join(MODEL_SUFFIXES)}) to grade")
         entries = [read_entry(entry) if entry.status is None else entry for entry in entries]
         for entry in entries:
             if entry.status is not None:
@@ -795,7 +801,7 @@ class Grader:
                          self.progress)
         for result in fresh.values():
             if result["status"] == "setup":
-                raise ValueError(result["error"])
+                raise OptionError(result["error"])
         for key, result in fresh.items():
             write_text(_cache_path(cache_dir, key), json.dumps(result, indent=1))
             results[key] = dict(result, cached=False)
@@ -803,7 +809,7 @@ class Grader:
         if self.baseline:
             baseline_result = results[jobs[-1]["key"]]
             if baseline_result["status"] != "ok":
-                raise ValueError(f"{self.baseline}: baseline could not be scored: {baseline_result['error']}")
+                raise ModelError(f"{self.baseline}: baseline could not be scored: {baseline_result['error']}")
         rows = [_row(job, results[job["key"]], baseline_result, options) for job in jobs
                 if job["role"] == "submission"]
         # Entries refused or unreadable before any worker: a row each, with no hash, never cached.
