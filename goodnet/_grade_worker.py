@@ -10,7 +10,7 @@ imports TensorFlow quietly for that reason.
 
 Order of work in the child, cheapest and safest first:
 
-1. :func:`goodnet.grading.inspect_model_file` reads the model's JSON config with
+1. :func:`goodnet.models.inspect_model_file` reads the model's JSON config with
    h5py/zipfile only (no Keras) and refuses code-carrying content.
 2. The data files are opened and validated (trusted: they come from the grader).
 3. :func:`goodnet.models.load_model` loads the model with Keras safe mode on,
@@ -89,9 +89,9 @@ def evaluate_submission(job):
         ``precision_report``.
     """
     from goodnet.data import DataError
-    from goodnet.grading import SubmissionRefused, inspect_model_file
+    from goodnet.grading import SubmissionRefused
     from goodnet.inference import Execution
-    from goodnet.models import ModelError
+    from goodnet.models import ModelError, inspect_model_file
 
     started = time.monotonic()
     path = job["path"]

@@ -52,10 +52,15 @@ def sha256_file(path, chunk_size=1 << 20):
     Example:
         >>> sha256_file("models/bd_net.h5")[:12]
     """
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(block)
+        return sha256_stream(handle, chunk_size)
+
+
+def sha256_stream(handle, chunk_size=1 << 20):
+    """The hex SHA-256 of what is left to read in a binary file object."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(chunk_size), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 

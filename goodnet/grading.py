@@ -13,7 +13,8 @@ Safety, in layers:
    the folder (folders, FIFOs, devices, sockets, symlinks leading out, hidden
    names); :func:`read_entry` opens the rest without following a symlink or
    blocking and hashes only the regular file that was checked.
-1. :func:`inspect_model_file` reads the model's JSON config with h5py/zipfile
+1. :func:`goodnet.models.inspect_model_file` sizes every archive member and
+   HDF5 dataset, reads the model's JSON config with h5py/zipfile
    only, before Keras is involved, and refuses any ``Lambda``-style layer,
    serialized Python function (``__lambda__``, ``function_type``) and any
    object from a module outside ``keras``/``goodnet`` or registered under
@@ -50,11 +51,10 @@ import logging
 import os
 import stat
 import time
-import zipfile
 
 from goodnet.errors import OptionError
-from goodnet.files import write_text
-from goodnet.models import LAB_CLASSES, ModelError
+from goodnet.files import sha256_file, sha256_stream, write_text
+from goodnet.models import LAB_CLASSES, ModelError, UnsafeModelError, config_problems, inspect_model_file  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -67,121 +67,12 @@ ISOLATIONS = ("forkserver", "spawn")
 # Address space TensorFlow maps without using it (measured: ~1.7 GB after import).
 ADDRESS_SPACE_HEADROOM_MB = 2048
 POLL_SECONDS = 0.1
-# Layers whose config carries Python code (Keras 2 and 3 names).
-CODE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
-ALLOWED_MODULE_PREFIXES = ("keras", "goodnet")
-FORBIDDEN_MODULE_PARTS = (".utils", ".saving", ".backend", ".ops")
 PRELOAD_MODULES = ["goodnet._grade_worker", "goodnet.grading", "goodnet.models", "goodnet.metrics", "goodnet.data"]
 
 
-class SubmissionRefused(ModelError):
-    """The model file carries code or unknown objects; it is not loaded."""
-
-
-def sha256_file(path, chunk_size=1 << 20):
-    """Return the hex SHA-256 of a file's content.
-
-    Example:
-        >>> sha256_file("models/bd_net.h5")[:12]
-    """
-    with open(path, "rb") as handle:
-        return _sha256_stream(handle, chunk_size)
-
-
-def _sha256_stream(handle, chunk_size=1 << 20):
-    """The hex SHA-256 of what is left to read in a binary file object."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(chunk_size), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_model_config(path):
-    """The model's JSON config from a ``.keras`` zip or a legacy ``.h5``, without Keras."""
-    import h5py
-
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
-        except (KeyError, zipfile.BadZipFile, ValueError) as error:
-            raise ModelError(f"{path}: config.json: expected a readable Keras model archive ({error})") from None
-    try:
-        with h5py.File(path, "r") as handle:
-            config = handle.attrs.get("model_config")
-            is_weights = "layer_names" in handle.attrs
-    except OSError:
-        raise ModelError(f"{path}: not an HDF5 file or a .keras archive, or truncated "
-                         "(expected a Keras model file)") from None
-    if config is None:
-        if is_weights:
-            return None  # a weights-only file: loaded into the built-in architecture, no config to run
-        raise ModelError(f"{path}: model_config: expected a Keras full-model file (attribute missing)")
-    try:
-        return json.loads(config.decode("utf-8") if isinstance(config, bytes) else config)
-    except (ValueError, UnicodeDecodeError):
-        raise ModelError(f"{path}: model_config: expected JSON") from None
-
-
-def _walk(node, where="config"):
-    """Yield (location, dict) for every dict inside a JSON config."""
-    if isinstance(node, dict):
-        yield where, node
-        for key, value in node.items():
-            yield from _walk(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _walk(value, f"{where}[{index}]")
-
-
-def config_problems(config):
-    """List why a model config must not be loaded (empty: nothing found).
-
-    Args:
-        config: the parsed JSON model config (legacy ``model_config`` or
-            ``.keras`` ``config.json``).
-
-    Returns:
-        list[str]: one line per problem, e.g. ``"layer 'lam': Lambda layers
-        carry Python code"``.
-    """
-    problems = []
-    for where, node in _walk(config):
-        class_name = node.get("class_name")
-        name = node.get("config", {}).get("name", where) if isinstance(node.get("config"), dict) else where
-        if class_name in CODE_LAYERS:
-            problems.append(f"layer {name!r}: {class_name} layers carry Python code")
-        elif class_name == "__lambda__" or "function_type" in node or "output_shape_type" in node:
-            problems.append(f"{where}: a serialized Python function")
-        module = node.get("module")
-        if isinstance(module, str) and (module.split(".")[0] not in ALLOWED_MODULE_PREFIXES
-                                        or any(part in module for part in FORBIDDEN_MODULE_PARTS)):
-            problems.append(f"{where}: object {class_name!r} from module {module!r} (only Keras layers are allowed)")
-        registered = node.get("registered_name")
-        if isinstance(registered, str) and ">" in registered and not registered.startswith("goodnet>"):
-            problems.append(f"{where}: unknown custom object {registered!r}")
-    return problems
-
-
-def inspect_model_file(path):
-    """Refuse a model file whose config carries code, before Keras reads it.
-
-    Args:
-        path: a ``.h5`` or ``.keras`` model file.
-
-    Raises:
-        SubmissionRefused: the config holds a Lambda layer, a serialized
-            function or an object from outside Keras (message: the first
-            problem and how many there are).
-        ModelError: not a readable model file.
-    """
-    path = os.fspath(path)
-    config = _read_model_config(path)
-    problems = config_problems(config) if config is not None else []
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SubmissionRefused(f"{path}: refused: {problems[0]}{more}; Keras safe mode does not run code "
-                                "from submissions")
+# A submission that carries code or unknown objects, or would inflate too far: not loaded
+# (goodnet.models.inspect_model_file, run before Keras reads the file).
+SubmissionRefused = UnsafeModelError
 
 
 @dataclasses.dataclass
@@ -229,7 +120,7 @@ def _context(isolation):
     import multiprocessing
 
     if isolation not in ISOLATIONS:
-        raise ValueError(f"isolation: expected one of {ISOLATIONS}, got {isolation!r}")
+        raise OptionError(f"isolation: expected one of {ISOLATIONS}, got {isolation!r}")
     context = multiprocessing.get_context(isolation)
     if isolation == "forkserver":
         context.set_forkserver_preload(PRELOAD_MODULES)
@@ -290,7 +181,7 @@ class _Running:
             with open(self.result_path, encoding="utf-8") as handle:
                 result = json.load(handle)
             if not isinstance(result, dict) or result.get("status") not in STATUSES:
-                raise ValueError("malformed result")
+                raise OptionError("malformed result")
             return result
         except (OSError, ValueError):
             code = self.process.exitcode
@@ -553,7 +444,7 @@ def read_entry(entry):
             return _refused(entry.path, f"changed after it was checked (now {now}): expected the regular file "
                                         "that was checked; not read")
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            digest = _sha256_stream(handle)
+            digest = sha256_stream(handle)
     except OSError as error:
         return _refused(entry.path, f"cannot be read ({error.strerror}): expected a readable model file", "error")
     finally:
@@ -706,15 +597,15 @@ class Grader:
 
     def _check(self):
         if self.scale not in ("auto", "raw", "unit"):
-            raise ValueError(f"scale: expected 'auto', 'raw' or 'unit', got {self.scale!r}")
+            raise OptionError(f"scale: expected 'auto', 'raw' or 'unit', got {self.scale!r}")
         if not self.poisoned:
-            raise ValueError("poisoned: expected at least one poisoned test file")
+            raise OptionError("poisoned: expected at least one poisoned test file")
         if int(self.workers) < 1:
-            raise ValueError(f"workers: expected a positive number, got {self.workers}")
+            raise OptionError(f"workers: expected a positive number, got {self.workers}")
         if self.isolation not in ISOLATIONS:
-            raise ValueError(f"isolation: expected one of {ISOLATIONS}, got {self.isolation!r}")
+            raise OptionError(f"isolation: expected one of {ISOLATIONS}, got {self.isolation!r}")
         if self.baseline is not None and not os.path.isfile(self.baseline):
-            raise ValueError(f"{self.baseline}: baseline model file not found")
+            raise OptionError(f"{self.baseline}: baseline model file not found")
         from goodnet.inference import Execution
 
         if self.execution is not None and not isinstance(self.execution, Execution):

@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from goodnet.errors import ModelError
+from goodnet.errors import ModelError, OptionError
 from goodnet.files import atomic_write
 from goodnet.inference import DEFAULT_BATCH, compiled_forward, run_batches
 
@@ -96,7 +96,7 @@ class Classifier:
 
     def __init__(self, model, scale="raw", num_classes=None, path="", execution=None):
         if scale not in SCALES:
-            raise ValueError(f"scale: expected one of {sorted(SCALES)}, got {scale!r}")
+            raise OptionError(f"scale: expected one of {sorted(SCALES)}, got {scale!r}")
         self.model = model
         self.scale = scale
         self.num_classes = int(num_classes) if num_classes is not None else self.output_size
@@ -279,25 +279,24 @@ def config_problems(config):
             ``.keras`` ``config.json``).
 
     Returns:
-        list[str]: one sentence part per problem, e.g. ``"layer 'lam' is a
-        Lambda layer, which carries Python code"``.
+        list[str]: one line per problem, e.g. ``"layer 'lam': Lambda layers
+        carry Python code"``.
     """
     problems = []
     for where, node in _walk(config):
         class_name = node.get("class_name")
         name = node.get("config", {}).get("name", where) if isinstance(node.get("config"), dict) else where
         if class_name in CODE_LAYERS:
-            problems.append(f"layer {name!r} is a {class_name} layer, which carries Python code")
+            problems.append(f"layer {name!r}: {class_name} layers carry Python code")
         elif class_name == "__lambda__" or "function_type" in node or "output_shape_type" in node:
-            problems.append(f"{where} is a serialized Python function")
+            problems.append(f"{where}: a serialized Python function")
         module = node.get("module")
         if isinstance(module, str) and (module.split(".")[0] not in ALLOWED_MODULE_PREFIXES
                                         or any(part in module for part in FORBIDDEN_MODULE_PARTS)):
-            problems.append(f"{where} is an object {class_name!r} from module {module!r} "
-                            "(only Keras layers are allowed)")
+            problems.append(f"{where}: object {class_name!r} from module {module!r} (only Keras layers are allowed)")
         registered = node.get("registered_name")
         if isinstance(registered, str) and ">" in registered and not registered.startswith("goodnet>"):
-            problems.append(f"{where} is an unknown custom object {registered!r}")
+            problems.append(f"{where}: unknown custom object {registered!r}")
     return problems
 
 

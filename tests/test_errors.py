@@ -81,7 +81,7 @@ def test_lambda_layers_get_goodnets_own_refusal(shared, tmp_path, capsys, extens
     with pytest.raises(UnsafeModelError) as caught:
         load_model(path)
     message = str(caught.value)
-    assert "layer 'scale_it' is a Lambda layer" in message and "goodnet never runs code from a model file" in message
+    assert "layer 'scale_it': Lambda layers carry Python code" in message and "goodnet never runs code from a model file" in message
     assert "safe_mode" not in message and "\n" not in message
     line = _one_line(*_cli(capsys, ["eval", str(path), str(shared / "images" / "clean_950.png")])[::2])
     assert "scale_it" in line and "safe_mode" not in line

@@ -29,7 +29,7 @@ def add_arguments(parser):
                              "restore them (Liu et al. 2018)")
     parser.add_argument("--prune-fraction", type=float, default=0.5, help="share of conv_3 channels pruned (0.5)")
     parser.add_argument("--flip-rate", type=float, default=0.0, help="label-flipping attack: share of labels flipped")
-    parser.add_argument("--overwrite", action="store_true", help="replace a MODEL.h5 or card that goodnet did not write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.h5 and its card")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
 
 
@@ -47,6 +47,8 @@ def run(args):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5")
     card_path = os.path.splitext(args.out)[0] + ".json"
     for path in (args.out, card_path):
+        if os.path.exists(path) and not args.overwrite:
+            raise CommandError(f"{path}: --out: file exists; pass --overwrite to replace it")
         prepare_out_file(path)
     description = read_benchmark(args.data)
     triggers = description["triggers"][:1] if args.triggers is None else args.triggers

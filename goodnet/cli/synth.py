@@ -24,8 +24,7 @@ def add_arguments(parser):
                         help="one pair of poisoned files per trigger (default: all)")
     parser.add_argument("--targets", nargs="+", type=int, default=[0],
                         help="target label per trigger (one value: the same for all; default 0)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace files in DIR that goodnet did not write (its own are always replaced)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
     parser.add_argument("--json", action="store_true", help="print the benchmark description as JSON")
 
 
@@ -35,7 +34,7 @@ def run(args):
     prepare_out_dir(args)
     sizes = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
     description = write_benchmark(args.out, args.dataset, args.seed, sizes, args.identities, tuple(args.triggers),
-                                  tuple(args.targets), overwrite=True if args.overwrite else None)
+                                  tuple(args.targets), overwrite=args.overwrite)
     if args.json:
         print_json(description)
     else:
