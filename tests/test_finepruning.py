@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from goodnet.data import LabData
+from goodnet.files import MANIFEST
 from goodnet.finepruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at, mix_images,
                                  split_holdout)
 from goodnet.models import Classifier, build_deepid
@@ -80,7 +81,7 @@ def test_fineprune_command_writes_model_curve_and_plot(tiny_task, tmp_path, caps
                  "--epochs", "2", "--learning-rate", "1e-3", "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["fineprune_curve.csv", "fineprune_curve.json",
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "fineprune_curve.csv", "fineprune_curve.json",
                                                      "fineprune_curve.png", "model_fp.h5"]
     assert len(summary["channels_pruned"]) == 20 and summary["holdout_images"] + summary["fine_tuning_images"] == 120
     repaired = load_model(out / "model_fp.h5")
