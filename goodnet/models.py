@@ -549,9 +549,12 @@ def _silence_keras_save_warnings():
 def save_model(classifier, path, protect=(), overwrite=None):
     """Save a Classifier atomically as legacy ``.h5`` (default) or ``.keras``.
 
-    The file opens with plain ``keras.models.load_model`` (no goodnet needed,
-    unless it holds goodnet's own layers); goodnet also records the input
-    scaling and class count in it.
+    A ``.h5`` of Keras built-in layers is written in the Keras 2 dialect (see
+    :mod:`goodnet.keras2`): it opens with a bare ``load_model`` in Keras 2
+    (tf-keras) and in Keras 3. A ``.h5`` holding goodnet's own layers (a
+    GoodNet) opens in Keras 3 with ``goodnet.layers`` (``goodnet export``
+    writes it for Keras 2); ``.keras`` opens in Keras 3. goodnet also
+    records the input scaling and class count in the file.
 
     Args:
         classifier: the :class:`Classifier` to save.
@@ -575,12 +578,15 @@ def save_model(classifier, path, protect=(), overwrite=None):
     metadata = {"scale": classifier.scale, "num_classes": classifier.num_classes}
     _silence_keras_save_warnings()
     with atomic_write(path, overwrite=overwrite, protect=protect) as temporary:
-        classifier.model.save(temporary)
         if path.endswith(".h5"):
+            from goodnet.keras2 import save_h5
+
+            save_h5(classifier.model, temporary, where=path)
             with h5py.File(temporary, "a") as handle:
                 for key, attribute in METADATA_ATTRIBUTES.items():
                     handle.attrs[attribute] = metadata[key]
         else:
+            classifier.model.save(temporary)
             with zipfile.ZipFile(temporary, "a") as archive:
                 archive.writestr(KERAS_METADATA_ENTRY, json.dumps(metadata))
     return path
