@@ -41,11 +41,13 @@ preferred. Without them, the first eligible one in the order of
 triggers first). If none is eligible, the same ranking is applied to every
 competing candidate and the report says that the bounds were relaxed.
 
-STRIP is calibrated on the tune part at a target FRR (``frr``, default 0.5 %)
-a quarter of the hold-out bound ``max_frr`` (2 %): the threshold is a low
-quantile of a few hundred tune entropies and the bound is checked on a few
-hundred hold-out images, so a target at the bound itself would exclude a good
-STRIP gate by sampling noise alone.
+STRIP is calibrated on the tune part at the target FRR ``frr`` (default 1 %,
+STRIP's own default) with its certified threshold (``threshold_method``, see
+:func:`goodnet.strip.calibrate`): the threshold's FRR is at most ``frr`` with
+probability ``confidence`` (95 %), so the gate's FRR stays well within the
+hold-out bound ``max_frr`` (2 %) instead of missing it by the sampling noise of
+a low quantile of a few hundred tune entropies. The report records the
+calibration (``report["strip"]["calibration"]``).
 
 Every candidate's answers are derived from shared components (the answers of
 B, B'_X and FP and the STRIP entropies under B, computed once per image set);
@@ -62,6 +64,7 @@ import numpy as np
 from goodnet.finepruning import RECIPE_DEFAULTS, FinePruning, split_holdout
 from goodnet.inference import Execution
 from goodnet.metrics import score_predictions
+from goodnet.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD
 
 logger = logging.getLogger(__name__)
 
@@ -258,8 +261,9 @@ class RepairOptions:
     copies: int = 100
     blend: str = "alpha"
     alpha: float = 0.5
-    threshold_method: str = "quantile"
-    frr: float = 0.005
+    threshold_method: str = DEFAULT_THRESHOLD_METHOD
+    frr: float = DEFAULT_FRR
+    confidence: float = DEFAULT_CONFIDENCE
     max_accuracy_drop: float = 3.0
     max_frr: float = 0.02
     tie_margin: float = 2.0
@@ -326,7 +330,8 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
 
     # 3. STRIP on B, calibrated on the tune part (fixed draws: the model files are deterministic).
     strip = STRIP(classifier, copies=options.copies, blend=options.blend, alpha=options.alpha, draws="fixed",
-                  threshold_method=options.threshold_method, frr=options.frr, seed=options.seed,
+                  threshold_method=options.threshold_method, frr=options.frr, confidence=options.confidence,
+                  seed=options.seed,
                   progress=progress).fit(tune.images)
 
     # 4. Every candidate's hold-out validation figures, from shared components.
@@ -352,7 +357,8 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
               "fine_pruning": {"channels_pruned": [int(c) for c in channels], "best_epoch": fine.best_epoch_,
                                "recipe": fine.recipe(),
                                "curve": fine.curve_rows(poisoned_names)},
-              "strip": {"threshold": strip.threshold_, "copies": options.copies, "blend": options.blend,
+              "strip": {"threshold": strip.threshold_, "calibration": strip.calibration_.describe(),
+                        "copies": options.copies, "blend": options.blend,
                         "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,
                         "holdout_entropies": valid_clean[1].entropy.tolist(),
                         "poisoned_entropies": {name: components.entropy.tolist()
@@ -462,7 +468,9 @@ def report_markdown(report):
              f"calibrate STRIP; {split['holdout_images']} held out for early stopping, the figures below and the "
              "choice. Test data (if any) was read once, after the choice.", "",
              f"STRIP on B: {report['strip']['copies']} copies ({report['strip']['blend']} blend), threshold "
-             f"{report['strip']['threshold']:.4f} bits at target FRR {report['options']['frr']:g}.", "",
+             f"{report['strip']['threshold']:.4f} bits at target FRR {report['options']['frr']:g} "
+             f"({report['options']['threshold_method']} threshold: {report['strip']['calibration']['summary']}).",
+             "",
              "## Candidates", ""]
     lines += [f"- `{c.name}`: {c.description}" for c in candidates]
     lines += ["", "## Validation (hold-out clean part; poisoned validation files)", ""]

@@ -275,8 +275,9 @@ def test_repair_command_end_to_end(badnet, tmp_path, capsys):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["options"]["tie_margin"] == 1.5 and report["options"]["optimizer"] == "adam"
-    # End-to-end defaults: STRIP calibrated at a quarter of --max-frr's default, STRIP-gated choice.
-    assert report["options"]["frr"] == 0.005 and report["options"]["gate"] == "strip"
+    # End-to-end defaults: STRIP's own target FRR and certified threshold (no lower target needed), STRIP-gated choice.
+    assert report["options"]["frr"] == 0.01 and report["options"]["gate"] == "strip"
+    assert report["options"]["threshold_method"] == "certified" == report["strip"]["calibration"]["method"]
     assert Candidate(**next(c for c in report["candidates"] if c["name"] == report["chosen"])).strip_gated
     assert report["fine_pruning"]["recipe"]["schedule"] == "constant" and "within 1.5 points" in payload["choice_rule"]
     for key in ("clean_accuracy", "attack_success_rate", "detection_rate", "false_rejection_rate"):

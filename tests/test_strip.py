@@ -6,7 +6,7 @@ import statistics
 import numpy as np
 import pytest
 
-from goodnet.strip import STRIP, entropy_reference, evaluate_strip, threshold_for
+from goodnet.strip import STRIP, entropy_reference, evaluate_strip, frr_bounds, threshold_for
 from strip_helpers import add_trigger, synthetic_faces, tiny_network, train_tiny_badnet
 
 
@@ -79,6 +79,144 @@ def test_threshold_methods_match_references():
     assert threshold_for(values, 0.01, "quantile") == pytest.approx(np.sort(values)[int(0.01 * 999)], abs=0.02)
     with pytest.raises(ValueError, match="threshold_method"):
         threshold_for(values, 0.01, "mean")
+
+
+def _reference_rank(n, frr, confidence):
+    """Slow and obvious: the largest k whose order statistic's FRR, Beta(k, n + 1 - k), is <= frr w.p. confidence."""
+    from scipy.stats import beta
+
+    best = 0
+    for k in range(1, n + 1):
+        if beta.cdf(frr, k, n + 1 - k) >= confidence:
+            best = k
+    return best
+
+
+def _plain_binomial_tail(n, frr, k):
+    """P(Binomial(n, frr) >= k) summed term by term (plain math)."""
+    import math
+
+    return 1.0 - sum(math.comb(n, j) * frr ** j * (1 - frr) ** (n - j) for j in range(k))
+
+
+@pytest.mark.parametrize("n, frr, confidence", [(350, 0.01, 0.95), (500, 0.01, 0.95), (900, 0.005, 0.95),
+                                                (1000, 0.01, 0.9), (2000, 0.02, 0.99), (120, 0.05, 0.8),
+                                                (350, 0.005, 0.95), (10, 0.01, 0.95)])
+def test_certified_rank_and_threshold_match_a_slow_reference(n, frr, confidence):
+    from goodnet.strip import calibrate, certified_rank
+
+    expected = _reference_rank(n, frr, confidence)
+    assert certified_rank(n, frr, confidence) == expected
+    if expected:
+        assert _plain_binomial_tail(n, frr, expected) >= confidence > _plain_binomial_tail(n, frr, expected + 1)
+    values = np.random.default_rng(n).gamma(3.0, 1.0, n)
+    calibration = calibrate(values, frr, "certified", confidence)
+    assert calibration.threshold == np.sort(values)[max(expected, 1) - 1]
+    assert calibration.rank == max(expected, 1) and calibration.rejected == max(expected, 1) - 1
+    assert calibration.certified == (expected > 0)
+    if expected:   # the certificate: the FRR's Beta(k, n + 1 - k) quantile at the confidence is within the target
+        from scipy.stats import beta
+
+        assert calibration.frr_upper_bound == pytest.approx(beta.ppf(confidence, expected, n + 1 - expected))
+        assert calibration.frr_upper_bound <= frr
+    assert threshold_for(values, frr, "certified", confidence) == calibration.threshold
+
+
+def test_calibration_size_needed_and_bounds_match_references():
+    from scipy.stats import beta
+
+    from goodnet.strip import calibration_size_needed, frr_bounds
+
+    for frr, confidence in [(0.01, 0.95), (0.005, 0.95), (0.02, 0.9), (0.05, 0.99)]:
+        # k = 1 (the smallest entropy) is the last rank to certify the target as n falls
+        needed = next(n for n in range(1, 5000) if beta.cdf(frr, 1, n) >= confidence)
+        assert calibration_size_needed(frr, confidence) == needed
+    assert (calibration_size_needed(0.01), calibration_size_needed(0.005)) == (299, 598)
+    upper, (lower, upper_two) = frr_bounds(3, 400, 0.95)
+    assert upper == pytest.approx(beta.ppf(0.95, 4, 397)) and lower == pytest.approx(beta.ppf(0.025, 3, 398))
+    assert upper_two == pytest.approx(beta.ppf(0.975, 4, 397)) and lower < 3 / 400 < upper < upper_two
+    assert frr_bounds(0, 50)[1][0] == 0.0 and frr_bounds(50, 50)[0] == 1.0
+    with pytest.raises(ValueError, match="rejected"):
+        frr_bounds(5, 4)
+
+
+@pytest.mark.parametrize("n", [350, 1000])
+def test_certified_threshold_keeps_the_true_frr_within_the_target_with_the_confidence(n):
+    """Entropies from a known left-skewed law: over many calibration sets, the share whose true FRR exceeds the
+    target is at most 1 - confidence (up to sampling slack); the paper's normal fit and the plain quantile miss."""
+    from scipy.stats import skewnorm
+
+    from goodnet.strip import calibrate
+
+    law = skewnorm(-5.0, loc=2.5, scale=0.6)   # a long low tail, like STRIP entropies
+    sets, frr, confidence = 1000, 0.01, 0.95
+    draws = law.rvs(size=(sets, n), random_state=np.random.default_rng(n))
+    true = {method: law.cdf([calibrate(values, frr, method, confidence).threshold for values in draws])
+            for method in ("certified", "normal", "quantile")}
+    slack = 3 * np.sqrt((1 - confidence) * confidence / sets)
+    assert np.mean(true["certified"] > frr) <= 1 - confidence + slack
+    assert np.mean(true["certified"]) > 0.2 * frr, "the certificate is not a trivially low threshold"
+    assert np.mean(true["quantile"] > frr) > 0.3          # the plain quantile misses about half the time
+    assert np.mean(true["normal"] > frr) > 0.5            # the normal fit ignores the skew
+
+
+def test_too_small_calibration_set_warns_and_says_what_n_is_needed(caplog):
+    import logging
+
+    from goodnet.strip import calibrate
+
+    values = np.random.default_rng(2).gamma(3.0, 1.0, 298)
+    with caplog.at_level(logging.WARNING, logger="goodnet.strip"):
+        small = calibrate(values, 0.01, "certified", 0.95)
+    assert not small.certified and small.too_small and small.n_needed == 299
+    assert small.threshold == values.min() and small.rank == 1
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "298" in warnings[0] and "at least 299" in warnings[0]
+    assert small.describe()["warning"] == warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="goodnet.strip"):
+        enough = calibrate(np.append(values, 9.0), 0.01, "certified", 0.95)
+    assert enough.certified and not enough.too_small and enough.describe()["warning"] is None
+    assert not [record for record in caplog.records if record.levelno == logging.WARNING]
+
+
+def test_defaults_are_written_once(monkeypatch):
+    """STRIP, calibrate, RepairOptions and both CLIs take the target FRR, method and confidence from goodnet.strip."""
+    import argparse
+    import inspect
+
+    import goodnet.cli.repair
+    import goodnet.cli.strip
+    import goodnet.strip
+    from goodnet.repair import RepairOptions
+    from goodnet.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, calibrate
+
+    expected = {"frr": DEFAULT_FRR, "confidence": DEFAULT_CONFIDENCE, "threshold_method": DEFAULT_THRESHOLD_METHOD}
+    assert DEFAULT_THRESHOLD_METHOD == "certified" and DEFAULT_FRR == 0.01
+    signature = inspect.signature(STRIP).parameters
+    assert {name: signature[name].default for name in expected} == expected
+    signature = inspect.signature(calibrate).parameters
+    assert (signature["frr"].default, signature["method"].default, signature["confidence"].default) == \
+        (DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, DEFAULT_CONFIDENCE)
+    options = RepairOptions()
+    assert {name: getattr(options, name) for name in expected} == expected
+
+    def parsed(module, argv):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return parser.parse_args(argv)
+
+    monkeypatch.setattr(goodnet.strip, "DEFAULT_FRR", 0.037)
+    monkeypatch.setattr(goodnet.strip, "DEFAULT_CONFIDENCE", 0.83)
+    monkeypatch.setattr(goodnet.strip, "DEFAULT_THRESHOLD_METHOD", "quantile")
+    args = parsed(goodnet.cli.strip, ["--model", "m.h5", "--valid", "v.h5"])
+    assert (args.frr, args.confidence, args.threshold) == (0.037, 0.83, "quantile")
+    monkeypatch.setattr(RepairOptions, "frr", 0.041)
+    monkeypatch.setattr(RepairOptions, "confidence", 0.87)
+    monkeypatch.setattr(RepairOptions, "threshold_method", "normal")
+    for argv in (["b.h5", "--valid", "v.h5", "--out", "dir"], ["b.h5", "--repaired", "p.h5", "--out", "g.h5"]):
+        args = parsed(goodnet.cli.repair, argv)   # one default for both forms of repair
+        assert (args.frr, args.confidence, args.threshold) == (0.041, 0.87, "normal")
 
 
 def test_strip_detects_the_tiny_trigger(tiny_badnet, tiny_data):
@@ -243,10 +381,24 @@ def test_strip_cli_reports_frr_far_json_and_plot(tmp_path, make_lab_file, capsys
     assert far == pytest.approx(1 - report["poisoned"][0]["detection_rate"])
     assert report["copies"] == 8 and report["plot"] == str(plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The calibration: 80 clean validation entropies (120 less the bank of 40), certified at 5 %, with its bounds.
+    calibration = report["calibration"]
+    assert report["threshold_method"] == calibration["method"] == "certified"
+    assert calibration["n"] == 80 and calibration["confidence"] == 0.95 and calibration["target_frr"] == 0.05
+    assert calibration["certified"] and calibration["warning"] is None and calibration["n_needed"] == 59
+    upper, interval = frr_bounds(calibration["rejected"], 80, 0.95)
+    assert calibration["frr_upper_bound"] == pytest.approx(upper) and upper <= 0.05
+    assert calibration["frr_interval"] == pytest.approx(list(interval))
+    assert calibration["frr_interval"][0] <= report["valid_false_rejection_rate"] <= calibration["frr_interval"][1]
     code = main(["strip", "--model", str(model_path), "--valid", str(valid), "--test", str(test),
                  "--copies", "8", "--bank-size", "40", "--no-plot", "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0 and "False Rejection Rate" in text
+    assert "Calibration: 0 of 80 clean calibration inputs below the threshold; FRR 95 % interval" in text
+    # At the default 1 % target, 80 entropies are too few: the report says so and how many would do.
+    assert "Warning: STRIP calibration: 80 clean entropies cannot certify FRR <= 1 %" in text and "299" in text
+    code = main(["strip", "--model", str(model_path), "--valid", str(valid), "--confidence", "1.5", "--no-plot"])
+    assert code == 2 and "--confidence" in capsys.readouterr().err
 
 
 def test_strip_cli_bad_input_is_one_line(tmp_path, make_lab_file, capsys):

@@ -29,6 +29,7 @@ HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or co
 
 def add_arguments(parser):
     from goodnet.repair import GATES, RepairOptions
+    from goodnet.strip import THRESHOLD_METHODS
 
     parser.add_argument("model", metavar="BADNET", help="the BadNet B (.h5 or .keras)")
     parser.add_argument("--repaired", metavar="BPRIME",
@@ -64,17 +65,19 @@ def add_arguments(parser):
     strip = parser.add_argument_group("STRIP gate (--strip)")
     strip.add_argument("--strip", action="store_true", help="also answer N for inputs STRIP flags as trojaned")
     strip.add_argument("--copies", type=positive, default=100, help="perturbed copies per input (default 100)")
-    strip.add_argument("--frr", type=float, default=None,
-                       help="target false rejection rate (default: 0.01 in the combine form; 0.005 in the "
-                            "end-to-end form, a quarter of --max-frr so that sampling noise does not exclude the "
-                            "STRIP gate)")
+    strip.add_argument("--frr", type=float, default=RepairOptions.frr,
+                       help=f"target false rejection rate of STRIP (default {RepairOptions.frr:g}, both forms)")
+    strip.add_argument("--confidence", type=float, default=RepairOptions.confidence,
+                       help="probability that the certified threshold's FRR is at most --frr; level of the "
+                            f"reported FRR bounds (default {RepairOptions.confidence:g})")
     strip.add_argument("--blend", choices=("add", "alpha"), default=None,
                        help="superimposition (default: add in the combine form, as in the paper; alpha in the "
                             "end-to-end form, since adding saturates face images to white)")
     strip.add_argument("--alpha", type=float, default=0.5, help="bank weight for --blend alpha")
-    strip.add_argument("--threshold", choices=("normal", "quantile"), default=None,
-                       help="threshold: normal fit (the paper; combine form default) or empirical quantile "
-                            "(end-to-end default)")
+    strip.add_argument("--threshold", choices=THRESHOLD_METHODS, default=RepairOptions.threshold_method,
+                       help="threshold: certified (its FRR is at most --frr with probability --confidence), "
+                            "normal fit (the paper) or empirical quantile "
+                            f"(default {RepairOptions.threshold_method}, both forms)")
     strip.add_argument("--bank-size", type=positive, default=None,
                        help="clean images of --valid held out as the bank (default: half, at most 1000)")
     strip.add_argument("--seed", type=int, default=0, help="seed of the bank and its draws")
@@ -112,17 +115,20 @@ def _check_end_to_end(args):
         raise CommandError(f"{args.out}: --out: expected a folder for the end-to-end form, found a file")
     if args.poisoned_test and not args.test:
         raise CommandError("--poisoned-test: expected --test CLEAN_TEST.h5 as well")
-    if args.frr is None:
-        from goodnet.repair import RepairOptions
-
-        args.frr = RepairOptions.frr
-    if not 0.0 < args.frr < 1.0:
-        raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
+    _check_strip_rates(args)
     if not 0.0 < args.holdout < 1.0:
         raise CommandError(f"--holdout: expected a share in (0, 1), got {args.holdout}")
     for value in list(args.drops) + [args.fineprune_drop]:
         if not value > 0:
             raise CommandError(f"--drops/--fineprune-drop: expected accuracy drops above 0 points, got {value:g}")
+
+
+def _check_strip_rates(args):
+    """One-line errors unless --frr and --confidence are in (0, 1) (both forms)."""
+    if not 0.0 < args.frr < 1.0:
+        raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
+    if not 0.0 < args.confidence < 1.0:
+        raise CommandError(f"--confidence: expected a probability in (0, 1), got {args.confidence}")
 
 
 def _whole(value):
@@ -159,7 +165,7 @@ def _end_to_end(args):
                             fineprune_drop=_whole(args.fineprune_drop), holdout_fraction=args.holdout,
                             **recipe_from_args(args),
                             copies=args.copies, blend=args.blend or "alpha", alpha=args.alpha,
-                            threshold_method=args.threshold or "quantile", frr=args.frr,
+                            threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,
                             max_accuracy_drop=args.max_accuracy_drop, max_frr=args.max_frr,
                             tie_margin=args.tie_margin, gate=args.gate, seed=args.seed)
     inputs = [args.model, args.valid, *args.poisoned_valid] + ([args.test] if args.test else []) + args.poisoned_test
@@ -183,14 +189,11 @@ def _end_to_end(args):
 
 def run_combine(args):
     args.blend = args.blend or "add"
-    args.threshold = args.threshold or "normal"
-    args.frr = 0.01 if args.frr is None else args.frr
     if not args.out.endswith((".h5", ".keras")):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5 or .keras")
     if args.strip and not args.valid:
         raise CommandError("--strip: expected --valid CLEAN.h5 (the bank and the threshold come from it)")
-    if not 0.0 < args.frr < 1.0:
-        raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
+    _check_strip_rates(args)
     execution = execution_from_args(args)
     if not args.strip and (execution.precision != "float32" or int(execution.devices or 1) > 1
                            or execution.jit_compile):
@@ -215,11 +218,13 @@ def _combine(args):
         _, execution_report = configure_execution(args, bad, valid)
         report.update(execution_report)
         strip = STRIP(bad, copies=args.copies, blend=args.blend, alpha=args.alpha, draws="fixed",
-                      threshold_method=args.threshold, frr=args.frr, bank_size=args.bank_size, seed=args.seed,
+                      threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,
+                      bank_size=args.bank_size, seed=args.seed,
                       progress=False if args.no_progress else None).fit(valid.images)
         goodnet = build_gated_goodnet(bad, repaired, strip)
         report.update({"copies": args.copies, "blend": args.blend, "threshold": strip.threshold_,
                        "threshold_method": args.threshold, "target_frr": args.frr,
+                       "calibration": strip.calibration_.describe(),
                        "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_})
     else:
         goodnet = build_goodnet(bad, repaired)
@@ -230,6 +235,7 @@ def _combine(args):
         kind = "STRIP-gated GoodNet" if args.strip else "GoodNet"
         print(f"{kind} written to {args.out} ({bad.num_classes} classes + 'poisoned' = {bad.num_classes})")
         if args.strip:
-            print(f"STRIP threshold: {strip.threshold_:.6f} bits ({args.copies} copies, {args.blend} blend)")
+            print(f"STRIP threshold: {strip.threshold_:.6f} bits ({args.copies} copies, {args.blend} blend, "
+                  f"{args.threshold}: {strip.calibration_.summary()})")
             print("\n".join(execution_lines(report)))
     return 0

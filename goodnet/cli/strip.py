@@ -1,9 +1,11 @@
 """``goodnet strip`` / ``python strip.py``: STRIP run-time trojan detection on a model.
 
 ``strip.py --model M --valid V --test T --poisoned-test BT [BT ...] --frr 0.01``
-holds out a clean bank from V, learns the threshold on the rest of V, then
-reports the false rejection rate on T and the false acceptance rate (poisoned
-inputs not flagged) on each BT, and writes a histogram PNG of the entropies.
+holds out a clean bank from V, learns the threshold on the rest of V (by
+default certified: its FRR is at most --frr with probability --confidence),
+reports the calibration's FRR bounds, then the false rejection rate on T and
+the false acceptance rate (poisoned inputs not flagged) on each BT, and writes
+a histogram PNG of the entropies.
 T and BT are read batch by batch (memory stays bounded); V is read into memory.
 """
 
@@ -16,18 +18,26 @@ HELP = "STRIP: detect trojaned inputs at run time (FRR on clean test data, FAR o
 
 
 def add_arguments(parser):
+    from goodnet.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
+
     parser.add_argument("--model", required=True, help="the model to watch (the BadNet), .h5 or .keras")
     parser.add_argument("--valid", required=True, help="clean validation file: the bank and the threshold")
     parser.add_argument("--test", help="clean test file: false rejection rate")
     parser.add_argument("--poisoned-test", nargs="+", action="extend", default=[], metavar="FILE",
                         help="poisoned test file(s): false acceptance rate of each")
-    parser.add_argument("--frr", type=float, default=0.01, help="target false rejection rate (default 0.01)")
+    parser.add_argument("--frr", type=float, default=DEFAULT_FRR,
+                        help=f"target false rejection rate (default {DEFAULT_FRR:g})")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="probability that the certified threshold's FRR is at most --frr; level of the "
+                             f"reported FRR bounds (default {DEFAULT_CONFIDENCE:g})")
     parser.add_argument("--copies", type=positive, default=100, help="perturbed copies per input (default 100)")
     parser.add_argument("--blend", choices=("add", "alpha"), default="add",
                         help="superimposition: add (the paper's additive, saturated) or alpha blend")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the bank image for --blend alpha")
-    parser.add_argument("--threshold", choices=("normal", "quantile"), default="normal",
-                        help="threshold from a normal fit (the paper) or the empirical quantile")
+    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default=DEFAULT_THRESHOLD_METHOD,
+                        help="certified: the order statistic of the clean entropies whose FRR is at most --frr "
+                             "with probability --confidence; normal: a normal fit (the paper); quantile: the "
+                             f"empirical quantile (default {DEFAULT_THRESHOLD_METHOD})")
     parser.add_argument("--draws", choices=("random", "fixed"), default="random",
                         help="random bank images per input (the paper) or the same ones for every input")
     parser.add_argument("--bank-size", type=positive, default=None,
@@ -55,6 +65,8 @@ def run(args):
 
     if not 0.0 < args.frr < 1.0:
         raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
+    if not 0.0 < args.confidence < 1.0:
+        raise CommandError(f"--confidence: expected a probability in (0, 1), got {args.confidence}")
     if args.strip_precision != "float32" and args.precision != "float32":
         raise CommandError(f"--strip-precision {args.strip_precision} and --precision {args.precision} are two "
                            "ways to reduce precision; choose one")
@@ -85,14 +97,16 @@ def _detect(args, classifier, valid, test, poisoned, execution_report):
     from goodnet.strip import STRIP
 
     strip = STRIP(classifier, copies=args.copies, blend=args.blend, alpha=args.alpha, draws=args.draws,
-                  threshold_method=args.threshold, frr=args.frr, bank_size=args.bank_size, seed=args.seed,
+                  threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,
+                  bank_size=args.bank_size, seed=args.seed,
                   memory_mb=args.memory_mb, early_stop=args.early_stop, early_copies=args.early_copies,
                   precision=args.strip_precision,
                   progress=False if args.no_progress else None)
     strip.fit(valid.images)
     report = {"model": args.model, "scale": classifier.scale, "valid": args.valid, "bank_size": len(strip.bank_),
               "threshold": strip.threshold_, "threshold_method": args.threshold, "target_frr": args.frr,
-              "copies": args.copies, "blend": args.blend, "draws": args.draws,
+              "calibration": strip.calibration_.describe(), "copies": args.copies, "blend": args.blend,
+              "draws": args.draws,
               "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,
               "valid_false_rejection_rate": float(np.mean(strip.clean_entropies_ < strip.threshold_))}
     report.update(execution_report)
@@ -126,9 +140,12 @@ def _detect(args, classifier, valid, test, poisoned, execution_report):
 
 
 def _lines(report):
-    lines = [f"Threshold: {report['threshold']:.6f} bits ({report['threshold_method']} fit, target FRR "
+    lines = [f"Threshold: {report['threshold']:.6f} bits ({report['threshold_method']}, target FRR "
              f"{report['target_frr'] * 100:g} %, {report['copies']} copies, {report['blend']} blend)",
+             f"Calibration: {report['calibration']['summary']}",
              f"Clean validation entropy: {report['clean_entropy_mean']:.4f} +- {report['clean_entropy_std']:.4f}"]
+    if report["calibration"]["warning"]:
+        lines.append(f"Warning: {report['calibration']['warning']}")
     if "false_rejection_rate" in report:
         lines.append(f"False Rejection Rate: {report['false_rejection_rate'] * 100}")
     for entry in report.get("poisoned", []):
