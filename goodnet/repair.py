@@ -61,6 +61,7 @@ import os
 
 import numpy as np
 
+from goodnet.errors import OptionError
 from goodnet.finepruning import RECIPE_DEFAULTS, FinePruning, split_holdout
 from goodnet.inference import Execution
 from goodnet.metrics import score_predictions
@@ -182,7 +183,7 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
         tuple: (chosen name, {name: reason it is not eligible}, rule used).
     """
     if gate not in GATES:
-        raise ValueError(f"gate: expected one of {GATES}, got {gate!r}")
+        raise OptionError(f"gate: expected one of {GATES}, got {gate!r}")
     baseline = figures["badnet"]["clean_accuracy"]
     reasons, eligible, competing = {}, [], []
     for candidate in candidates[1:]:

@@ -44,6 +44,7 @@ import statistics
 
 import numpy as np
 
+from goodnet.errors import OptionError
 from goodnet.inference import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def _images(images, name="images"):
     images = getattr(images, "images", images)
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
-        raise ValueError(f"{name}: expected images of shape (N, height, width, channels), got {images.shape}")
+        raise OptionError(f"{name}: expected images of shape (N, height, width, channels), got {images.shape}")
     return images
 
 
@@ -220,24 +221,24 @@ class STRIP:
     # -- parameters -----------------------------------------------------------------
     def _check_parameters(self):
         if int(self.copies) < 1:
-            raise ValueError(f"copies: expected a positive number of perturbed copies, got {self.copies}")
+            raise OptionError(f"copies: expected a positive number of perturbed copies, got {self.copies}")
         if self.blend not in BLENDS:
-            raise ValueError(f"blend: expected one of {BLENDS}, got {self.blend!r}")
+            raise OptionError(f"blend: expected one of {BLENDS}, got {self.blend!r}")
         if not 0.0 < float(self.alpha) < 1.0:
-            raise ValueError(f"alpha: expected a blend weight in (0, 1), got {self.alpha}")
+            raise OptionError(f"alpha: expected a blend weight in (0, 1), got {self.alpha}")
         if self.draws not in DRAWS:
-            raise ValueError(f"draws: expected one of {DRAWS}, got {self.draws!r}")
+            raise OptionError(f"draws: expected one of {DRAWS}, got {self.draws!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+            raise OptionError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.threshold_method not in THRESHOLD_METHODS:
-            raise ValueError(f"threshold_method: expected one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
+            raise OptionError(f"threshold_method: expected one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
         _check_rates(self.frr, self.confidence)
         if int(self.early_copies) < 1:
-            raise ValueError(f"early_copies: expected a positive number of copies per stage, got {self.early_copies}")
+            raise OptionError(f"early_copies: expected a positive number of copies per stage, got {self.early_copies}")
 
     def _check_fitted(self):
         if not hasattr(self, "threshold_"):
-            raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
+            raise OptionError("STRIP: not fitted: call fit(clean_validation_images) first")
 
     # -- the fast path --------------------------------------------------------------
     def _linear_split(self):
@@ -393,7 +394,7 @@ class STRIP:
             np.ndarray (K, M) float32.
         """
         if not hasattr(self, "bank_"):
-            raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
+            raise OptionError("STRIP: not fitted: call fit(clean_validation_images) first")
         images = _images(images)
         indices = np.asarray(indices, dtype=np.int32)
         with progress_bar(len(images) * indices.shape[1], description, self.progress, unit="copy") as bar:
@@ -471,17 +472,17 @@ class STRIP:
         if bank is None:
             size = self.bank_size_for(len(images))
             if len(images) - size < 2:
-                raise ValueError(f"images: expected more than {size + 1} clean images to hold out a bank of "
+                raise OptionError(f"images: expected more than {size + 1} clean images to hold out a bank of "
                                  f"{size} and fit the threshold, got {len(images)}")
             order = rng.permutation(len(images))
             bank, images = images[order[:size]], images[order[size:]]
         else:
             bank = _images(bank, "bank")
         if bank.shape[1:] != tuple(self.classifier.input_shape) or images.shape[1:] != bank.shape[1:]:
-            raise ValueError(f"images: expected shape (N,) + {tuple(self.classifier.input_shape)}, "
+            raise OptionError(f"images: expected shape (N,) + {tuple(self.classifier.input_shape)}, "
                              f"got {images.shape} and bank {bank.shape}")
         if len(bank) < int(self.copies):
-            raise ValueError(f"bank: expected at least copies={self.copies} clean images, got {len(bank)}")
+            raise OptionError(f"bank: expected at least copies={self.copies} clean images, got {len(bank)}")
         self._bank_tensor = None
         self._compiled = None
         self._network, self._strategy, self.execution_ = self._placed_network()
@@ -511,7 +512,7 @@ class STRIP:
 
         execution = Execution.of(self.classifier)
         if execution.precision != "float32" and self.precision != "float32":
-            raise ValueError(f"precision: STRIP's {self.precision} copy and the execution precision "
+            raise OptionError(f"precision: STRIP's {self.precision} copy and the execution precision "
                              f"{execution.precision} are two ways to reduce precision; choose one")
         network = self.classifier.model
         if self.precision == "bfloat16":
@@ -543,7 +544,7 @@ class STRIP:
             np.ndarray: float64 entropies, one per input.
         """
         if not hasattr(self, "bank_"):
-            raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
+            raise OptionError("STRIP: not fitted: call fit(clean_validation_images) first")
         draws = self._draws(seed)
         if not _is_stream(images):
             images = _images(images)
@@ -579,7 +580,7 @@ class STRIP:
         import copy
 
         if not hasattr(self, "bank_"):
-            raise ValueError("STRIP: not fitted: call fit(clean_validation_images) first")
+            raise OptionError("STRIP: not fitted: call fit(clean_validation_images) first")
         images = _images(images)
         twin = copy.copy(self)
         twin.precision = "float32"
@@ -678,9 +679,9 @@ class STRIP:
 def _check_rates(frr, confidence):
     """Raise ValueError unless ``frr`` and ``confidence`` are in (0, 1)."""
     if not 0.0 < float(frr) < 1.0:
-        raise ValueError(f"frr: expected a false rejection rate in (0, 1), got {frr}")
+        raise OptionError(f"frr: expected a false rejection rate in (0, 1), got {frr}")
     if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence: expected a probability in (0, 1), got {confidence}")
+        raise OptionError(f"confidence: expected a probability in (0, 1), got {confidence}")
 
 
 def certified_rank(n, frr, confidence=DEFAULT_CONFIDENCE):
@@ -752,7 +753,7 @@ def frr_bounds(rejected, n, confidence=DEFAULT_CONFIDENCE):
 
     rejected, n = int(rejected), int(n)
     if n < 1 or not 0 <= rejected <= n:
-        raise ValueError(f"rejected: expected 0..n rejections of n >= 1 clean inputs, got {rejected} of {n}")
+        raise OptionError(f"rejected: expected 0..n rejections of n >= 1 clean inputs, got {rejected} of {n}")
     tail = (1.0 - float(confidence)) / 2.0
     upper = 1.0 if rejected == n else float(betaincinv(rejected + 1, n - rejected, float(confidence)))
     lower = 0.0 if rejected == 0 else float(betaincinv(rejected, n - rejected + 1, tail))
@@ -853,18 +854,18 @@ def calibrate(clean_entropies, frr=DEFAULT_FRR, method=DEFAULT_THRESHOLD_METHOD,
         Calibration
     """
     if method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold_method: expected one of {THRESHOLD_METHODS}, got {method!r}")
+        raise OptionError(f"threshold_method: expected one of {THRESHOLD_METHODS}, got {method!r}")
     _check_rates(frr, confidence)
     values = np.asarray(clean_entropies, dtype=np.float64).ravel()
     if len(values) < 1 or not np.all(np.isfinite(values)):
-        raise ValueError(f"clean_entropies: expected at least one finite entropy, got {len(values)} values")
+        raise OptionError(f"clean_entropies: expected at least one finite entropy, got {len(values)} values")
     rank = None
     if method == "certified":
         rank = max(1, certified_rank(len(values), frr, confidence))
         threshold = float(np.partition(values, rank - 1)[rank - 1])
     elif method == "normal":
         if len(values) < 2:
-            raise ValueError(f"clean_entropies: the normal fit expects at least 2 entropies, got {len(values)}")
+            raise OptionError(f"clean_entropies: the normal fit expects at least 2 entropies, got {len(values)}")
         threshold = float(statistics.NormalDist(values.mean(), values.std(ddof=1)).inv_cdf(frr))
     else:
         threshold = float(np.quantile(values, frr))
