@@ -27,6 +27,9 @@ from goodnet.models import Classifier
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_IMAGES = 2048
+# Names of the layers of a GoodNet model (read back by goodnet_parts).
+BADNET_LAYER, REPAIRED_LAYER, SCALING_LAYER = "badnet", "repaired", "repaired_scaling"
+GATE_LAYER, COMBINER_LAYER = "strip_gate", "goodnet"
 
 
 def _check_pair(bad, repaired):
@@ -53,8 +56,8 @@ def _repaired_branch(inputs, bad, repaired):
 
     x = inputs
     if repaired.divisor != bad.divisor:
-        x = PixelScaling(bad.divisor, repaired.divisor, name="repaired_scaling")(x)
-    return _renamed(repaired.model, "repaired")(x)
+        x = PixelScaling(bad.divisor, repaired.divisor, name=SCALING_LAYER)(x)
+    return _renamed(repaired.model, REPAIRED_LAYER)(x)
 
 
 def build_goodnet(bad_classifier, repaired_classifier):
@@ -78,9 +81,9 @@ def build_goodnet(bad_classifier, repaired_classifier):
 
     _check_pair(bad_classifier, repaired_classifier)
     inputs = keras.Input(shape=bad_classifier.input_shape, name="input")
-    scores_bad = _renamed(bad_classifier.model, "badnet")(inputs)
+    scores_bad = _renamed(bad_classifier.model, BADNET_LAYER)(inputs)
     scores_repaired = _repaired_branch(inputs, bad_classifier, repaired_classifier)
-    outputs = GoodNetCombiner(bad_classifier.num_classes, name="goodnet")([scores_bad, scores_repaired])
+    outputs = GoodNetCombiner(bad_classifier.num_classes, name=COMBINER_LAYER)([scores_bad, scores_repaired])
     model = keras.Model(inputs, outputs, name="goodnet_model")
     return Classifier(model, bad_classifier.scale, bad_classifier.num_classes)
 
@@ -120,13 +123,13 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
         logger.warning("the STRIP estimator was fitted on another model than the BadNet given")
     bank = bad_classifier.scale_images(strip.fixed_bank_)
     inputs = keras.Input(shape=bad_classifier.input_shape, name="input")
-    gate = StripGate(_renamed(bad_classifier.model, "badnet"), bank.shape, blend=strip.blend, alpha=strip.alpha,
+    gate = StripGate(_renamed(bad_classifier.model, BADNET_LAYER), bank.shape, blend=strip.blend, alpha=strip.alpha,
                      maximum=255.0 / bad_classifier.divisor,
-                     chunk_inputs=max(1, chunk_images // len(bank)), name="strip_gate")
+                     chunk_inputs=max(1, chunk_images // len(bank)), name=GATE_LAYER)
     scores_bad, entropy = gate(inputs)
     gate.bank.assign(bank.astype(np.float32))
     scores_repaired = _repaired_branch(inputs, bad_classifier, repaired_classifier)
-    combiner = GoodNetCombiner(bad_classifier.num_classes, threshold=strip.threshold_, name="goodnet")
+    combiner = GoodNetCombiner(bad_classifier.num_classes, threshold=strip.threshold_, name=COMBINER_LAYER)
     answering = scores_bad if require_agreement else scores_repaired
     outputs = combiner([answering, scores_repaired, entropy])
     model = keras.Model(inputs, outputs, name="gated_goodnet_model")
@@ -137,5 +140,47 @@ def strip_entropy_model(gated_classifier):
     """A model mapping G's inputs to the STRIP entropies its gate computes (for reports)."""
     import keras
 
-    gate = gated_classifier.model.get_layer("strip_gate")
+    gate = gated_classifier.model.get_layer(GATE_LAYER)
     return keras.Model(gated_classifier.model.inputs, gate.output[1])
+
+
+def goodnet_parts(classifier):
+    """The parts of a GoodNet model (built here or loaded from a file), for export.
+
+    Args:
+        classifier: a :class:`goodnet.models.Classifier` of a GoodNet or gated GoodNet.
+
+    Returns:
+        dict: ``badnet`` and ``repaired`` (the two Keras networks), ``multiplier``
+        and ``divisor`` (what G applies to its inputs before B', 1.0 when
+        nothing), ``answer`` ("badnet" or "repaired": whose class G gives where
+        it keeps an input), ``num_classes``, and ``gate`` (None, or the
+        :class:`goodnet.layers.StripGate` layer holding the bank and STRIP settings)
+        and ``threshold`` (the STRIP entropy threshold, None without a gate).
+
+    Raises:
+        ModelError: the model is not a GoodNet built by this module.
+    """
+    from goodnet.errors import ModelError
+    from goodnet.layers import GoodNetCombiner, PixelScaling, StripGate
+
+    model, where = classifier.model, classifier.path or "model"
+    layers = {layer.name: layer for layer in model.layers}
+    combiner = layers.get(COMBINER_LAYER)
+    if not isinstance(combiner, GoodNetCombiner) or REPAIRED_LAYER not in layers:
+        raise ModelError(f"{where}: layer {COMBINER_LAYER}: expected a GoodNet model (a GoodNetCombiner named "
+                         f"{COMBINER_LAYER!r} and a network named {REPAIRED_LAYER!r}), got layers {sorted(layers)}")
+    gate = layers.get(GATE_LAYER)
+    if gate is not None and not isinstance(gate, StripGate):
+        raise ModelError(f"{where}: layer {GATE_LAYER}: expected a StripGate, got {type(gate).__name__}")
+    scaling = layers.get(SCALING_LAYER)
+    if scaling is not None and not isinstance(scaling, PixelScaling):
+        raise ModelError(f"{where}: layer {SCALING_LAYER}: expected a PixelScaling, got {type(scaling).__name__}")
+    entry = next(entry for entry in model.get_config()["layers"] if entry["name"] == COMBINER_LAYER)
+    first = entry["inbound_nodes"][0]["args"][0][0]["config"]["keras_history"][0]
+    return {"badnet": gate.network if gate is not None else layers[BADNET_LAYER],
+            "repaired": layers[REPAIRED_LAYER],
+            "multiplier": scaling.multiplier if scaling is not None else 1.0,
+            "divisor": scaling.divisor if scaling is not None else 1.0,
+            "answer": "repaired" if first == REPAIRED_LAYER else "badnet",
+            "num_classes": combiner.num_classes, "gate": gate, "threshold": combiner.threshold}

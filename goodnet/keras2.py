@@ -6,8 +6,8 @@ the legacy container: ``batch_shape`` input layers, ``DTypePolicy`` dtypes,
 and, for a compiled model, a Keras 3 training configuration and optimizer
 state. Keras 2 cannot rebuild that (``Unrecognized keyword arguments:
 ['batch_shape']``). This module writes instead the dialect of the lab's own
-files (``bd_net.h5``, Keras 2.3.1), which Keras 2.3 to 2.21 (tf-keras) and
-Keras 3 all read:
+files (``bd_net.h5``, written by Keras 2.3.1), which tf-keras 2.21 and Keras 3
+read (tested; for the DeepID the configuration is bd_net.h5's own):
 
 - ``model_config``: ``{"class_name": "Model", "config": {"name", "layers",
   "input_layers", "output_layers"}}``; each layer ``{"class_name", "config",
@@ -27,6 +27,11 @@ are for inference (``load_model`` then ``predict``). Keras 3 configuration
 keys that Keras 2 lacks are left out when they hold their default value, and
 refused otherwise, so a file that Keras 2 could not rebuild is never
 written.
+
+A GoodNet cannot be written so (see :data:`NESTED_MODELS` and
+:func:`export_goodnet`): :func:`save_h5` leaves it to Keras 3's writer, and
+:func:`export_goodnet` writes its two networks in this dialect with its gate
+in JSON.
 
 Example:
     >>> write_keras2_h5(build_deepid(10), "out/model.h5")
@@ -50,7 +55,8 @@ MODEL_CLASS = "Model"          # Keras 2.3 knows only "Model"; 2.4+ and Keras 3 
 # Keys Keras 3 writes that Keras 2.4+ understands but the Keras 2.3 dialect lacks: left out at these defaults.
 NEWER_KERAS2_DEFAULTS = {"ragged": False, "groups": 1, "synchronized": False, "renorm": False,
                          "renorm_clipping": None, "renorm_momentum": 0.99}
-# Keys only Keras 3 has: left out at these defaults, refused at any other value.
+# Keys Keras 2 does not take (of them tf-keras 2.21 knows only "optional"): left out at these defaults,
+# refused at any other value.
 KERAS3_ONLY_DEFAULTS = {"optional": False, "quantization_config": None, "input_axes": None, "output_axes": None,
                         "rms_scaling": False, "lora_rank": None, "lora_alpha": None}
 # Keys Keras 3 renamed, per class: Keras 3 name -> Keras 2 name.
@@ -61,6 +67,9 @@ MODEL_CLASSES = ("Functional", "Model", "Sequential")
 # loops forever; Keras 3 reports a disconnected graph), so no nested model file opens in both.
 NESTED_MODELS = "expected no nested model (Keras 2 and Keras 3 number its nodes differently)"
 DTYPE_POLICIES = ("DTypePolicy", "FloatDTypePolicy")
+# Policies written as their name. Not a mixed policy: Keras 2 writes it as {"class_name": "Policy", ...},
+# which Keras 3.15 fails to read (tried); not a quantized one: Keras 2 has none.
+PLAIN_DTYPES = ("float16", "bfloat16", "float32", "float64")
 KERAS_TENSOR = "__keras_tensor__"
 
 
@@ -113,10 +122,8 @@ class _Converter:
         return {"class_name": class_name, "config": config}
 
     def dtype(self, name, layer):
-        if "_from_" in name:
-            self.fail(layer, "dtype", f"expected a float or mixed dtype policy, got the quantized {name!r}")
-        if name.startswith("mixed_"):
-            return {"class_name": "Policy", "config": {"name": name}}
+        if name not in PLAIN_DTYPES:
+            self.fail(layer, "dtype", f"expected a plain dtype policy ({', '.join(PLAIN_DTYPES)}), got {name!r}")
         return name
 
     def config(self, class_name, config, layer):
@@ -281,6 +288,10 @@ def obstacle(model):
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     if nested:
         return f"layers {', '.join(nested)}: {NESTED_MODELS}", False
+    policies = [f"{layer.name} ({layer.dtype_policy.name})" for layer in model.layers
+                if layer.dtype_policy.name not in PLAIN_DTYPES]
+    if policies:
+        return f"layers {', '.join(policies)}: expected plain dtype policies ({', '.join(PLAIN_DTYPES)})", False
     return None
 
 
@@ -312,3 +323,83 @@ def save_h5(model, path, where=None):
                "%s: written in Keras 3's h5 dialect, which Keras 2 cannot open: %s", where, reason)
     model.save(path)
     return "keras3"
+
+
+EXPORT_FORMAT = "goodnet-export/1"
+EXPORT_FILES = {"badnet": "badnet.h5", "repaired": "repaired.h5", "bank": "strip_bank.npy", "spec": "gate.json"}
+
+
+def _scale_of(divisor, where, network):
+    from goodnet.models import SCALES
+
+    for name, value in SCALES.items():
+        if value == divisor:
+            return name
+    raise ModelError(f"{where}: layer {network}: input scaling: expected a divisor among "
+                     f"{sorted(SCALES.values())}, got {divisor!r}")
+
+
+def export_goodnet(classifier, out_dir, protect=()):
+    """Write a GoodNet (or gated GoodNet) as files a Keras 2 grader loads without goodnet.
+
+    goodnet's GoodNet file cannot open in Keras 2: its combiner and STRIP gate
+    are Keras 3 layers, and its two networks are nested models, whose node
+    numbering Keras 2 and Keras 3 do not share (see :data:`NESTED_MODELS`).
+    The export is therefore the two networks as plain Keras 2 dialect files
+    and the rest in ``gate.json`` (plus ``strip_bank.npy`` for a gated G);
+    the README's ``load_goodnet`` recombines them in Keras 2 or Keras 3 with
+    NumPy, answering as G does.
+
+    Args:
+        classifier: :class:`goodnet.models.Classifier` of the GoodNet.
+        out_dir: the folder to write ``badnet.h5``, ``repaired.h5``,
+            ``gate.json`` and, for a gated G, ``strip_bank.npy`` into.
+        protect: input paths never to overwrite.
+
+    Returns:
+        dict: ``files`` ({"badnet", "repaired", "spec"[, "bank"]: path}) and
+        ``spec`` (what ``gate.json`` holds).
+
+    Raises:
+        ModelError: the model is not a GoodNet, or a network cannot be
+        written in the Keras 2 dialect.
+
+    Example:
+        >>> export_goodnet(load_model("out/goodnet_X=10.h5"), "out/goodnet_X=10_keras2")
+    """
+    import os
+
+    import keras
+
+    from goodnet.files import atomic_write, write_text
+    from goodnet.goodnet import goodnet_parts
+    from goodnet.models import SCALES, Classifier, save_model
+
+    where = classifier.path or "model"
+    parts = goodnet_parts(classifier)
+    protect = tuple(protect) + ((classifier.path,) if classifier.path else ())
+    bad_divisor = SCALES[classifier.scale]
+    scales = {"badnet": classifier.scale,
+              "repaired": _scale_of(bad_divisor * parts["divisor"] / parts["multiplier"], where, "repaired")}
+    files = {}
+    for network in ("badnet", "repaired"):
+        found = obstacle(parts[network])
+        if found is not None:
+            raise ModelError(f"{where}: layer {network}: {found[0]}; expected a network of Keras built-in layers")
+        files[network] = save_model(Classifier(parts[network], scales[network], parts["num_classes"]),
+                                    os.path.join(out_dir, EXPORT_FILES[network]), protect=protect)
+    spec = {"format": EXPORT_FORMAT, "num_classes": parts["num_classes"], "input_scale": classifier.scale,
+            "badnet": EXPORT_FILES["badnet"], "repaired": EXPORT_FILES["repaired"],
+            "repaired_multiplier": parts["multiplier"], "repaired_divisor": parts["divisor"],
+            "answer": parts["answer"], "strip": None}
+    gate = parts["gate"]
+    if gate is not None:
+        spec["strip"] = {"bank": EXPORT_FILES["bank"], "threshold": parts["threshold"], "blend": gate.blend,
+                         "alpha": gate.alpha, "maximum": gate.maximum}
+        files["bank"] = os.path.join(out_dir, EXPORT_FILES["bank"])
+        with atomic_write(files["bank"], protect=protect) as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, keras.ops.convert_to_numpy(gate.bank).astype(np.float32))
+    files["spec"] = write_text(os.path.join(out_dir, EXPORT_FILES["spec"]), json.dumps(spec, indent=2) + "\n",
+                               protect=protect)
+    return {"files": files, "spec": spec}
