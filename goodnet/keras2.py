@@ -196,24 +196,6 @@ def _functional_config(model, where):
     return model, config
 
 
-def keras2_model_config(model, where="model"):
-    """The Keras 2 ``model_config`` (a dict) of a Keras 3 functional or Sequential model.
-
-    Args:
-        model: the Keras 3 model.
-        where: the file the configuration is for, named in errors.
-
-    Returns:
-        dict: ``{"class_name": "Model", "config": {...}}``, the dialect the
-        lab's Keras 2.3.1 ``bd_net.h5`` carries.
-
-    Raises:
-        ModelError: a layer holds something Keras 2 cannot rebuild (a custom
-        layer, a Keras 3 only option, a call with several tensor arguments).
-    """
-    return _Converter(where).model(_functional_config(model, where)[1])
-
-
 def _weight_names(layer, where):
     names = [f"{variable.path}:0" for variable in layer.trainable_weights + layer.non_trainable_weights]
     if len(set(names)) != len(names):
@@ -300,10 +282,10 @@ def save_h5(model, path, where=None):
 
     A model of Keras built-in layers gets the dialect both Keras 2 and Keras 3
     open with a bare ``load_model``. A model holding goodnet's own layers
-    (GoodNet, STRIP gate) or a nested model is written by Keras 3
-    (``model.save``): it opens in Keras 3 (with ``goodnet.layers`` for
-    goodnet's layers) only; the log says so, at INFO for goodnet's layers
-    and WARNING otherwise.
+    (GoodNet, STRIP gate), a nested model or anything else the dialect
+    writer refuses is written by Keras 3 (``model.save``): it opens in Keras
+    3 (with ``goodnet.layers`` for goodnet's layers) only; the log says so,
+    at INFO for goodnet's layers and WARNING otherwise.
 
     Args:
         model: the Keras 3 model.
@@ -316,8 +298,11 @@ def save_h5(model, path, where=None):
     where = where or path
     found = obstacle(model)
     if found is None:
-        write_keras2_h5(model, path, where)
-        return "keras2"
+        try:
+            write_keras2_h5(model, path, where)
+            return "keras2"
+        except ModelError as error:   # something deeper than its layers (an initializer, an option)
+            found = (str(error).removeprefix(f"{where}: "), False)
     reason, ours = found
     logger.log(logging.INFO if ours else logging.WARNING,
                "%s: written in Keras 3's h5 dialect, which Keras 2 cannot open: %s", where, reason)

@@ -269,6 +269,10 @@ def test_goodnet_files_stay_keras3_and_the_writer_refuses_what_keras2_cannot_reb
     optional = keras.Model(optional_input, keras.layers.Dense(2)(optional_input))
     with pytest.raises(ModelError, match="opt.h5: layer maybe: InputLayer optional: expected False"):
         write_keras2_h5(optional, tmp_path / "opt.h5", where="opt.h5")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="goodnet.keras2"):
+        save_model(Classifier(optional), tmp_path / "opt.h5")   # saved all the same, by Keras 3, with a warning
+    assert "layer maybe: InputLayer optional" in caplog.text
 
 
 def test_export_command(written, tmp_path, capsys):
