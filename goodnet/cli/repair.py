@@ -21,7 +21,7 @@ model file.
 """
 
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         positive, print_json)
+                         positive, prepare_out_dir, prepare_out_file, print_json)
 from goodnet.cli.fineprune import add_recipe_arguments, recipe_from_args
 
 HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or combine B and B' into a GoodNet"
@@ -113,6 +113,7 @@ def _check_end_to_end(args):
         raise CommandError("--valid: expected a clean validation file (goodnet repair MODEL --valid V --out DIR)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CommandError(f"{args.out}: --out: expected a folder for the end-to-end form, found a file")
+    prepare_out_dir(args)
     if args.poisoned_test and not args.test:
         raise CommandError("--poisoned-test: expected --test CLEAN_TEST.h5 as well")
     _check_strip_rates(args)
@@ -191,6 +192,7 @@ def run_combine(args):
     args.blend = args.blend or "add"
     if not args.out.endswith((".h5", ".keras")):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5 or .keras")
+    prepare_out_file(args.out)
     if args.strip and not args.valid:
         raise CommandError("--strip: expected --valid CLEAN.h5 (the bank and the threshold come from it)")
     _check_strip_rates(args)

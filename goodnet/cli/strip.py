@@ -12,7 +12,7 @@ T and BT are read batch by batch (memory stays bounded); V is read into memory.
 import os
 
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         positive, print_json)
+                         positive, prepare_out_file, print_json)
 
 HELP = "STRIP: detect trojaned inputs at run time (FRR on clean test data, FAR on poisoned data)"
 
@@ -70,6 +70,8 @@ def run(args):
     if args.strip_precision != "float32" and args.precision != "float32":
         raise CommandError(f"--strip-precision {args.strip_precision} and --precision {args.precision} are two "
                            "ways to reduce precision; choose one")
+    if not args.no_plot:
+        prepare_out_file(args.plot, "--plot")
     with execution_from_args(args).placement(), contextlib.ExitStack() as stack:
         # The validation file (bank and threshold) is read into memory; the test files are opened here
         # (validated up front) and streamed batch by batch: memory stays bounded whatever their size.
