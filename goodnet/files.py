@@ -77,9 +77,9 @@ def _read_manifest(directory):
         return {"files": {}}
 
 
-def _stamp(path, digest=None):
+def _stamp(path):
     status = os.stat(path)
-    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": digest or sha256_file(path)}
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": sha256_file(path)}
 
 
 def written_by_goodnet(path):
@@ -94,21 +94,32 @@ def written_by_goodnet(path):
     return status.st_mtime_ns == entry.get("mtime_ns") or sha256_file(path) == entry.get("sha256")
 
 
-def _record(path, digest):
-    """Add ``path`` (just written) to its folder's manifest, atomically."""
+@contextlib.contextmanager
+def _renamed_into_place(path):
+    """Yield a temporary file beside ``path`` (same extension); on success give it the umask's mode and rename
+    it over ``path``; on any exception remove it and leave ``path`` as it was."""
     directory = os.path.dirname(os.path.abspath(path))
-    manifest = _read_manifest(directory)
-    manifest["files"][os.path.basename(path)] = _stamp(path, digest)
-    handle, temporary = tempfile.mkstemp(prefix=".goodnet-manifest.", suffix=".tmp", dir=directory)
+    base, extension = os.path.splitext(os.path.basename(path))
+    handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{extension}", dir=directory)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump({"written_by": "goodnet", "files": manifest["files"]}, stream, indent=1, sort_keys=True)
+        yield temporary
         os.chmod(temporary, file_mode())
-        os.replace(temporary, _manifest_path(directory))
+        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
+
+
+def _record(path):
+    """Add ``path`` (just written) to its folder's manifest, atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    manifest = _read_manifest(directory)
+    manifest["files"][os.path.basename(path)] = _stamp(path)
+    with _renamed_into_place(_manifest_path(directory)) as temporary:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            json.dump({"written_by": "goodnet", "files": manifest["files"]}, stream, indent=1, sort_keys=True)
 
 
 def check_replaceable(path, overwrite=None, option=None):
@@ -228,21 +239,10 @@ def atomic_write(path, *, overwrite=None, protect=()):
         if guarded is not None and (same_file(path, guarded) or os.path.abspath(path) == os.path.abspath(os.fspath(guarded))):
             raise OutputError(f"{path}: refusing to write over the input file {guarded}")
     check_replaceable(path, overwrite)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    base, extension = os.path.splitext(os.path.basename(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{extension}", dir=directory)
-    os.close(handle)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with _renamed_into_place(path) as temporary:
         yield temporary
-        os.chmod(temporary, file_mode())
-        digest = sha256_file(temporary)
-        os.replace(temporary, path)
-        _record(path, digest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
+    _record(path)
 
 
 def write_text(path, text, **kwargs):
