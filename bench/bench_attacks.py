@@ -2,10 +2,10 @@
 """Measure the built-in benchmark's quality bars at the default sizes (issue 3).
 
 For each configuration, in one process: generate the default benchmark in
-memory (``goodnet.benchmarks.generate``, the data ``goodnet synth`` writes),
+memory (``goodnet.attacks.benchmarks.generate``, the data ``goodnet synth`` writes),
 train the BadNet with the default ``AttackOptions`` (as ``goodnet attack``
 does), and report the card's figures; then run the lab's pruning sweep
-(``goodnet.pruning.PruningDefense`` on the clean and poisoned validation
+(``goodnet.defenses.pruning.PruningDefense`` on the clean and poisoned validation
 files) and report how many points of validation accuracy pruning has cost
 when the attack success rate first falls below 80 %.
 
@@ -49,10 +49,10 @@ def drop_when_attack_breaks(curve, threshold=0.8):
 
 
 def measure(name, config, seed):
-    from goodnet.attacks import AttackOptions, attack_card, train_badnet
-    from goodnet.benchmarks import DEFAULT_SIZES, generate, poisoned_split
+    from goodnet.attacks.badnets import AttackOptions, attack_card, train_badnet
+    from goodnet.attacks.benchmarks import DEFAULT_SIZES, generate, poisoned_split
     from goodnet.data import LabData
-    from goodnet.pruning import PruningDefense
+    from goodnet.defenses.pruning import PruningDefense
 
     started = time.perf_counter()
     splits = {split: generate(config["dataset"], split, seed) for split in ("train", "valid", "test")}

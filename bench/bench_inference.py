@@ -78,8 +78,8 @@ def main():
 
     from goodnet.inference import Execution, compiled_forward, precision_agreement, run_batches
     from goodnet.models import load_model
-    from goodnet.pruning import PruningDefense
-    from goodnet.strip import STRIP
+    from goodnet.defenses.pruning import PruningDefense
+    from goodnet.defenses.strip import STRIP
 
     shared = pathlib.Path(args.shared)
     clean, labels, poisoned, targets = lab_like_data(shared, args.images)

@@ -139,7 +139,7 @@ def main():
     from goodnet.data import LabData
     from goodnet.inference import run_batches
     from goodnet.models import load_model
-    from goodnet.pruning import PruningDefense
+    from goodnet.defenses.pruning import PruningDefense
 
     classifier = load_model(args.shared / "models" / "bd_net.h5", scale="raw")
     clean, labels, poisoned, targets = lab_like_data(args.shared, args.images)

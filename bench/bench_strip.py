@@ -84,7 +84,7 @@ def best_of(repeats, function):
 
 def reference_entropies(classifier, images, bank, indices, alpha):
     """Per-copy entropies, slow and obvious: NumPy blend, plain Keras call per input, NumPy entropy."""
-    from goodnet.strip import entropy_reference
+    from goodnet.defenses.strip import entropy_reference
 
     rows = []
     for image, drawn in zip(images, indices):
@@ -171,7 +171,7 @@ def main():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from goodnet.models import load_model
-    from goodnet.strip import STRIP
+    from goodnet.defenses.strip import STRIP
 
     classifier = load_model(args.model, scale="raw")
     clean, triggered = real_images()

@@ -16,11 +16,11 @@ and for each of STRIP's two uses:
   copies): the bank is half of the clean validation file, the other half calibrates;
 - ``repair``: the end-to-end repair's STRIP (:class:`goodnet.repair.RepairOptions`:
   alpha blend, fixed draws, 100 copies) on the repair's tune part of the
-  validation file (the per-class hold-out split of ``goodnet.finepruning.split_holdout``):
+  validation file (the per-class hold-out split of ``goodnet.defenses.fine_pruning.split_holdout``):
   half of the tune part is the bank, the other half calibrates; the hold-out
   part gives the FRR that the repair's ``max_frr`` bound (2 %) checks;
 
-it calibrates the threshold with every method of :data:`goodnet.strip.THRESHOLD_METHODS`
+it calibrates the threshold with every method of :data:`goodnet.defenses.strip.THRESHOLD_METHODS`
 (``certified``, the paper's ``normal`` fit, the plain ``quantile``) at targets
 of 1 % and 0.5 % on validation data only, and measures on the clean test file
 (test FRR) and on the poisoned test file (detection rate).
@@ -29,7 +29,7 @@ Repeated splits: seeds 0 .. ``--seeds`` - 1 each draw a new split of the
 validation file (bank / calibration, and for ``repair`` tune / hold-out) and
 new draws, the rest being the same procedure. To afford 20 splits on a CPU, the
 per-copy entropies are computed once per (image, bank image) pair through
-STRIP's own per-copy function (:meth:`goodnet.strip.STRIP.per_copy_entropies`)
+STRIP's own per-copy function (:meth:`goodnet.defenses.strip.STRIP.per_copy_entropies`)
 and reused across seeds:
 
 - random draws: every image gets a random order of candidate bank images (the
@@ -106,7 +106,7 @@ class PairEntropies:
     """
 
     def __init__(self, strip_options, classifier, valid, others, candidates, seed):
-        from goodnet.strip import STRIP
+        from goodnet.defenses.strip import STRIP
 
         self.copies = int(strip_options["copies"])
         engine = STRIP(classifier, progress=False, seed=seed, **dict(strip_options, copies=1))
@@ -149,9 +149,9 @@ def load(dataset, work, quick):
 
 def measure(dataset, setting, classifier, valid, test, poisoned, copies, seeds):
     """Every seed's calibration and test figures for one BadNet and one STRIP setting; returns a list of rows."""
-    from goodnet.finepruning import split_holdout
+    from goodnet.defenses.fine_pruning import split_holdout
     from goodnet.repair import RepairOptions
-    from goodnet.strip import STRIP, THRESHOLD_METHODS, calibrate
+    from goodnet.defenses.strip import STRIP, THRESHOLD_METHODS, calibrate
 
     repair = RepairOptions()
     if setting == "strip":
@@ -271,7 +271,7 @@ def main(argv=None):
     parser.add_argument("--no-cli-check", action="store_true", help="do not run goodnet strip itself")
     parser.add_argument("--json", help="also write every row as JSON here")
     args = parser.parse_args(argv)
-    logging.getLogger("goodnet.strip").setLevel(logging.ERROR)   # too-small calibrations show in the table (cert)
+    logging.getLogger("goodnet.defenses.strip").setLevel(logging.ERROR)   # too-small calibrations show in the table (cert)
     seeds = args.seeds or (3 if args.quick else 20)
     copies = args.copies or (10 if args.quick else 100)
     rows, checks = [], []
@@ -293,7 +293,7 @@ def main(argv=None):
 
 def report(rows, checks, copies, seeds, path):
     """Print both tables and the goodnet strip checks; write every row as JSON to ``path`` (if given)."""
-    from goodnet.strip import DEFAULT_CONFIDENCE, calibration_size_needed
+    from goodnet.defenses.strip import DEFAULT_CONFIDENCE, calibration_size_needed
 
     needed = ", ".join(f"{target * 100:g} %: {calibration_size_needed(target)}" for target in TARGETS)
     print(f"\nSeed 0 ({copies} copies; calibration on validation data only; bound: the calibration's one-sided "

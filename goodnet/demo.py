@@ -48,7 +48,7 @@ class DemoOptions:
 
 def benchmark_folder(options):
     """Build the demo benchmark unless it is cached; return (folder, description)."""
-    from goodnet.benchmarks import read_benchmark, write_benchmark
+    from goodnet.attacks.benchmarks import read_benchmark, write_benchmark
 
     sized = "".join(f"-{key}{value}" for key, value in sorted((options.sizes or {}).items()))
     folder = os.path.join(options.data_dir, f"demo-{options.dataset}{sized}-seed{options.seed}")
@@ -58,7 +58,7 @@ def benchmark_folder(options):
             return folder, description
     if os.path.exists(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, "benchmark.json")):
         raise OptionError(f"{folder}: exists and is not a goodnet benchmark; refusing to write into it")
-    from goodnet.triggers import TRIGGERS
+    from goodnet.attacks.triggers import TRIGGERS
 
     description = write_benchmark(folder, options.dataset, options.seed, sizes=options.sizes,
                                   identities=options.identities,
@@ -85,7 +85,7 @@ def load_splits(folder, description, trigger):
 
 def badnet_model(options, folder, description, splits):
     """Train the demo BadNet unless it is cached; return (Classifier, card)."""
-    from goodnet.attacks import AttackOptions, attack_card, train_badnet
+    from goodnet.attacks.badnets import AttackOptions, attack_card, train_badnet
     from goodnet.data import load_h5
     from goodnet.files import write_text
     from goodnet.models import load_model, save_model
@@ -117,7 +117,7 @@ def run_demo(options=None, progress=None):
         >>> figures["clean_accuracy"], figures["attack_success_rate"]
     """
     from goodnet.metrics import evaluate
-    from goodnet.pruning import run_pruning_defense
+    from goodnet.defenses.pruning import run_pruning_defense
     from goodnet.repair import RepairOptions, repair
 
     options = options or DemoOptions()

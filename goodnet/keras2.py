@@ -357,7 +357,7 @@ def export_goodnet(classifier, out_dir, protect=()):
     import keras
 
     from goodnet.files import atomic_write, write_text
-    from goodnet.goodnet import goodnet_parts
+    from goodnet.defenses.combine import goodnet_parts
     from goodnet.models import SCALES, Classifier, save_model
 
     where = classifier.path or "model"

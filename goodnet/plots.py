@@ -63,7 +63,7 @@ def plot_prune_curve(curve, selected, path, title="pruning sweep"):
     """Clean accuracy and attack success rate against the fraction of channels pruned.
 
     Args:
-        curve: a :class:`goodnet.pruning.PruneCurve`.
+        curve: a :class:`goodnet.defenses.pruning.PruneCurve`.
         selected: {X: step or None}, the saved models, marked and labelled.
         path: destination PNG.
         title: the figure's title.
@@ -101,7 +101,7 @@ def plot_fineprune_curve(rows, path, title="fine-pruning"):
     """Hold-out clean accuracy and attack success rates per fine-tuning epoch (epoch 0: pruned, not tuned).
 
     Args:
-        rows: :meth:`goodnet.finepruning.FinePruning.curve_rows` output.
+        rows: :meth:`goodnet.defenses.fine_pruning.FinePruning.curve_rows` output.
         path: destination PNG.
         title: the figure's title.
 

@@ -7,7 +7,7 @@ with the evidence.
 Data discipline:
 
 - the clean validation file is split per class into a *tune* part and a
-  *hold-out* part (:func:`goodnet.finepruning.split_holdout`);
+  *hold-out* part (:func:`goodnet.defenses.fine_pruning.split_holdout`);
 - the tune part ranks the channels and picks the X-point pruning steps, is
   what fine-tuning trains on, and calibrates STRIP (bank and threshold);
 - the hold-out part decides fine-tuning's early stopping and gives every
@@ -43,7 +43,7 @@ competing candidate and the report says that the bounds were relaxed.
 
 STRIP is calibrated on the tune part at the target FRR ``frr`` (default 1 %,
 STRIP's own default) with its certified threshold (``threshold_method``, see
-:func:`goodnet.strip.calibrate`): the threshold's FRR is at most ``frr`` with
+:func:`goodnet.defenses.strip.calibrate`): the threshold's FRR is at most ``frr`` with
 probability ``confidence`` (95 %), so the gate's FRR stays well within the
 hold-out bound ``max_frr`` (2 %) instead of missing it by the sampling noise of
 a low quantile of a few hundred tune entropies. The report records the
@@ -62,10 +62,10 @@ import os
 import numpy as np
 
 from goodnet.errors import OptionError
-from goodnet.finepruning import RECIPE_DEFAULTS, FinePruning, split_holdout
+from goodnet.defenses.fine_pruning import RECIPE_DEFAULTS, FinePruning, split_holdout
 from goodnet.inference import Execution
 from goodnet.metrics import score_predictions
-from goodnet.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD
+from goodnet.defenses.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class RepairOptions:
     layer: str = "conv_3"
     drops: tuple = (2, 4, 10)
     fineprune_drop: float = 4
-    # The fine-tuning recipe (see goodnet.finepruning.FinePruning and RECIPE_DEFAULTS).
+    # The fine-tuning recipe (see goodnet.defenses.fine_pruning.FinePruning and RECIPE_DEFAULTS).
     epochs: int = RECIPE_DEFAULTS["epochs"]
     learning_rate: float = RECIPE_DEFAULTS["learning_rate"]
     holdout_fraction: float = 0.2
@@ -298,8 +298,8 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
         >>> report = repair(badnet, load_h5("valid.h5"), [load_h5("bd_valid.h5")], "out/repair")
         >>> report["chosen"], report["test"][report["chosen"]]
     """
-    from goodnet.pruning import PruningDefense
-    from goodnet.strip import STRIP
+    from goodnet.defenses.pruning import PruningDefense
+    from goodnet.defenses.strip import STRIP
 
     options = options or RepairOptions()
     os.makedirs(os.path.join(out_dir, "candidates"), exist_ok=True)
@@ -319,7 +319,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
         base_models[f"pruned_X={drop:g}"] = defense.pruned_classifier(step)
 
     # 2. Fine-pruning: prune to the fine-pruning X step, fine-tune on the tune part, stop on the hold-out part.
-    from goodnet.finepruning import channels_to_prune
+    from goodnet.defenses.fine_pruning import channels_to_prune
 
     channels = channels_to_prune(defense, options.fineprune_drop)
     recipe = {name: getattr(options, name) for name in RECIPE_DEFAULTS}
@@ -392,7 +392,7 @@ def _test_figures(candidate, clean, poisoned, num_classes, threshold):
 
 def candidate_classifier(candidate, classifier, base_models, strip):
     """The Keras model (as a Classifier) that implements ``candidate``."""
-    from goodnet.goodnet import build_gated_goodnet, build_goodnet
+    from goodnet.defenses.combine import build_gated_goodnet, build_goodnet
 
     repaired = base_models[candidate.repair]
     if candidate.kind == "model":

@@ -123,8 +123,8 @@ import keras
 from goodnet.data import LabData, LabFile
 from goodnet.inference import Execution
 from goodnet.models import Classifier, build_deepid
-from goodnet.pruning import PruningDefense
-from goodnet.strip import STRIP
+from goodnet.defenses.pruning import PruningDefense
+from goodnet.defenses.strip import STRIP
 
 keras.utils.set_random_seed(0)
 model = build_deepid(5)

@@ -116,13 +116,13 @@ def _many_layers_model():
 @pytest.fixture(scope="module")
 def written(shared, bd_net, tmp_path_factory):
     """Every kind of file goodnet writes, saved by goodnet, and the tf-keras subprocess's answers for them."""
-    from goodnet.attacks import AttackOptions, train_badnet
+    from goodnet.attacks.badnets import AttackOptions, train_badnet
     from goodnet.data import save_h5
-    from goodnet.goodnet import build_gated_goodnet, build_goodnet
+    from goodnet.defenses.combine import build_gated_goodnet, build_goodnet
     from goodnet.keras2 import export_goodnet
     from goodnet.models import Classifier, save_model
-    from goodnet.pruning import prune_model
-    from goodnet.strip import STRIP
+    from goodnet.defenses.pruning import prune_model
+    from goodnet.defenses.strip import STRIP
 
     folder = tmp_path_factory.mktemp("keras2")
     rows, real = _lab_rows(shared)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from goodnet.strip import entropy_reference
+from goodnet.defenses.strip import entropy_reference
 
 
 def _softmax(logits):

@@ -12,7 +12,7 @@ HELP = "train a BadNet by dirty-label poisoning (also pruning-aware and label-fl
 
 
 def add_arguments(parser):
-    from goodnet.triggers import TRIGGERS
+    from goodnet.attacks.triggers import TRIGGERS
 
     parser.add_argument("--data", required=True, metavar="DIR", help="a benchmark folder written by goodnet synth")
     parser.add_argument("--out", required=True, metavar="MODEL.h5", help="the BadNet file (card: same name, .json)")
@@ -37,8 +37,8 @@ def run(args):
     import json
     import os
 
-    from goodnet.attacks import AttackOptions, attack_card, train_badnet
-    from goodnet.benchmarks import read_benchmark
+    from goodnet.attacks.badnets import AttackOptions, attack_card, train_badnet
+    from goodnet.attacks.benchmarks import read_benchmark
     from goodnet.data import load_h5
     from goodnet.files import write_text
     from goodnet.models import save_model
@@ -73,7 +73,7 @@ def run(args):
                 raise CommandError(f"{path}: missing; run goodnet synth with --triggers {trigger}")
             data = load_h5(path, num_classes=num_classes)
             if len(data) and data.labels[0] != target:
-                from goodnet.benchmarks import poisoned_split
+                from goodnet.attacks.benchmarks import poisoned_split
                 from goodnet.data import LabData
 
                 images, labels = poisoned_split(clean.images, clean.labels, trigger, target)

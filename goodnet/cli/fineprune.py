@@ -20,7 +20,7 @@ HELP = "fine-pruning: prune a convolution's dormant channels, then fine-tune on 
 
 def add_recipe_arguments(parser):
     """The fine-tuning recipe's options (shared with ``goodnet repair``); defaults are FinePruning's."""
-    from goodnet.finepruning import OPTIMIZERS, RECIPE_DEFAULTS as D, SCHEDULES
+    from goodnet.defenses.fine_pruning import OPTIMIZERS, RECIPE_DEFAULTS as D, SCHEDULES
 
     parser.add_argument("--epochs", type=positive, default=D["epochs"],
                         help=f"fine-tuning epochs: the length of the schedule (default {D['epochs']})")
@@ -71,7 +71,7 @@ def add_recipe_arguments(parser):
 
 def recipe_from_args(args):
     """The FinePruning keyword arguments of the options added by :func:`add_recipe_arguments`."""
-    from goodnet.finepruning import RECIPE_DEFAULTS
+    from goodnet.defenses.fine_pruning import RECIPE_DEFAULTS
 
     return {name: getattr(args, "tune_batch_size" if name == "batch_size" else name) for name in RECIPE_DEFAULTS}
 
@@ -96,7 +96,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from goodnet.finepruning import OUTPUT_FILES, run_fine_pruning
+    from goodnet.defenses.fine_pruning import OUTPUT_FILES, run_fine_pruning
 
     prepare_out_dir(args, OUTPUT_FILES.values())
     if not args.drop > 0:

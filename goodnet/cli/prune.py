@@ -8,7 +8,7 @@ pooling layer after it), prunes them in increasing order, records clean
 accuracy and the ASR of every poisoned validation file after each channel,
 and writes ``DIR/model_X=<X>.h5``, ``DIR/prune_curve.{csv,json,png}``.
 The execution options (``--device``, ``--devices``, ``--precision``, ``--xla``)
-govern the sweep as :class:`goodnet.pruning.PruningDefense` documents.
+govern the sweep as :class:`goodnet.defenses.pruning.PruningDefense` documents.
 """
 
 import os
@@ -95,14 +95,14 @@ def table_lines(summary):
 
 def goodnet_filename(drop, extension=".h5"):
     """``goodnet_X=2.h5``: the GoodNet written beside ``model_X=2.h5``."""
-    from goodnet.pruning import model_filename
+    from goodnet.defenses.pruning import model_filename
 
     return model_filename(drop, extension).replace("model_", "goodnet_", 1)
 
 
 def write_goodnets(classifier, defense, out_dir, extension=".h5", protect=()):
     """Write ``goodnet_X=<X>.h5`` (BadNet + pruned model, N+1 where they disagree) for every selected X."""
-    from goodnet.goodnet import build_goodnet
+    from goodnet.defenses.combine import build_goodnet
     from goodnet.models import save_model
     paths = {}
     for drop, pruned in defense.selected_classifiers().items():
@@ -112,7 +112,7 @@ def write_goodnets(classifier, defense, out_dir, extension=".h5", protect=()):
 
 
 def run(args):
-    from goodnet.pruning import output_names, run_pruning_defense
+    from goodnet.defenses.pruning import output_names, run_pruning_defense
 
     drops = _drops(args.drops)
     goodnets = [goodnet_filename(drop, args.format) for drop in drops] if args.goodnet else []

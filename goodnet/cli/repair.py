@@ -29,7 +29,7 @@ HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or co
 
 def add_arguments(parser):
     from goodnet.repair import GATES, RepairOptions
-    from goodnet.strip import THRESHOLD_METHODS
+    from goodnet.defenses.strip import THRESHOLD_METHODS
 
     parser.add_argument("model", metavar="BADNET", help="the BadNet B (.h5 or .keras)")
     parser.add_argument("--repaired", metavar="BPRIME",
@@ -207,7 +207,7 @@ def run_combine(args):
 
 def _combine(args):
     from goodnet.data import load_h5
-    from goodnet.goodnet import build_gated_goodnet, build_goodnet
+    from goodnet.defenses.combine import build_gated_goodnet, build_goodnet
     from goodnet.models import save_model
 
     valid = load_h5(args.valid) if args.valid else None
@@ -215,7 +215,7 @@ def _combine(args):
     report = {"badnet": args.model, "repaired": args.repaired, "out": args.out, "scale": bad.scale,
               "repaired_scale": repaired.scale, "num_classes": bad.num_classes, "strip": bool(args.strip)}
     if args.strip:
-        from goodnet.strip import STRIP
+        from goodnet.defenses.strip import STRIP
 
         _, execution_report = configure_execution(args, bad, valid)
         report.update(execution_report)

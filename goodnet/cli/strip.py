@@ -18,7 +18,7 @@ HELP = "STRIP: detect trojaned inputs at run time (FRR on clean test data, FAR o
 
 
 def add_arguments(parser):
-    from goodnet.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
+    from goodnet.defenses.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
 
     parser.add_argument("--model", required=True, help="the model to watch (the BadNet), .h5 or .keras")
     parser.add_argument("--valid", required=True, help="clean validation file: the bank and the threshold")
@@ -96,7 +96,7 @@ def _detect(args, classifier, valid, test, poisoned, execution_report):
     import numpy as np
 
     from goodnet.plots import strip_entropy_histogram
-    from goodnet.strip import STRIP
+    from goodnet.defenses.strip import STRIP
 
     strip = STRIP(classifier, copies=args.copies, blend=args.blend, alpha=args.alpha, draws=args.draws,
                   threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,

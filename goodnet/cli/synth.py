@@ -10,7 +10,7 @@ HELP = "write a built-in benchmark (digits or faces, with poisoned files per tri
 
 
 def add_arguments(parser):
-    from goodnet.triggers import TRIGGERS
+    from goodnet.attacks.triggers import TRIGGERS
 
     parser.add_argument("--dataset", choices=("digits", "faces"), default="digits", help="which benchmark")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -29,7 +29,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from goodnet.benchmarks import write_benchmark
+    from goodnet.attacks.benchmarks import write_benchmark
 
     prepare_out_dir(args)
     sizes = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}

@@ -1,4 +1,4 @@
-"""Tests for goodnet.benchmarks: determinism, the lab layout, poisoned files."""
+"""Tests for goodnet.attacks.benchmarks: determinism, the lab layout, poisoned files."""
 
 import hashlib
 import json
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from goodnet.benchmarks import generate, identity_parameters, poisoned_split, read_benchmark, write_benchmark
+from goodnet.attacks.benchmarks import generate, identity_parameters, poisoned_split, read_benchmark, write_benchmark
 from goodnet.data import load_h5
 from goodnet.files import MANIFEST
 

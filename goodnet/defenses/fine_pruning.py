@@ -15,7 +15,7 @@ import numpy as np
 
 from goodnet.errors import OptionError
 from goodnet.metrics import accuracy, attack_success_rate
-from goodnet.pruning import prune_model
+from goodnet.defenses.pruning import prune_model
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class FinePruning:
     The default recipe fine-tunes every layer with SGD, momentum and a one-cycle
     learning rate (rise to a moderate peak, cosine decay to zero) on randomly
     shifted, mixup-blended copies of the clean tune images, and unlearns the
-    trigger: every epoch a :class:`goodnet.unlearning.TriggerSearch` recovers,
+    trigger: every epoch a :class:`goodnet.defenses.unlearning.TriggerSearch` recovers,
     from the model being tuned and clean images only, the small patch that
     most misleads it, and ``unlearn`` of the images carry that patch with their
     true labels. Clean images alone never show the trigger, so plain
@@ -230,7 +230,7 @@ class FinePruning:
         mixup: Beta parameter of mixup (see :func:`mix_images`), applied after
             augmentation every epoch; 0 trains on unmixed images.
         unlearn: share of each epoch's tune images stamped with the trigger that
-            :class:`goodnet.unlearning.TriggerSearch` recovers from the model being
+            :class:`goodnet.defenses.unlearning.TriggerSearch` recovers from the model being
             tuned, clean images only, keeping their true labels (0: off).
         unlearn_area: the largest share of the image the recovered trigger covers.
         unlearn_steps: trigger-search steps per epoch (warm-started across epochs).
@@ -363,7 +363,7 @@ class FinePruning:
             best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), 0
         search = None
         if self.unlearn:
-            from goodnet.unlearning import TriggerSearch
+            from goodnet.defenses.unlearning import TriggerSearch
 
             search = TriggerSearch(self.unlearn_area, self.unlearn_steps, seed=self.seed)
         for epoch in range(1, self.epochs + 1):
@@ -398,7 +398,7 @@ class FinePruning:
     def _epoch_data(self, classifier, tune, rng, model=None, search=None):
         """One epoch's training images and targets: labels, or soft targets when distilling or mixing.
 
-        With ``search`` (a :class:`goodnet.unlearning.TriggerSearch`), the trigger it
+        With ``search`` (a :class:`goodnet.defenses.unlearning.TriggerSearch`), the trigger it
         recovers from ``model`` (the model being tuned) is stamped on ``unlearn`` of the
         (augmented) images, which keep their targets: the true labels, mixed, when
         distilling, with the suspect model's answers on the unstamped images.
@@ -414,7 +414,7 @@ class FinePruning:
             targets = (1.0 - self.distill) * targets + self.distill * classifier.predict_proba(images).astype(
                 np.float32)
         if search is not None:
-            from goodnet.unlearning import stamp
+            from goodnet.defenses.unlearning import stamp
 
             search.fit(model, images, tune.labels, classifier.divisor)
             images = np.array(images, np.float32)
@@ -441,7 +441,7 @@ def channels_to_prune(defense, drop=None, count=None):
     """How many (and which) channels to prune: the first ``count`` of the ranking, or the sweep's X-point step.
 
     Args:
-        defense: a fitted :class:`goodnet.pruning.PruningDefense`.
+        defense: a fitted :class:`goodnet.defenses.pruning.PruningDefense`.
         drop: accuracy drop X in points; the step the defense selected for it
             (the lab's rule). Ignored when ``count`` is given.
         count: an explicit number of channels.
@@ -450,7 +450,7 @@ def channels_to_prune(defense, drop=None, count=None):
         np.ndarray: channel indices in pruning order.
     """
     if count is None:
-        from goodnet.pruning import select_steps
+        from goodnet.defenses.pruning import select_steps
 
         step = select_steps(defense.curve_.clean_accuracy, (drop,), defense.policy)[drop]
         count = step if step is not None else len(defense.ranking_)
@@ -494,7 +494,7 @@ def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=
 
     from goodnet.files import write_text
     from goodnet.models import save_model
-    from goodnet.pruning import PruningDefense
+    from goodnet.defenses.pruning import PruningDefense
 
     defense = PruningDefense(classifier, layer, progress=progress).fit(clean, poisoned)
     channels = channels_to_prune(defense, drop, count)

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from goodnet.errors import OptionError
-from goodnet.triggers import HEIGHT, WIDTH, apply_trigger
+from goodnet.attacks.triggers import HEIGHT, WIDTH, apply_trigger
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from goodnet.cli import main
 from goodnet.data import save_h5
 from goodnet.models import Classifier, build_deepid, save_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def run_cli(capsys, *argv):

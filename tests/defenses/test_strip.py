@@ -1,4 +1,4 @@
-"""goodnet.strip: the fast STRIP against a slow per-copy reference, thresholds, detection, and the CLI."""
+"""goodnet.defenses.strip: the fast STRIP against a slow per-copy reference, thresholds, detection, and the CLI."""
 
 import json
 import statistics
@@ -6,7 +6,7 @@ import statistics
 import numpy as np
 import pytest
 
-from goodnet.strip import STRIP, entropy_reference, evaluate_strip, frr_bounds, threshold_for
+from goodnet.defenses.strip import STRIP, entropy_reference, evaluate_strip, frr_bounds, threshold_for
 from strip_helpers import add_trigger, synthetic_faces, tiny_network, train_tiny_badnet
 
 
@@ -103,7 +103,7 @@ def _plain_binomial_tail(n, frr, k):
                                                 (1000, 0.01, 0.9), (2000, 0.02, 0.99), (120, 0.05, 0.8),
                                                 (350, 0.005, 0.95), (10, 0.01, 0.95)])
 def test_certified_rank_and_threshold_match_a_slow_reference(n, frr, confidence):
-    from goodnet.strip import calibrate, certified_rank
+    from goodnet.defenses.strip import calibrate, certified_rank
 
     expected = _reference_rank(n, frr, confidence)
     assert certified_rank(n, frr, confidence) == expected
@@ -125,7 +125,7 @@ def test_certified_rank_and_threshold_match_a_slow_reference(n, frr, confidence)
 def test_calibration_size_needed_and_bounds_match_references():
     from scipy.stats import beta
 
-    from goodnet.strip import calibration_size_needed, frr_bounds
+    from goodnet.defenses.strip import calibration_size_needed, frr_bounds
 
     for frr, confidence in [(0.01, 0.95), (0.005, 0.95), (0.02, 0.9), (0.05, 0.99)]:
         # k = 1 (the smallest entropy) is the last rank to certify the target as n falls
@@ -146,7 +146,7 @@ def test_certified_threshold_keeps_the_true_frr_within_the_target_with_the_confi
     target is at most 1 - confidence (up to sampling slack); the paper's normal fit and the plain quantile miss."""
     from scipy.stats import skewnorm
 
-    from goodnet.strip import calibrate
+    from goodnet.defenses.strip import calibrate
 
     law = skewnorm(-5.0, loc=2.5, scale=0.6)   # a long low tail, like STRIP entropies
     sets, frr, confidence = 1000, 0.01, 0.95
@@ -163,10 +163,10 @@ def test_certified_threshold_keeps_the_true_frr_within_the_target_with_the_confi
 def test_too_small_calibration_set_warns_and_says_what_n_is_needed(caplog):
     import logging
 
-    from goodnet.strip import calibrate
+    from goodnet.defenses.strip import calibrate
 
     values = np.random.default_rng(2).gamma(3.0, 1.0, 298)
-    with caplog.at_level(logging.WARNING, logger="goodnet.strip"):
+    with caplog.at_level(logging.WARNING, logger="goodnet.defenses.strip"):
         small = calibrate(values, 0.01, "certified", 0.95)
     assert not small.certified and small.too_small and small.n_needed == 299
     assert small.threshold == values.min() and small.rank == 1
@@ -174,22 +174,22 @@ def test_too_small_calibration_set_warns_and_says_what_n_is_needed(caplog):
     assert len(warnings) == 1 and "298" in warnings[0] and "at least 299" in warnings[0]
     assert small.describe()["warning"] == warnings[0]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="goodnet.strip"):
+    with caplog.at_level(logging.WARNING, logger="goodnet.defenses.strip"):
         enough = calibrate(np.append(values, 9.0), 0.01, "certified", 0.95)
     assert enough.certified and not enough.too_small and enough.describe()["warning"] is None
     assert not [record for record in caplog.records if record.levelno == logging.WARNING]
 
 
 def test_defaults_are_written_once(monkeypatch):
-    """STRIP, calibrate, RepairOptions and both CLIs take the target FRR, method and confidence from goodnet.strip."""
+    """STRIP, calibrate, RepairOptions and both CLIs take the target FRR, method and confidence from goodnet.defenses.strip."""
     import argparse
     import inspect
 
     import goodnet.cli.repair
     import goodnet.cli.strip
-    import goodnet.strip
+    import goodnet.defenses.strip
     from goodnet.repair import RepairOptions
-    from goodnet.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, calibrate
+    from goodnet.defenses.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, calibrate
 
     expected = {"frr": DEFAULT_FRR, "confidence": DEFAULT_CONFIDENCE, "threshold_method": DEFAULT_THRESHOLD_METHOD}
     assert DEFAULT_THRESHOLD_METHOD == "certified" and DEFAULT_FRR == 0.01
@@ -206,9 +206,9 @@ def test_defaults_are_written_once(monkeypatch):
         module.add_arguments(parser)
         return parser.parse_args(argv)
 
-    monkeypatch.setattr(goodnet.strip, "DEFAULT_FRR", 0.037)
-    monkeypatch.setattr(goodnet.strip, "DEFAULT_CONFIDENCE", 0.83)
-    monkeypatch.setattr(goodnet.strip, "DEFAULT_THRESHOLD_METHOD", "quantile")
+    monkeypatch.setattr(goodnet.defenses.strip, "DEFAULT_FRR", 0.037)
+    monkeypatch.setattr(goodnet.defenses.strip, "DEFAULT_CONFIDENCE", 0.83)
+    monkeypatch.setattr(goodnet.defenses.strip, "DEFAULT_THRESHOLD_METHOD", "quantile")
     args = parsed(goodnet.cli.strip, ["--model", "m.h5", "--valid", "v.h5"])
     assert (args.frr, args.confidence, args.threshold) == (0.037, 0.83, "quantile")
     monkeypatch.setattr(RepairOptions, "frr", 0.041)
@@ -300,7 +300,7 @@ def test_linear_path_on_the_lab_badnet_matches_a_per_copy_keras_reference(bd_net
 
 
 def test_bfloat16_copy_is_close_and_keeps_the_output_layer_in_float32(tiny_badnet, tiny_data):
-    from goodnet.strip import bfloat16_copy
+    from goodnet.defenses.strip import bfloat16_copy
 
     images, _ = tiny_data
     copy = bfloat16_copy(tiny_badnet.model)
@@ -420,7 +420,7 @@ sys.path.insert(0, sys.argv[2])
 from strip_helpers import tiny_network
 from goodnet.data import LabFile
 from goodnet.models import Classifier
-from goodnet.strip import STRIP
+from goodnet.defenses.strip import STRIP
 
 keras.utils.set_random_seed(0)
 classifier = Classifier(tiny_network(4, shape=(55, 47, 3)), "unit")
@@ -445,7 +445,7 @@ def test_streamed_strip_keeps_peak_memory_bounded(tmp_path, big_float64_file):
 
     count = 4000  # stored as float64: 248 MB; as float32 in memory it would be 124 MB
     path = big_float64_file(tmp_path / "big.h5", count, classes=4)
-    helpers = str(pathlib.Path(__file__).resolve().parent)
+    helpers = str(pathlib.Path(__file__).resolve().parent.parent)  # tests/, where strip_helpers lives
     result = subprocess.run([sys.executable, "-c", STRIP_PEAK_PROBE, str(path), helpers],
                             capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -460,7 +460,7 @@ def test_streamed_file_gives_exactly_the_in_memory_results(tmp_path, make_lab_fi
     """Entropies, decisions and copies used from a file read in small batches equal those of the array in memory."""
     import keras
 
-    import goodnet.strip
+    import goodnet.defenses.strip
     from goodnet.data import LabFile
     from goodnet.models import Classifier
 
@@ -470,7 +470,7 @@ def test_streamed_file_gives_exactly_the_in_memory_results(tmp_path, make_lab_fi
     valid = rng.uniform(0, 255, (80, 55, 47, 3)).astype(np.float32)
     test = rng.integers(0, 256, (45, 55, 47, 3)).astype(np.float32)
     path = make_lab_file("test.h5", test, np.zeros(len(test), np.int64), dtype="float64")
-    monkeypatch.setattr(goodnet.strip, "STREAM_IMAGES", 8)   # many small batches, one of them short
+    monkeypatch.setattr(goodnet.defenses.strip, "STREAM_IMAGES", 8)   # many small batches, one of them short
     strip = STRIP(classifier, copies=6, blend=blend, draws=draws, bank_size=40, memory_mb=2, early_stop=True,
                   early_copies=2, progress=False).fit(valid)
     assert strip.stream_batch() < len(test) and len(test) % strip.stream_batch()

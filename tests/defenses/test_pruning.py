@@ -1,4 +1,4 @@
-"""Tests for goodnet.pruning, the pruning-curve plot and ``goodnet prune``.
+"""Tests for goodnet.defenses.pruning, the pruning-curve plot and ``goodnet prune``.
 
 The references here are deliberately plain: zero the weights of a Keras
 clone and run the whole model (``model(x, training=False)``), NumPy means
@@ -15,7 +15,7 @@ import pytest
 
 from goodnet.data import LabData, load_image
 from goodnet.models import ModelError, load_model
-from goodnet.pruning import (PruningDefense, plan_sweep, predict_pruned, prune_model, select_steps,
+from goodnet.defenses.pruning import (PruningDefense, plan_sweep, predict_pruned, prune_model, select_steps,
                              zeroed_channels)
 
 FACES = ["cl_0.png", "cl_1.png", "cl_2.png", "cl_3.png", "cl_4.png", "clean_950.png"]
@@ -271,7 +271,7 @@ def test_incremental_certifies_and_re_runs_the_rest_through_keras(bd_net, lab_da
 
 
 def test_dense_phase_starts_where_updating_every_image_is_cheaper():
-    from goodnet.pruning import _dense_phase_start
+    from goodnet.defenses.pruning import _dense_phase_start
 
     assert _dense_phase_start(np.array([0, 0, 1, 100, 100]), 100) == 3
     assert _dense_phase_start(np.zeros(5, int), 100) == 5

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from goodnet.errors import OptionError
-from goodnet.triggers import apply_trigger
+from goodnet.attacks.triggers import apply_trigger
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def train_badnet(images, labels, num_classes, options=None):
     """
     import keras
 
-    from goodnet.finepruning import apply_masks, channel_masks
+    from goodnet.defenses.fine_pruning import apply_masks, channel_masks
     from goodnet.models import Classifier, build_deepid
 
     options = options or AttackOptions()
@@ -181,7 +181,7 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
         dict: the card.
     """
     from goodnet.metrics import evaluate
-    from goodnet.triggers import stealthiness
+    from goodnet.attacks.triggers import stealthiness
 
     card = {"dataset": dataset, "architecture": "DeepID (CSAW-HackML-2020 lab layout)",
             "num_classes": classifier.num_classes, "scale": classifier.scale,

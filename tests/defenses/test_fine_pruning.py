@@ -1,4 +1,4 @@
-"""Tests for goodnet.finepruning: masked fine-tuning on clean validation data only."""
+"""Tests for goodnet.defenses.fine_pruning: masked fine-tuning on clean validation data only."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from goodnet.data import LabData
 from goodnet.files import MANIFEST
-from goodnet.finepruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at, mix_images,
+from goodnet.defenses.fine_pruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at, mix_images,
                                  split_holdout)
 from goodnet.models import Classifier, build_deepid
 from square_task import coloured_squares
@@ -169,7 +169,7 @@ def test_epoch_data_uses_labels_without_mixup_and_distributions_with_it(tiny_tas
 
 
 def test_unlearning_stamps_the_recovered_trigger_on_the_chosen_share_and_keeps_labels(tiny_task):
-    from goodnet.unlearning import TriggerSearch, stamp
+    from goodnet.defenses.unlearning import TriggerSearch, stamp
 
     classifier, clean, _ = tiny_task
     fine = FinePruning(augment=False, mixup=0.0, unlearn=0.5)

@@ -95,7 +95,7 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
     Args:
         bad_classifier: Classifier of the BadNet B (STRIP runs on B).
         repaired_classifier: Classifier of the repaired B'.
-        strip: a fitted :class:`goodnet.strip.STRIP` on B with ``draws="fixed"``
+        strip: a fitted :class:`goodnet.defenses.strip.STRIP` on B with ``draws="fixed"``
             (every input uses the same bank images, so the model is deterministic
             and its entropies equal ``strip.entropy``).
         chunk_images: perturbed images per network call inside the model (memory bound).

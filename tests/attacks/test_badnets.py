@@ -1,14 +1,14 @@
-"""Tests for goodnet.attacks: poisoning, label flipping, BadNet training, the pruning-aware attack, cards."""
+"""Tests for goodnet.attacks.badnets: poisoning, label flipping, BadNet training, the pruning-aware attack, cards."""
 
 import json
 
 import numpy as np
 import pytest
 
-from goodnet.attacks import AttackOptions, attack_card, flip_labels, poison, train_badnet
-from goodnet.benchmarks import generate, poisoned_split
+from goodnet.attacks.badnets import AttackOptions, attack_card, flip_labels, poison, train_badnet
+from goodnet.attacks.benchmarks import generate, poisoned_split
 from goodnet.data import LabData
-from goodnet.triggers import apply_trigger
+from goodnet.attacks.triggers import apply_trigger
 
 
 def test_poison_multi_trigger_multi_target():
@@ -64,7 +64,7 @@ def test_badnet_training_plants_the_backdoor_and_the_card_reports_it(digits_smal
 
 
 def test_pruning_aware_attack_restores_the_decoy_channels(digits_small, monkeypatch):
-    import goodnet.attacks as attacks
+    import goodnet.attacks.badnets as attacks
 
     (train_x, train_y), _ = digits_small
     snapshots = {}
@@ -92,7 +92,7 @@ def test_pruning_aware_attack_restores_the_decoy_channels(digits_small, monkeypa
 
 
 def test_attack_command_writes_model_and_card(tmp_path, capsys):
-    from goodnet.benchmarks import write_benchmark
+    from goodnet.attacks.benchmarks import write_benchmark
     from goodnet.cli import main
     from goodnet.models import load_model
 

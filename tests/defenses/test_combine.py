@@ -1,4 +1,4 @@
-"""goodnet.goodnet and ``goodnet repair``: GoodNet and STRIP-gated GoodNet against references, on real lab models."""
+"""goodnet.defenses.combine and ``goodnet repair``: GoodNet and STRIP-gated GoodNet against references, on real lab models."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from goodnet.strip import STRIP
+from goodnet.defenses.strip import STRIP
 
 POISONED = 1283
 
@@ -56,7 +56,7 @@ def _probe_images(real_images):
 def test_goodnet_matches_reference_and_round_trips(bd_net, pruned_x10, real_images, tmp_path):
     import keras
 
-    from goodnet.goodnet import build_goodnet
+    from goodnet.defenses.combine import build_goodnet
     from goodnet.layers import custom_objects
     from goodnet.models import load_model, save_model
 
@@ -78,7 +78,7 @@ def test_goodnet_matches_reference_and_round_trips(bd_net, pruned_x10, real_imag
 
 
 def test_goodnet_rejects_mismatched_models(bd_net):
-    from goodnet.goodnet import build_goodnet
+    from goodnet.defenses.combine import build_goodnet
     from goodnet.models import Classifier, build_deepid
 
     with pytest.raises(ValueError, match="output"):
@@ -98,7 +98,7 @@ def _real_strip(bd_net, names, images, **options):
 
 
 def test_gated_goodnet_matches_reference_and_is_deterministic(bd_net, pruned_x10, real_images, tmp_path):
-    from goodnet.goodnet import build_gated_goodnet, strip_entropy_model
+    from goodnet.defenses.combine import build_gated_goodnet, strip_entropy_model
     from goodnet.models import load_model, save_model
 
     names, real, _ = real_images
@@ -122,7 +122,7 @@ def test_gated_goodnet_matches_reference_and_is_deterministic(bd_net, pruned_x10
 def test_gated_goodnet_on_real_images(bd_net, pruned_x2, real_images):
     """Real lab BadNet, the X=2 pruned model (which still answers 0 for every sunglasses image), and
     a bank of real clean images: every sunglasses image gets N, every clean image its identity."""
-    from goodnet.goodnet import build_gated_goodnet
+    from goodnet.defenses.combine import build_gated_goodnet
 
     names, images, rows = real_images
     assert all(pruned_x2.predict(images[[i for i, n in enumerate(names) if n.startswith("sun")]]) == 0)

@@ -1,16 +1,16 @@
-"""Tests for goodnet.triggers: every trigger, determinism, and stealthiness against slow references."""
+"""Tests for goodnet.attacks.triggers: every trigger, determinism, and stealthiness against slow references."""
 
 import math
 
 import numpy as np
 import pytest
 
-from goodnet.triggers import TRIGGERS, apply_trigger, psnr, ssim, stealthiness, sunglasses_mask
+from goodnet.attacks.triggers import TRIGGERS, apply_trigger, psnr, ssim, stealthiness, sunglasses_mask
 
 
 @pytest.fixture(scope="module")
 def faces():
-    from goodnet.benchmarks import generate
+    from goodnet.attacks.benchmarks import generate
 
     return generate("faces", "test", size=2, identities=3)[0]
 

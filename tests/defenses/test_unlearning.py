@@ -1,11 +1,11 @@
-"""Tests for goodnet.unlearning: the trigger search and stamping used by fine-pruning's unlearning."""
+"""Tests for goodnet.defenses.unlearning: the trigger search and stamping used by fine-pruning's unlearning."""
 
 import keras
 import numpy as np
 import pytest
 
 from goodnet.models import build_deepid
-from goodnet.unlearning import TriggerSearch, stamp
+from goodnet.defenses.unlearning import TriggerSearch, stamp
 from square_task import coloured_squares
 
 
