@@ -115,7 +115,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
-    from goodnet.cli import quiet_tensorflow
+    from goodnet.inference import quiet_tensorflow
 
     quiet_tensorflow()
     print(f"CPU cores visible: {os.cpu_count()}; load average at start: {os.getloadavg()[0]:.2f}")

@@ -133,7 +133,7 @@ def main():
                         help="straightforward steps run with model.predict, extrapolated (default 3; 0: skip)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from goodnet.cli import quiet_tensorflow
+    from goodnet.inference import quiet_tensorflow
 
     quiet_tensorflow()
     from goodnet.data import LabData

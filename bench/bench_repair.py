@@ -150,7 +150,7 @@ def main():
                         help="folder for the benchmarks, BadNets and repair outputs (reused when present)")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
-    from goodnet.cli import quiet_tensorflow
+    from goodnet.inference import quiet_tensorflow
 
     quiet_tensorflow()
     os.makedirs(args.work, exist_ok=True)

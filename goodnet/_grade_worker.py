@@ -29,7 +29,7 @@ import resource
 import sys
 import time
 
-from goodnet.cli import quiet_tensorflow
+from goodnet.inference import quiet_tensorflow
 from goodnet.files import json_default
 
 quiet_tensorflow()

@@ -10,6 +10,8 @@ GPU (``device``), replicated over several devices with
 
 import dataclasses
 import logging
+import os
+import sys
 
 import numpy as np
 
@@ -39,6 +41,38 @@ def progress_bar(total, description, enabled=None, unit="img"):
     delay = 0.0 if enabled else PROGRESS_DELAY_SECONDS
     return tqdm(total=total, desc=description, unit=unit, disable=enabled is False, delay=delay,
                 leave=False, dynamic_ncols=True)
+
+
+def quiet_tensorflow():
+    """Import TensorFlow with its C++ start-up chatter kept off the terminal.
+
+    TensorFlow writes informational lines to file descriptor 2 before its
+    logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says, so the import runs
+    with descriptor 2 sent to a temporary file, which is replayed only if
+    the import fails.
+    """
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

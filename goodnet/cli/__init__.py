@@ -20,6 +20,7 @@ import sys
 COMMANDS = ("demo", "eval", "prune", "strip", "repair", "fineprune", "synth", "attack", "grade", "export", "bench")
 
 from goodnet.errors import InputError, OptionError
+from goodnet.inference import quiet_tensorflow
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
@@ -56,38 +57,6 @@ def available_commands():
             if error.name != f"goodnet.cli.{name}":
                 raise
     return found
-
-
-def quiet_tensorflow():
-    """Import TensorFlow with its C++ start-up chatter kept off the terminal.
-
-    TensorFlow writes informational lines to file descriptor 2 before its
-    logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says, so the import runs
-    with descriptor 2 sent to a temporary file, which is replayed only if
-    the import fails.
-    """
-    import tempfile
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 class _Parser(argparse.ArgumentParser):

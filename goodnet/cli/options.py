@@ -1,0 +1,131 @@
+"""Command-line flags generated from the library's option dataclasses (:mod:`goodnet.options`).
+
+:func:`add_options` adds one flag per field, with the field's default,
+choices and help text; :func:`options_from_args` builds the dataclass back
+from the parsed arguments. Nested option dataclasses (``RepairOptions.recipe``)
+add their own fields' flags, so no command restates a default.
+"""
+
+import argparse
+import dataclasses
+
+from goodnet.base import OneOf
+
+
+def _flag(field):
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _is_group(field):
+    return dataclasses.is_dataclass(field.default) and not isinstance(field.default, type)
+
+
+def _default_text(field):
+    text = field.metadata.get("default_text")
+    if text is not None:
+        return text
+    value = field.default
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(entry) for entry in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _choices(field):
+    if field.metadata.get("choices") is not None:
+        return tuple(field.metadata["choices"])
+    for rule in field.metadata.get("rules", ()):
+        if isinstance(rule, OneOf):
+            return tuple(rule.values)
+    return None
+
+
+def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None):
+    """Add one flag per field of option dataclass ``cls`` (recursing into nested option dataclasses).
+
+    Args:
+        parser: an ``argparse`` parser (or argument group).
+        cls: the option dataclass, or an instance of it whose values are the
+            defaults (a nested group's default instance, e.g.
+            ``RepairOptions.strip = StripOptions(blend="alpha")``).
+        exclude: field names to leave off (a command that sets them itself).
+        only: if given, just these field names.
+        group: title of an argument group to put the flags in.
+        defaults: ``{field name: value}`` to show and use instead of the
+            dataclass default (a command whose own default differs, stated
+            once in that command).
+    """
+    target = parser.add_argument_group(group) if group else parser
+    instance = None if isinstance(cls, type) else cls
+    defaults = dict(defaults or {})
+    if instance is not None:
+        defaults = {**{field.name: getattr(instance, field.name) for field in dataclasses.fields(instance)
+                       if getattr(instance, field.name) != field.default}, **defaults}
+    for field in dataclasses.fields(cls):
+        if field.name in exclude or (only is not None and field.name not in only and not _is_group(field)):
+            continue
+        if _is_group(field):
+            add_options(parser, defaults.pop(field.name, field.default), exclude=exclude, only=only,
+                        defaults=defaults)
+            continue
+        meta = field.metadata
+        if not meta.get("cli", True):
+            continue
+        default = defaults.get(field.name, field.default)
+        shown = _default_text(dataclasses.replace(field, default=default)) if field.name in defaults else \
+            _default_text(field)
+        help_text = meta.get("help", "")
+        if isinstance(field.default, bool):
+            if default:
+                negative = meta.get("negative") or "--no-" + field.name.replace("_", "-")
+                target.add_argument(negative, dest=field.name, action="store_false", default=True,
+                                    help=f"{help_text} (on by default; this turns it off)")
+            else:
+                target.add_argument(_flag(field), dest=field.name, action="store_true", default=False,
+                                    help=f"{help_text} (default off)")
+            continue
+        kwargs = {"dest": field.name, "default": default, "help": f"{help_text} (default {shown})"}
+        choices = _choices(field)
+        if choices is not None:
+            kwargs["choices"] = choices
+        convert = meta.get("type")
+        if isinstance(field.default, tuple):
+            kwargs["nargs"] = meta.get("nargs") or "+"
+            if convert is None and field.default:
+                convert = type(field.default[0])
+        elif meta.get("nargs"):
+            kwargs["nargs"] = meta["nargs"]
+        if convert is None and field.default is not None and not isinstance(field.default, tuple):
+            convert = type(field.default)
+        if convert is not None and convert is not str:
+            kwargs["type"] = convert
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        target.add_argument(_flag(field), **kwargs)
+
+
+def options_from_args(args, cls, **overrides):
+    """Build option dataclass ``cls`` from parsed ``args`` (fields missing from ``args`` keep their default)."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif _is_group(field):
+            values[field.name] = options_from_args(args, type(field.default))  # every field has a flag or default
+        elif hasattr(args, field.name):
+            value = getattr(args, field.name)
+            if isinstance(field.default, tuple) and isinstance(value, list):
+                value = tuple(value)
+            values[field.name] = value
+    return cls(**values)
+
+
+def nonnegative_or_none(text):
+    """argparse type for "a number, or none"."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text}") from None

@@ -1,0 +1,72 @@
+"""Every file a run writes: CSV tables, JSON summaries, Markdown reports and plots.
+
+Defense modules compute; this module (and :mod:`goodnet.plots` for the
+figures) writes. Every write goes through :func:`goodnet.files.write_text`
+(temporary file, then rename; the umask's mode; only goodnet's own files
+are replaced) and never replaces an input: pass the run's input files as
+``protect`` (:func:`input_paths`).
+"""
+
+import csv
+import io
+import json
+import os
+
+from goodnet.files import json_default, write_text
+
+
+def percent(value, digits=2, missing=""):
+    """A rate in [0, 1] as a percentage string (``0.1234`` -> ``"12.34"``); ``missing`` for None."""
+    return missing if value is None else f"{value * 100:.{digits}f}"
+
+
+def csv_text(rows, columns=None):
+    """CSV text of ``rows`` (dicts; header from ``columns`` or the first row's keys), one line per row."""
+    rows = list(rows)
+    columns = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def json_text(payload):
+    """Indented JSON text with goodnet's conversions (NumPy numbers, paths), ending in a newline."""
+    return json.dumps(payload, indent=2, default=json_default) + "\n"
+
+
+def write_csv(path, rows, columns=None, protect=()):
+    """Write ``rows`` as CSV to ``path`` (see :func:`csv_text`)."""
+    write_text(path, csv_text(rows, columns), protect=protect)
+
+
+def write_json(path, payload, protect=()):
+    """Write ``payload`` as indented JSON to ``path``."""
+    write_text(path, json_text(payload), protect=protect)
+
+
+def dataset_name(data, index):
+    """How reports name poisoned data set ``index``: its file name, or ``poisoned_<index>`` when it has none."""
+    path = getattr(data, "path", "") or ""
+    return os.path.basename(os.fspath(path)) if path else f"poisoned_{index}"
+
+
+def dataset_names(datasets):
+    """Report names of poisoned data sets: file names, or whole paths when two file names clash."""
+    names = [dataset_name(data, index) for index, data in enumerate(datasets)]
+    if len(set(names)) != len(names):
+        names = [os.fspath(data.path) if getattr(data, "path", "") else name for data, name in zip(datasets, names)]
+    return names
+
+
+def input_paths(*datasets, protect=()):
+    """The files a run read (data sets' and classifiers' ``path``), which its outputs must never replace."""
+    paths = list(protect)
+    for data in datasets:
+        if data is None:
+            continue
+        path = getattr(data, "path", "")
+        if path:
+            paths.append(os.fspath(path))
+    return tuple(paths)
