@@ -1,0 +1,132 @@
+"""One contract test run over every defense (after scikit-learn's ``parametrize_with_checks``).
+
+Adding a defense means adding one row to ``CASES``: how to make it with small
+parameters, how to fit it on the tiny world below, what its result is (for the
+same-seed check) and one call that needs a fitted defense.
+``test_every_defense_has_a_row`` fails for a defense class without one.
+"""
+
+import copy
+import dataclasses
+import importlib
+import inspect
+import json
+import pkgutil
+
+import numpy as np
+import pytest
+
+import goodnet.defenses
+from goodnet.base import Defense, NotFittedError, clone, is_fitted
+from square_task import coloured_squares
+
+
+@dataclasses.dataclass
+class Case:
+    make: object     # () -> an unfitted defense with small parameters
+    fit: object      # (defense, world) -> what defense.fit(...) returns
+    result: object   # fitted defense -> a value (arrays, numbers, dicts of them) compared between same-seed fits
+    use: object      # (defense, world) -> a call that needs a fitted defense
+
+
+@dataclasses.dataclass
+class World:
+    classifier: object   # a tiny lab-shaped DeepID (4 classes, unit scale), seeded
+    clean: object        # LabData: clean images and labels
+    poisoned: object     # LabData: the same images with a patch, labelled 0
+
+
+CASES = {}
+
+
+def _row(cls, make, fit, result, use):
+    CASES[cls] = Case(make, fit, result, use)
+
+
+def _defense_classes():
+    """Every public Defense subclass defined in a module of goodnet.defenses."""
+    found = set()
+    for info in pkgutil.iter_modules(goodnet.defenses.__path__):
+        module = importlib.import_module(f"goodnet.defenses.{info.name}")
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if issubclass(value, Defense) and value is not Defense and value.__module__ == module.__name__ \
+                    and not value.__name__.startswith("_"):
+                found.add(value)
+    return found
+
+
+@pytest.fixture(scope="module")
+def world():
+    import keras
+
+    from goodnet.data import LabData
+    from goodnet.models import Classifier, build_deepid
+
+    keras.utils.set_random_seed(0)
+    images, labels = coloured_squares(12, (5, 5), seed=0)
+    patched = images.copy()
+    patched[:, -6:, -6:, :] = 255.0
+    model = build_deepid(4)
+    return World(Classifier(model, scale="unit"), LabData(images, labels, path="clean.h5"),
+                 LabData(patched, np.zeros_like(labels), path="poisoned.h5"))
+
+
+def _same(first, second):
+    if isinstance(first, dict):
+        assert set(first) == set(second)
+        for key in first:
+            _same(first[key], second[key])
+    elif isinstance(first, (list, tuple)) and not (first and isinstance(first[0], (int, float))):
+        assert len(first) == len(second)
+        for a, b in zip(first, second):
+            _same(a, b)
+    else:
+        np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+def _params_equal(first, second):
+    assert set(first) == set(second)
+    for name in first:
+        _same(first[name], second[name])
+
+
+def test_every_defense_has_a_row():
+    missing = sorted(cls.__name__ for cls in _defense_classes() - set(CASES))
+    assert not missing, f"defenses without a contract row in tests/defenses/test_contract.py: {missing}"
+
+
+def test_the_default_constructor_only_stores_its_parameters():
+    for cls in _defense_classes():
+        defense = cls()
+        assert sorted(vars(defense)) == sorted(cls._get_param_names()), cls.__name__
+        assert not is_fitted(defense), cls.__name__
+        assert repr(defense) == f"{cls.__name__}()"
+
+
+@pytest.mark.parametrize("cls", sorted(CASES, key=lambda cls: cls.__name__), ids=lambda cls: cls.__name__)
+def test_contract(cls, world):
+    case = CASES[cls]
+    defense = case.make()
+    params = copy.deepcopy(defense.get_params())
+    with pytest.raises(NotFittedError):
+        case.use(defense, world)
+
+    assert case.fit(defense, world) is defense, "fit must return self"
+    _params_equal(defense.get_params(), params)      # fit changes no parameter
+    assert is_fitted(defense)
+    case.use(defense, world)
+    json.dumps(defense.summary())                     # JSON-serialisable as it is
+    assert repr(defense).startswith(f"{cls.__name__}(")
+
+    copied = clone(defense)
+    assert type(copied) is cls and copied is not defense
+    _params_equal(copied.get_params(), params)
+    assert not is_fitted(copied)
+    with pytest.raises(NotFittedError):
+        case.use(copied, world)
+
+    _same(case.result(case.fit(copied, world)), case.result(defense))   # same seed, same result
+
+    copied.set_params(**params)
+    with pytest.raises(Exception, match="not a parameter"):
+        copied.set_params(no_such_parameter=1)
