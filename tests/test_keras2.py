@@ -119,7 +119,7 @@ def written(shared, bd_net, tmp_path_factory):
     from goodnet.attacks.badnets import AttackOptions, train_badnet
     from goodnet.data import save_h5
     from goodnet.defenses.combine import build_gated_goodnet, build_goodnet
-    from goodnet.keras2 import export_goodnet
+    from goodnet.export import export_goodnet
     from goodnet.models import Classifier, save_model
     from goodnet.defenses.pruning import prune_model
     from goodnet.defenses.strip import STRIP
@@ -278,7 +278,7 @@ def test_goodnet_files_stay_keras3_and_the_writer_refuses_what_keras2_cannot_reb
 def test_export_command(written, tmp_path, capsys):
     from goodnet.cli import main
     from goodnet.files import MANIFEST
-    from goodnet.keras2 import EXPORT_FILES
+    from goodnet.export import EXPORT_FILES
 
     out = tmp_path / "export"
     assert main(["export", "--model", os.fspath(written["paths"]["gated"]), "--out", os.fspath(out), "--json"]) == 0

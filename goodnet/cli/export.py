@@ -5,7 +5,7 @@
 Writes ``badnet.h5`` and ``repaired.h5`` (plain Keras 2 dialect files),
 ``gate.json`` (how G combines them) and, for a STRIP-gated G,
 ``strip_bank.npy``; the README's ``load_goodnet`` answers as G does from them
-(see :func:`goodnet.keras2.export_goodnet`).
+(see :func:`goodnet.export.export_goodnet`).
 """
 
 from goodnet.cli import prepare_out_dir, print_json
@@ -20,7 +20,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from goodnet.keras2 import EXPORT_FILES, export_goodnet
+    from goodnet.export import EXPORT_FILES, export_goodnet
     from goodnet.models import load_model
 
     prepare_out_dir(args, EXPORT_FILES.values())
