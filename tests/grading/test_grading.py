@@ -443,7 +443,7 @@ def stand_in_workers(monkeypatch):
         return {job["key"]: {"status": "error", "error": f"{job['path']}: stand-in worker: not scored",
                              "seconds": 0.0} for job in jobs}
 
-    monkeypatch.setattr("goodnet.grading.run_jobs", run_jobs)
+    monkeypatch.setattr("goodnet.grading.runner.run_jobs", run_jobs)
     return sent
 
 
@@ -589,7 +589,7 @@ def test_listed_paths_get_the_same_checks(lab_data, tmp_path, monkeypatch, stand
 
 
 def test_entries_swapped_after_the_check_are_not_read(lab_data, tmp_path, monkeypatch, stand_in_workers, no_hang):
-    import goodnet.grading
+    import goodnet.grading.runner
 
     folder, elsewhere = tmp_path / "submissions", tmp_path / "elsewhere"
     (folder / "sub").mkdir(parents=True)
@@ -600,7 +600,7 @@ def test_entries_swapped_after_the_check_are_not_read(lab_data, tmp_path, monkey
     os.symlink("sub/inner.bin", folder / "chain.h5")
     (elsewhere / "inner.bin").write_bytes(b"a secret outside the submissions folder\n")
     (tmp_path / "other.h5").write_bytes(JUNK + b"another file\n")
-    checked = goodnet.grading.submission_entries
+    checked = goodnet.grading.runner.submission_entries
 
     def check_then_swap(*args, **kwargs):
         entries = checked(*args, **kwargs)
@@ -613,7 +613,7 @@ def test_entries_swapped_after_the_check_are_not_read(lab_data, tmp_path, monkey
         os.symlink(elsewhere, folder / "sub")
         return entries
 
-    monkeypatch.setattr(goodnet.grading, "submission_entries", check_then_swap)
+    monkeypatch.setattr(goodnet.grading.runner, "submission_entries", check_then_swap)
     board = Grader(lab_data["clean"], [lab_data["poisoned"]], scale="raw", progress=False).grade(folder,
                                                                                                 tmp_path / "out")
     rows = {row["submission"]: row for row in board.rows}

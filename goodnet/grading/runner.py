@@ -67,7 +67,7 @@ ISOLATIONS = ("forkserver", "spawn")
 # Address space TensorFlow maps without using it (measured: ~1.7 GB after import).
 ADDRESS_SPACE_HEADROOM_MB = 2048
 POLL_SECONDS = 0.1
-PRELOAD_MODULES = ["goodnet._grade_worker", "goodnet.grading", "goodnet.models", "goodnet.metrics", "goodnet.data"]
+PRELOAD_MODULES = ["goodnet.grading.worker", "goodnet.grading.runner", "goodnet.models", "goodnet.metrics", "goodnet.data"]
 
 
 # A submission that carries code or unknown objects, or would inflate too far: not loaded
@@ -204,7 +204,7 @@ class _Running:
 
 def _child_entry(*args):
     """Process target: imports the worker (and TensorFlow) only in the child, never in the parent."""
-    from goodnet._grade_worker import child_main
+    from goodnet.grading.worker import child_main
 
     child_main(*args)
 
@@ -237,7 +237,7 @@ def run_jobs(jobs, limits, workers=2, isolation="forkserver", work_dir=".", prog
     """Run one isolated process per job, at most ``workers`` at a time.
 
     Args:
-        jobs: list of job dicts (see :func:`goodnet._grade_worker.evaluate_submission`)
+        jobs: list of job dicts (see :func:`goodnet.grading.worker.evaluate_submission`)
             each with a unique ``key``.
         limits: :class:`Limits` for every job.
         workers: parallel processes.
