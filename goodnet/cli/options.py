@@ -20,11 +20,10 @@ def _is_group(field):
     return dataclasses.is_dataclass(field.default) and not isinstance(field.default, type)
 
 
-def _default_text(field):
+def _default_text(field, value):
     text = field.metadata.get("default_text")
-    if text is not None:
+    if text is not None and value == field.default:
         return text
-    value = field.default
     if value is None:
         return "none"
     if isinstance(value, (tuple, list)):
@@ -73,8 +72,7 @@ def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None
         if not meta.get("cli", True):
             continue
         default = defaults.get(field.name, field.default)
-        shown = _default_text(dataclasses.replace(field, default=default)) if field.name in defaults else \
-            _default_text(field)
+        shown = _default_text(field, default)
         help_text = meta.get("help", "")
         if isinstance(field.default, bool):
             if default:
