@@ -20,7 +20,7 @@ and for each of STRIP's two uses:
   half of the tune part is the bank, the other half calibrates; the hold-out
   part gives the FRR that the repair's ``max_frr`` bound (2 %) checks;
 
-it calibrates the threshold with every method of :data:`goodnet.defenses.strip.THRESHOLD_METHODS`
+it calibrates the threshold with every method of :data:`goodnet.calibration.THRESHOLD_METHODS`
 (``certified``, the paper's ``normal`` fit, the plain ``quantile``) at targets
 of 1 % and 0.5 % on validation data only, and measures on the clean test file
 (test FRR) and on the poisoned test file (detection rate).
@@ -151,7 +151,8 @@ def measure(dataset, setting, classifier, valid, test, poisoned, copies, seeds):
     """Every seed's calibration and test figures for one BadNet and one STRIP setting; returns a list of rows."""
     from goodnet.defenses.fine_pruning import split_holdout
     from goodnet.repair import RepairOptions
-    from goodnet.defenses.strip import STRIP, THRESHOLD_METHODS, calibrate
+    from goodnet.calibration import THRESHOLD_METHODS, calibrate
+    from goodnet.defenses.strip import STRIP
 
     repair = RepairOptions()
     if setting == "strip":
@@ -271,7 +272,7 @@ def main(argv=None):
     parser.add_argument("--no-cli-check", action="store_true", help="do not run goodnet strip itself")
     parser.add_argument("--json", help="also write every row as JSON here")
     args = parser.parse_args(argv)
-    logging.getLogger("goodnet.defenses.strip").setLevel(logging.ERROR)   # too-small calibrations show in the table (cert)
+    logging.getLogger("goodnet.calibration").setLevel(logging.ERROR)   # too-small calibrations show in the table (cert)
     seeds = args.seeds or (3 if args.quick else 20)
     copies = args.copies or (10 if args.quick else 100)
     rows, checks = [], []
@@ -293,11 +294,11 @@ def main(argv=None):
 
 def report(rows, checks, copies, seeds, path):
     """Print both tables and the goodnet strip checks; write every row as JSON to ``path`` (if given)."""
-    from goodnet.defenses.strip import DEFAULT_CONFIDENCE, calibration_size_needed
+    from goodnet.calibration import CalibrationOptions, calibration_size_needed
 
     needed = ", ".join(f"{target * 100:g} %: {calibration_size_needed(target)}" for target in TARGETS)
     print(f"\nSeed 0 ({copies} copies; calibration on validation data only; bound: the calibration's one-sided "
-          f"{DEFAULT_CONFIDENCE * 100:g} % upper bound on the FRR; cert: bound <= target; calibration entropies "
+          f"{CalibrationOptions().confidence * 100:g} % upper bound on the FRR; cert: bound <= target; calibration entropies "
           f"needed to certify {needed}):")
     print("\n".join(table_seed0(rows)))
     print(f"\nOver {seeds} random validation splits (share of seeds whose test FRR exceeds the target, twice "

@@ -21,7 +21,7 @@ from goodnet.base import validate_params
 
 
 def option(default, help, *, rule=None, allow_none=False, flag=None, negative=None, choices=None, type=None,
-           metavar=None, nargs=None, cli=True, default_text=None):
+           metavar=None, nargs=None, cli=True, default_text=None, dest=None):
     """A dataclass field carrying its help text, its rule and how the command line spells it.
 
     Args:
@@ -37,12 +37,16 @@ def option(default, help, *, rule=None, allow_none=False, flag=None, negative=No
         metavar, nargs: passed to argparse.
         cli: False keeps the field off the command line.
         default_text: how ``--help`` states the default (default: the value).
+        dest: the parsed argument's name (default: the field name; for a flag
+            whose field name another flag's dest already takes, e.g. STRIP's
+            ``precision`` as ``--strip-precision`` beside the execution's ``--precision``).
     """
     rules = [] if rule is None else list(rule) if isinstance(rule, (list, tuple)) else [rule]
     if allow_none:
         rules.append(None)
     metadata = {"help": help, "rules": tuple(rules), "flag": flag, "negative": negative, "choices": choices,
-                "type": type, "metavar": metavar, "nargs": nargs, "cli": cli, "default_text": default_text}
+                "type": type, "metavar": metavar, "nargs": nargs, "cli": cli, "default_text": default_text,
+                "dest": dest}
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -65,7 +65,7 @@ from goodnet.errors import OptionError
 from goodnet.defenses.fine_pruning import RECIPE_DEFAULTS, FinePruning, split_holdout
 from goodnet.inference import Execution
 from goodnet.metrics import score_predictions
-from goodnet.defenses.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD
+from goodnet.defenses.strip import StripOptions
 
 logger = logging.getLogger(__name__)
 
@@ -262,9 +262,9 @@ class RepairOptions:
     copies: int = 100
     blend: str = "alpha"
     alpha: float = 0.5
-    threshold_method: str = DEFAULT_THRESHOLD_METHOD
-    frr: float = DEFAULT_FRR
-    confidence: float = DEFAULT_CONFIDENCE
+    threshold_method: str = StripOptions.threshold_method
+    frr: float = StripOptions.frr
+    confidence: float = StripOptions.confidence
     max_accuracy_drop: float = 3.0
     max_frr: float = 0.02
     tie_margin: float = 2.0

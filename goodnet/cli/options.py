@@ -1,7 +1,9 @@
 """Command-line flags generated from the library's option dataclasses (:mod:`goodnet.options`).
 
 :func:`add_options` adds one flag per field, with the field's default,
-choices and help text; :func:`options_from_args` builds the dataclass back
+choices and help text (a field whose rule asks for an integer >= 1 parses
+with :func:`positive_integer`; the parsed name is the field's ``dest``, by
+default its name); :func:`options_from_args` builds the dataclass back
 from the parsed arguments. Nested option dataclasses (``RepairOptions.recipe``)
 add their own fields' flags, so no command restates a default.
 """
@@ -9,11 +11,29 @@ add their own fields' flags, so no command restates a default.
 import argparse
 import dataclasses
 
-from goodnet.base import OneOf
+from goodnet.base import Interval, OneOf
 
 
 def _flag(field):
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _dest(field):
+    return field.metadata.get("dest") or field.name
+
+
+def _is_positive_integer(field):
+    """Whether the field's rule asks for an integer >= 1 (its flag then parses with :func:`positive_integer`)."""
+    return any(isinstance(rule, Interval) and rule.kind is int and rule.low == 1 and rule.closed in ("both", "left")
+               for rule in field.metadata.get("rules", ()))
+
+
+def positive_integer(value):
+    """argparse type: a positive integer (the message of ``goodnet.cli.positive``)."""
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
 
 
 def _is_group(field):
@@ -77,13 +97,13 @@ def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None
         if isinstance(field.default, bool):
             if default:
                 negative = meta.get("negative") or "--no-" + field.name.replace("_", "-")
-                target.add_argument(negative, dest=field.name, action="store_false", default=True,
+                target.add_argument(negative, dest=_dest(field), action="store_false", default=True,
                                     help=f"{help_text} (on by default; this turns it off)")
             else:
-                target.add_argument(_flag(field), dest=field.name, action="store_true", default=False,
+                target.add_argument(_flag(field), dest=_dest(field), action="store_true", default=False,
                                     help=f"{help_text} (default off)")
             continue
-        kwargs = {"dest": field.name, "default": default, "help": f"{help_text} (default {shown})"}
+        kwargs = {"dest": _dest(field), "default": default, "help": f"{help_text} (default {shown})"}
         choices = _choices(field)
         if choices is not None:
             kwargs["choices"] = choices
@@ -94,6 +114,8 @@ def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None
                 convert = type(field.default[0])
         elif meta.get("nargs"):
             kwargs["nargs"] = meta["nargs"]
+        if convert is None and _is_positive_integer(field):
+            convert = positive_integer
         if convert is None and field.default is not None and not isinstance(field.default, tuple):
             convert = type(field.default)
         if convert is not None and convert is not str:
@@ -111,8 +133,8 @@ def options_from_args(args, cls, **overrides):
             values[field.name] = overrides[field.name]
         elif _is_group(field):
             values[field.name] = options_from_args(args, type(field.default))  # every field has a flag or default
-        elif hasattr(args, field.name):
-            value = getattr(args, field.name)
+        elif hasattr(args, _dest(field)):
+            value = getattr(args, _dest(field))
             if isinstance(field.default, tuple) and isinstance(value, list):
                 value = tuple(value)
             values[field.name] = value

@@ -29,7 +29,7 @@ HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or co
 
 def add_arguments(parser):
     from goodnet.repair import GATES, RepairOptions
-    from goodnet.defenses.strip import THRESHOLD_METHODS
+    from goodnet.calibration import THRESHOLD_METHODS
 
     parser.add_argument("model", metavar="BADNET", help="the BadNet B (.h5 or .keras)")
     parser.add_argument("--repaired", metavar="BPRIME",
@@ -153,7 +153,7 @@ def run_end_to_end(args):
 
 
 def _end_to_end(args):
-    from goodnet.cli.prune import load_inputs
+    from goodnet.cli import load_inputs
     from goodnet.data import load_h5
     from goodnet.repair import RepairOptions, report_markdown, repair
 

@@ -18,38 +18,15 @@ HELP = "STRIP: detect trojaned inputs at run time (FRR on clean test data, FAR o
 
 
 def add_arguments(parser):
-    from goodnet.defenses.strip import DEFAULT_CONFIDENCE, DEFAULT_FRR, DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
+    from goodnet.cli.options import add_options
+    from goodnet.defenses.strip import StripOptions
 
     parser.add_argument("--model", required=True, help="the model to watch (the BadNet), .h5 or .keras")
     parser.add_argument("--valid", required=True, help="clean validation file: the bank and the threshold")
     parser.add_argument("--test", help="clean test file: false rejection rate")
     parser.add_argument("--poisoned-test", nargs="+", action="extend", default=[], metavar="FILE",
                         help="poisoned test file(s): false acceptance rate of each")
-    parser.add_argument("--frr", type=float, default=DEFAULT_FRR,
-                        help=f"target false rejection rate (default {DEFAULT_FRR:g})")
-    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
-                        help="probability that the certified threshold's FRR is at most --frr; level of the "
-                             f"reported FRR bounds (default {DEFAULT_CONFIDENCE:g})")
-    parser.add_argument("--copies", type=positive, default=100, help="perturbed copies per input (default 100)")
-    parser.add_argument("--blend", choices=("add", "alpha"), default="add",
-                        help="superimposition: add (the paper's additive, saturated) or alpha blend")
-    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the bank image for --blend alpha")
-    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default=DEFAULT_THRESHOLD_METHOD,
-                        help="certified: the order statistic of the clean entropies whose FRR is at most --frr "
-                             "with probability --confidence; normal: a normal fit (the paper); quantile: the "
-                             f"empirical quantile (default {DEFAULT_THRESHOLD_METHOD})")
-    parser.add_argument("--draws", choices=("random", "fixed"), default="random",
-                        help="random bank images per input (the paper) or the same ones for every input")
-    parser.add_argument("--bank-size", type=positive, default=None,
-                        help="clean images held out of --valid as the bank (default: half, at most 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bank split and the draws")
-    parser.add_argument("--memory-mb", type=positive, default=1024, help="memory budget of one network call")
-    parser.add_argument("--early-stop", action="store_true",
-                        help="decide clear-cut inputs early: look after every --early-copies copies (off by default)")
-    parser.add_argument("--early-copies", type=positive, default=10,
-                        help="copies per early-stopping stage (default 10: stages 10, 20, ..., --copies)")
-    parser.add_argument("--strip-precision", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16: a faster, approximate copy of the network (off by default)")
+    add_options(parser, StripOptions)   # every STRIP option: its flag, default, rule's choices and help
     parser.add_argument("--plot", default="strip_entropy.png", help="histogram PNG (default strip_entropy.png)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the histogram")
     add_model_options(parser)
@@ -95,20 +72,19 @@ def _detect(args, classifier, valid, test, poisoned, execution_report):
     """Fit STRIP on ``valid``, score the (streamed) test files, write the histogram; return the report."""
     import numpy as np
 
-    from goodnet.plots import strip_entropy_histogram
-    from goodnet.defenses.strip import STRIP
+    import dataclasses
 
-    strip = STRIP(classifier, copies=args.copies, blend=args.blend, alpha=args.alpha, draws=args.draws,
-                  threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,
-                  bank_size=args.bank_size, seed=args.seed,
-                  memory_mb=args.memory_mb, early_stop=args.early_stop, early_copies=args.early_copies,
-                  precision=args.strip_precision,
-                  progress=False if args.no_progress else None)
+    from goodnet.cli.options import options_from_args
+    from goodnet.defenses.strip import STRIP, StripOptions
+    from goodnet.plots import strip_entropy_histogram
+
+    options = options_from_args(args, StripOptions)
+    strip = STRIP(classifier, progress=False if args.no_progress else None, **dataclasses.asdict(options))
     strip.fit(valid.images)
     report = {"model": args.model, "scale": classifier.scale, "valid": args.valid, "bank_size": len(strip.bank_),
-              "threshold": strip.threshold_, "threshold_method": args.threshold, "target_frr": args.frr,
-              "calibration": strip.calibration_.describe(), "copies": args.copies, "blend": args.blend,
-              "draws": args.draws,
+              "threshold": strip.threshold_, "threshold_method": options.threshold_method, "target_frr": options.frr,
+              "calibration": strip.calibration_.describe(), "copies": options.copies, "blend": options.blend,
+              "draws": options.draws,
               "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,
               "valid_false_rejection_rate": float(np.mean(strip.clean_entropies_ < strip.threshold_))}
     report.update(execution_report)

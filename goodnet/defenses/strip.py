@@ -39,24 +39,56 @@ this module does not.
 
 import dataclasses
 import logging
-import math
-import statistics
 
 import numpy as np
 
+from goodnet.base import InstanceOf, Interval, OneOf
+from goodnet.calibration import THRESHOLD_METHODS, CalibrationOptions, _check_rates, calibrate
 from goodnet.errors import OptionError
 from goodnet.inference import progress_bar
+from goodnet.options import option
 
 logger = logging.getLogger(__name__)
 
 BLENDS = ("add", "alpha")
 DRAWS = ("random", "fixed")
-THRESHOLD_METHODS = ("certified", "normal", "quantile")
-DEFAULT_THRESHOLD_METHOD = "certified"
-DEFAULT_FRR = 0.01          # target false rejection rate on clean inputs (the paper's)
-DEFAULT_CONFIDENCE = 0.95   # probability that a certified threshold's FRR is at most the target
 PRECISIONS = ("float32", "bfloat16")
 STREAM_IMAGES = 256  # about this many images read at a time from an open file
+ENTROPY_WORDING = ("STRIP", "entropies", "more clean validation images or a smaller bank")   # Calibration.wording
+
+
+@dataclasses.dataclass(frozen=True)
+class StripOptions(CalibrationOptions):
+    """Every option of STRIP, with its default, rule and help text (``goodnet strip``'s defaults).
+
+    The calibration options (``threshold_method``, ``frr``, ``confidence``)
+    come from :class:`goodnet.calibration.CalibrationOptions`. The fields are
+    :class:`STRIP`'s parameters (``STRIP(**dataclasses.asdict(options))`` or
+    :meth:`STRIP.from_options`) and ``goodnet strip``'s flags
+    (:func:`goodnet.cli.options.add_options`). ``goodnet repair`` uses its own
+    values (``StripOptions(blend="alpha", ...)``).
+    """
+
+    copies: int = option(100, "perturbed copies per input", rule=Interval(int, 1))
+    blend: str = option("add", "superimposition: add (the paper's additive, saturated at 255) or alpha blend "
+                               "((1 - alpha) input + alpha bank image)", rule=OneOf(BLENDS))
+    alpha: float = option(0.5, "weight of the bank image for --blend alpha", rule=Interval(float, 0.0, 1.0, "neither"))
+    draws: str = option("random", "random bank images per input (the paper) or the same ones for every input "
+                                  "(fixed: deterministic, used inside model files)", rule=OneOf(DRAWS))
+    bank_size: int = option(None, "clean images held out of --valid as the bank", rule=Interval(int, 1),
+                            allow_none=True, default_text="half, at most 1000, at least --copies")
+    seed: int = option(0, "seed of the bank split and the draws", rule=Interval(int, 0))
+    memory_mb: int = option(1024, "memory budget of one network call (MB; sets the chunk size)", rule=Interval(int, 1))
+    early_stop: bool = option(False, "decide clear-cut inputs early: look after every --early-copies copies",
+                              rule=InstanceOf(bool))
+    early_copies: int = option(10, "copies per early-stopping stage (stages 10, 20, ..., --copies)",
+                               rule=Interval(int, 1))
+    early_z: float = option(3.0, "early stopping's decision margin in standard errors",
+                            rule=Interval(float, 0.0, closed="neither"), cli=False)
+    fast_alpha: bool = option(True, "for the alpha blend, blend the first convolution's pre-activations (the same "
+                                    "result up to float rounding, less arithmetic)", rule=InstanceOf(bool), cli=False)
+    precision: str = option("float32", "bfloat16: a faster, approximate copy of the network",
+                            rule=OneOf(PRECISIONS), flag="--strip-precision", dest="strip_precision")
 
 
 def entropy_reference(probabilities):
@@ -197,7 +229,8 @@ class STRIP:
     """
 
     def __init__(self, classifier, copies=100, blend="add", alpha=0.5, draws="random",
-                 threshold_method=DEFAULT_THRESHOLD_METHOD, frr=DEFAULT_FRR, confidence=DEFAULT_CONFIDENCE,
+                 threshold_method=StripOptions.threshold_method, frr=StripOptions.frr,
+                 confidence=StripOptions.confidence,
                  bank_size=None, seed=0, memory_mb=1024, early_stop=False, early_copies=10,
                  early_z=3.0, fast_alpha=True, precision="float32", progress=None):
         self.classifier = classifier
@@ -497,7 +530,8 @@ class STRIP:
         self.clean_entropies_ = self.entropy(images, seed=self.seed + 1)
         self.entropy_mean_ = float(np.mean(self.clean_entropies_))
         self.entropy_std_ = float(np.std(self.clean_entropies_, ddof=1))
-        self.calibration_ = calibrate(self.clean_entropies_, self.frr, self.threshold_method, self.confidence)
+        self.calibration_ = calibrate(self.clean_entropies_, self.frr, self.threshold_method, self.confidence,
+                                      ENTROPY_WORDING)
         self.threshold_ = self.calibration_.threshold
         logger.info("STRIP: clean entropy %.4f +- %.4f bits over %d inputs; threshold %.4f (%s, FRR %.3g); %s",
                     self.entropy_mean_, self.entropy_std_, len(images), self.threshold_,
@@ -674,229 +708,6 @@ class STRIP:
             if len(undecided) == 0:
                 break
         return flagged, used
-
-
-def _check_rates(frr, confidence):
-    """Raise ValueError unless ``frr`` and ``confidence`` are in (0, 1)."""
-    if not 0.0 < float(frr) < 1.0:
-        raise OptionError(f"frr: expected a false rejection rate in (0, 1), got {frr}")
-    if not 0.0 < float(confidence) < 1.0:
-        raise OptionError(f"confidence: expected a probability in (0, 1), got {confidence}")
-
-
-def certified_rank(n, frr, confidence=DEFAULT_CONFIDENCE):
-    """The largest rank k such that the k-th smallest of n clean entropies certifies FRR <= ``frr``.
-
-    Flagging inputs below the k-th smallest clean calibration entropy e_(k)
-    rejects a new clean input with probability F(e_(k)), F the clean entropies'
-    distribution function. For continuous scores F(e_(k)) is Beta(k, n + 1 - k)
-    distributed, and P(Beta(k, n + 1 - k) <= frr) = P(Binomial(n, frr) >= k),
-    which decreases with k: the answer is the number of k in 1..n with
-    P(Binomial(n, frr) >= k) >= ``confidence``. Ties among the entropies only
-    lower the rejection probability.
-
-    Args:
-        n: number of clean calibration entropies.
-        frr: target false rejection rate.
-        confidence: required probability that the FRR is at most ``frr``.
-
-    Returns:
-        int: k in 1..n, or 0 when n is too small to certify the target at all
-        (see :func:`calibration_size_needed`).
-    """
-    from scipy.special import bdtrc   # scipy.special: a fraction of scipy.stats's import time
-
-    _check_rates(frr, confidence)
-    if int(n) < 1:
-        return 0
-    tails = bdtrc(np.arange(int(n)), int(n), float(frr))   # P(Binomial(n, frr) > k - 1) for k = 1..n
-    return int(np.count_nonzero(tails >= float(confidence)))
-
-
-def calibration_size_needed(frr, confidence=DEFAULT_CONFIDENCE):
-    """The fewest clean calibration entropies that can certify FRR <= ``frr`` at ``confidence``.
-
-    Even the smallest entropy (k = 1) certifies the target only when
-    1 - (1 - frr)^n >= confidence, that is n >= log(1 - confidence) / log(1 - frr)
-    (299 for 1 % at 95 %, 598 for 0.5 %).
-    """
-    _check_rates(frr, confidence)
-
-    def enough(n):
-        return -math.expm1(n * math.log1p(-float(frr))) >= float(confidence)
-
-    n = max(1, math.ceil(math.log1p(-float(confidence)) / math.log1p(-float(frr))))
-    while n > 1 and enough(n - 1):   # the closed form up to float rounding, settled exactly
-        n -= 1
-    while not enough(n):
-        n += 1
-    return n
-
-
-def frr_bounds(rejected, n, confidence=DEFAULT_CONFIDENCE):
-    """Exact (Clopper-Pearson) bounds on a false rejection rate from ``rejected`` of ``n`` clean inputs.
-
-    Args:
-        rejected: clean calibration inputs below the threshold.
-        n: clean calibration inputs.
-        confidence: level of the bounds.
-
-    Returns:
-        (upper, (lower, upper_two_sided)): the one-sided upper bound at
-        ``confidence`` and the two-sided interval at ``confidence``. For a
-        threshold at an order statistic (``rejected`` = k - 1) the one-sided
-        bound is the ``confidence`` quantile of the FRR's Beta(k, n + 1 - k)
-        law; for other thresholds it bounds the FRR of the next order
-        statistic, which is at least the threshold's own.
-    """
-    from scipy.special import betaincinv   # the Beta quantile function
-
-    rejected, n = int(rejected), int(n)
-    if n < 1 or not 0 <= rejected <= n:
-        raise OptionError(f"rejected: expected 0..n rejections of n >= 1 clean inputs, got {rejected} of {n}")
-    tail = (1.0 - float(confidence)) / 2.0
-    upper = 1.0 if rejected == n else float(betaincinv(rejected + 1, n - rejected, float(confidence)))
-    lower = 0.0 if rejected == 0 else float(betaincinv(rejected, n - rejected + 1, tail))
-    upper_two_sided = 1.0 if rejected == n else float(betaincinv(rejected + 1, n - rejected, 1.0 - tail))
-    return upper, (lower, upper_two_sided)
-
-
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-    """How a STRIP threshold was chosen on clean calibration entropies, and what it guarantees.
-
-    Attributes:
-        threshold: inputs with entropy below it are flagged.
-        method: one of :data:`THRESHOLD_METHODS`.
-        target_frr: the false rejection rate asked for.
-        confidence: the level of the bounds (and of the certificate).
-        n: clean calibration entropies.
-        rejected: of them, how many are below the threshold.
-        rank: for "certified", the order statistic used (k-th smallest); else None.
-        frr_upper_bound: one-sided upper bound on the threshold's FRR at ``confidence``.
-        frr_interval: two-sided exact interval on the FRR at ``confidence``.
-        target_confidence: P(FRR <= target) as the calibration supports it,
-            P(Binomial(n, target) >= rejected + 1).
-        certified: whether ``target_confidence`` reaches ``confidence``.
-        n_needed: the fewest calibration entropies that can certify the target
-            (:func:`calibration_size_needed`).
-    """
-
-    threshold: float
-    method: str
-    target_frr: float
-    confidence: float
-    n: int
-    rejected: int
-    rank: object
-    frr_upper_bound: float
-    frr_interval: tuple
-    target_confidence: float
-    certified: bool
-    n_needed: int
-
-    @property
-    def too_small(self):
-        """Whether the calibration set is too small to certify the target by any threshold."""
-        return self.n < self.n_needed
-
-    def warning(self):
-        """A one-line warning when the calibration set is too small to certify the target, else None."""
-        if not self.too_small:
-            return None
-        return (f"STRIP calibration: {self.n} clean entropies cannot certify FRR <= {self.target_frr * 100:g} % "
-                f"at {self.confidence * 100:g} % confidence: expected at least {self.n_needed} (more clean "
-                f"validation images or a smaller bank); the {self.method} threshold's FRR is at most "
-                f"{self.frr_upper_bound * 100:.2f} % at that confidence")
-
-    def summary(self):
-        """One line: calibration rejections, interval, upper bound and whether the target is certified."""
-        level = f"{self.confidence * 100:g} %"
-        return (f"{self.rejected} of {self.n} clean calibration inputs below the threshold; FRR {level} interval "
-                f"{self.frr_interval[0] * 100:.2f}-{self.frr_interval[1] * 100:.2f} %, at most "
-                f"{self.frr_upper_bound * 100:.2f} % at {level} confidence "
-                f"({'certified' if self.certified else 'not certified'}: target {self.target_frr * 100:g} %)")
-
-    def describe(self):
-        """JSON-ready dict of every attribute, plus ``summary`` and ``warning`` (None unless the set is too small)."""
-        entry = dataclasses.asdict(self)
-        entry["frr_interval"] = list(self.frr_interval)
-        entry["summary"] = self.summary()
-        entry["warning"] = self.warning()
-        return entry
-
-
-def calibrate(clean_entropies, frr=DEFAULT_FRR, method=DEFAULT_THRESHOLD_METHOD, confidence=DEFAULT_CONFIDENCE):
-    """Choose the entropy threshold for target false rejection rate ``frr`` on clean calibration entropies.
-
-    Methods:
-
-    - "certified" (default): the k-th smallest entropy, k = :func:`certified_rank`:
-      its FRR is at most ``frr`` with probability ``confidence`` over the draw of
-      the calibration set (a conformal / order-statistic bound). When no rank
-      certifies the target (fewer than :func:`calibration_size_needed`
-      entropies) the smallest entropy is used and a warning is logged;
-    - "normal": the ``frr`` quantile of a normal distribution fitted to the
-      entropies (the paper);
-    - "quantile": the empirical ``frr`` quantile (``numpy.quantile``).
-
-    A normal fit or a plain quantile from a few hundred entropies misses a 1 %
-    target by sampling noise and by the entropies' skew; the certified rank
-    trades a little detection for the guarantee.
-
-    Args:
-        clean_entropies: STRIP entropies of clean calibration inputs (never test inputs).
-        frr: target false rejection rate.
-        method: one of :data:`THRESHOLD_METHODS`.
-        confidence: probability required of the certificate; level of the reported bounds.
-
-    Returns:
-        Calibration
-    """
-    if method not in THRESHOLD_METHODS:
-        raise OptionError(f"threshold_method: expected one of {THRESHOLD_METHODS}, got {method!r}")
-    _check_rates(frr, confidence)
-    values = np.asarray(clean_entropies, dtype=np.float64).ravel()
-    if len(values) < 1 or not np.all(np.isfinite(values)):
-        raise OptionError(f"clean_entropies: expected at least one finite entropy, got {len(values)} values")
-    rank = None
-    if method == "certified":
-        rank = max(1, certified_rank(len(values), frr, confidence))
-        threshold = float(np.partition(values, rank - 1)[rank - 1])
-    elif method == "normal":
-        if len(values) < 2:
-            raise OptionError(f"clean_entropies: the normal fit expects at least 2 entropies, got {len(values)}")
-        threshold = float(statistics.NormalDist(values.mean(), values.std(ddof=1)).inv_cdf(frr))
-    else:
-        threshold = float(np.quantile(values, frr))
-    from scipy.special import bdtrc
-
-    rejected = int(np.count_nonzero(values < threshold))
-    upper, interval = frr_bounds(rejected, len(values), confidence)
-    target_confidence = float(bdtrc(rejected, len(values), float(frr)))   # P(Binomial(n, frr) > rejected)
-    calibration = Calibration(threshold=threshold, method=method, target_frr=float(frr),
-                              confidence=float(confidence), n=int(len(values)), rejected=rejected, rank=rank,
-                              frr_upper_bound=upper, frr_interval=tuple(interval),
-                              target_confidence=target_confidence, certified=target_confidence >= float(confidence),
-                              n_needed=calibration_size_needed(frr, confidence))
-    if calibration.too_small:
-        logger.warning("%s", calibration.warning())
-    return calibration
-
-
-def threshold_for(clean_entropies, frr=DEFAULT_FRR, method=DEFAULT_THRESHOLD_METHOD, confidence=DEFAULT_CONFIDENCE):
-    """The entropy threshold for target false rejection rate ``frr``: ``calibrate(...).threshold``.
-
-    Args:
-        clean_entropies: STRIP entropies of clean inputs.
-        frr: target false rejection rate.
-        method: "certified" (default), "normal" (quantile of a fitted normal, the paper) or "quantile" (empirical).
-        confidence: for "certified", the probability that the FRR is at most ``frr``.
-
-    Returns:
-        float: the threshold.
-    """
-    return calibrate(clean_entropies, frr, method, confidence).threshold
 
 
 def evaluate_strip(strip, clean_images, poisoned, seed=None):
