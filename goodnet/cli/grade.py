@@ -11,7 +11,7 @@ Keras safe mode on; refused, broken, too slow or too large submissions are
 reported in the scoreboard with their reason. ``DIR`` receives
 ``scoreboard.csv``, ``.json``, ``.md`` and ``.html`` and a ``cache/`` of
 results keyed by the SHA-256 of each file and of the data, so a re-run only
-scores new or changed files. See :mod:`goodnet.grading` for the score.
+scores new or changed files. See :mod:`goodnet.grading.scoreboard` for the score.
 The execution options (``--device``, ``--devices``/``--strategy``,
 ``--precision``, ``--xla``) are handed to every submission's process.
 """

@@ -1,7 +1,9 @@
 """The child side of ``goodnet grade``: score ONE submitted model file, isolated.
 
-This module runs in a process of its own per submission (see
-:mod:`goodnet.grading`). With the default "forkserver" isolation it is
+This module runs in a process of its own per submission, started by
+:func:`goodnet.grading.runner.run_jobs`, which imports it only in child
+processes (the fork server, or each spawned interpreter), never in the
+grading parent. With the default "forkserver" isolation it is
 preloaded, together with TensorFlow and Keras, in a multiprocessing fork
 server that never opens a submission; every submission is then evaluated in a
 fresh fork of that server, so the 5-10 s TensorFlow import is paid once per
@@ -20,6 +22,8 @@ Order of work in the child, cheapest and safest first:
    execution settings.
 
 The result is one JSON object written atomically to a path the parent chose.
+This module imports only downward (:mod:`goodnet.grading.entries` and the
+core modules), never the runner or :mod:`goodnet.cli`.
 """
 
 import json
@@ -89,7 +93,7 @@ def evaluate_submission(job):
         ``precision_report``.
     """
     from goodnet.data import DataError
-    from goodnet.grading import SubmissionRefused
+    from goodnet.grading.entries import SubmissionRefused
     from goodnet.inference import Execution
     from goodnet.models import ModelError, inspect_model_file
 
