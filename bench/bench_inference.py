@@ -122,7 +122,7 @@ def main():
     results["pruning_sweep_seconds"] = sweep_seconds
     results["pruning_sweep"] = len(images) * steps / sweep_seconds
 
-    strip = STRIP(badnet, copies=args.copies, blend="alpha", progress=False).fit(clean[:max(2 * args.copies, 400)])
+    strip = STRIP(copies=args.copies, blend="alpha", progress=False).fit(badnet, clean[:max(2 * args.copies, 400)])
     probe = np.concatenate([clean[-args.strip_inputs // 2:], poisoned[-args.strip_inputs // 2:]])
     strip.entropy(probe[:4])
     results["strip_copies"], _ = rate(len(probe) * args.copies, lambda: strip.entropy(probe), repeats=1)

@@ -184,8 +184,8 @@ def main():
           f"copies, alpha blend 0.5; bank {args.bank}, fit {args.fit} clean, test {half} clean + "
           f"{args.test - half} sunglasses (real faces, jittered)")
 
-    strips = {"linear": STRIP(classifier, **options).fit(fit_images[:10], bank=bank),
-              "direct": STRIP(classifier, fast_alpha=False, **options).fit(fit_images[:10], bank=bank)}
+    strips = {"linear": STRIP(**options).fit(classifier, fit_images[:10], bank=bank),
+              "direct": STRIP(fast_alpha=False, **options).fit(classifier, fit_images[:10], bank=bank)}
     assert strips["linear"].path_ == "linear" and strips["direct"].path_ == "direct"
     errors = bench_exactness(classifier, strips, test_images[::max(1, args.test // 6)][:6])
     print(f"[exactness] largest |per-copy entropy - per-copy Keras/NumPy reference| (bits): conv_1-linear path "
@@ -202,7 +202,7 @@ def main():
     def whole(**extra):
         """Construct, fit and detect, as a user does (tracing included)."""
         def run():
-            strip = STRIP(classifier, **options, **extra).fit(fit_images, bank=bank)
+            strip = STRIP(**options, **extra).fit(classifier, fit_images, bank=bank)
             return strip, strip.predict_trojaned(test_images, seed=9)
         return run
 

@@ -109,8 +109,8 @@ class PairEntropies:
         from goodnet.defenses.strip import STRIP
 
         self.copies = int(strip_options["copies"])
-        engine = STRIP(classifier, progress=False, seed=seed, **dict(strip_options, copies=1))
-        engine.fit(valid[:2], bank=valid)    # the bank: every validation image; only per_copy_entropies is used
+        engine = STRIP(progress=False, seed=seed, **dict(strip_options, copies=1))
+        engine.fit(classifier, valid[:2], bank=valid)    # the bank: every validation image; only per_copy_entropies is used
         self.images = np.concatenate([valid] + list(others))
         self.candidates = candidates
         started = time.perf_counter()
@@ -156,11 +156,11 @@ def measure(dataset, setting, classifier, valid, test, poisoned, copies, seeds):
 
     repair = RepairOptions()
     if setting == "strip":
-        reference = STRIP(classifier, copies=copies)          # goodnet strip's defaults
+        reference = STRIP(copies=copies)          # goodnet strip's defaults
         options = {"copies": copies, "blend": reference.blend, "alpha": reference.alpha}
         tune_share = 1.0
     else:
-        reference = STRIP(classifier, copies=copies, blend=repair.blend, alpha=repair.alpha, draws="fixed",
+        reference = STRIP(copies=copies, blend=repair.blend, alpha=repair.alpha, draws="fixed",
                           confidence=repair.confidence)
         options = {"copies": copies, "blend": repair.blend, "alpha": repair.alpha}
         tune_share = 1.0 - repair.holdout_fraction

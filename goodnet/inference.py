@@ -270,8 +270,12 @@ def compiled_forward(model, divisor=1.0, execution=None):
     return placed
 
 
-def _mirrored_forward(model, divisor, names, jit_compile):
-    """Data-parallel inference: the batch is split across ``names`` with MirroredStrategy."""
+def mirrored_replica(model, names):
+    """A ``tf.distribute.MirroredStrategy`` over device ``names`` and a replica of ``model`` made in its scope.
+
+    Returns:
+        (strategy, replica): the replica holds ``model``'s weights.
+    """
     import keras
     import tensorflow as tf
 
@@ -279,25 +283,69 @@ def _mirrored_forward(model, divisor, names, jit_compile):
     with strategy.scope():
         replica = keras.models.clone_model(model)
     replica.set_weights(model.get_weights())
+    return strategy, replica
+
+
+def replicated_step(strategy, replica_step, jit_compile=False):
+    """``replica_step`` run on every replica of ``strategy``, data-parallel: a callable for :func:`run_replicated`.
+
+    Args:
+        strategy: a MirroredStrategy.
+        replica_step: a function of per-replica tensors (a ``tf.function``'s
+            ``python_function`` will do: ``strategy.run`` hands it per-replica values).
+        jit_compile: compile the step with XLA.
+    """
+    import tensorflow as tf
+
+    return tf.function(lambda *args: strategy.run(replica_step, args=args), reduce_retracing=True,
+                       jit_compile=jit_compile or None)
+
+
+def run_replicated(strategy, step, arrays, part_size=None, shared=()):
+    """Cut ``arrays`` (same length) into one part per replica, run ``step`` on every replica, join the outputs.
+
+    The parts are :func:`replica_parts` of the arrays' length (with
+    ``part_size``, each replica runs exactly the call one device would run);
+    a replica handed an empty part gets the first row as a stand-in, whose
+    output is dropped.
+
+    Args:
+        strategy: the MirroredStrategy of ``step`` (:func:`replicated_step`).
+        step: called as ``step(*array parts, *shared)``.
+        arrays: NumPy arrays cut along their first axis.
+        part_size: rows per replica (see :func:`replica_parts`).
+        shared: values passed whole to every replica (e.g. a distributed tensor).
+
+    Returns:
+        np.ndarray: the outputs of every replica, in order.
+    """
+    import tensorflow as tf
+
+    parts = replica_parts(len(arrays[0]), strategy.num_replicas_in_sync, part_size)
+    counts = [len(part) for part in parts]
+    parts = [part if len(part) else np.arange(1) for part in parts]
+    distribute = strategy.experimental_distribute_values_from_function
+    distributed = [distribute(lambda context, array=array: tf.constant(array[parts[context.replica_id_in_sync_group]]))
+                   for array in arrays]
+    outputs = strategy.experimental_local_results(step(*distributed, *shared))
+    return np.concatenate([np.asarray(output)[:count] for output, count in zip(outputs, counts)], axis=0)
+
+
+def _mirrored_forward(model, divisor, names, jit_compile):
+    """Data-parallel inference: the batch is split across ``names`` with MirroredStrategy."""
+    import tensorflow as tf
+
+    strategy, replica = mirrored_replica(model, names)
 
     def replica_step(images):
         if divisor != 1.0:
             images = images / divisor
         return tf.cast(replica(images, training=False), tf.float32)
 
-    step = tf.function(lambda images: strategy.run(replica_step, args=(images,)), reduce_retracing=True,
-                       jit_compile=jit_compile or None)
+    step = replicated_step(strategy, replica_step, jit_compile)
 
     def forward(images, part_size=None):
-        images = np.asarray(images, dtype=np.float32)
-        parts = replica_parts(len(images), len(names), part_size)
-        counts = [len(part) for part in parts]
-        # A replica handed an empty part gets one stand-in image whose output is dropped.
-        parts = [images[part] if len(part) else images[:1] for part in parts]
-        distributed = strategy.experimental_distribute_values_from_function(
-            lambda context: tf.constant(parts[context.replica_id_in_sync_group]))
-        outputs = strategy.experimental_local_results(step(distributed))
-        return np.concatenate([np.asarray(output)[:count] for output, count in zip(outputs, counts)], axis=0)
+        return run_replicated(strategy, step, [np.asarray(images, dtype=np.float32)], part_size)
 
     forward.model = replica
     forward.replicas = len(names)

@@ -330,10 +330,10 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     base_models["fine_pruned"] = fine.model_
 
     # 3. STRIP on B, calibrated on the tune part (fixed draws: the model files are deterministic).
-    strip = STRIP(classifier, copies=options.copies, blend=options.blend, alpha=options.alpha, draws="fixed",
+    strip = STRIP(copies=options.copies, blend=options.blend, alpha=options.alpha, draws="fixed",
                   threshold_method=options.threshold_method, frr=options.frr, confidence=options.confidence,
                   seed=options.seed,
-                  progress=progress).fit(tune.images)
+                  progress=progress).fit(classifier, tune.images)
 
     # 4. Every candidate's hold-out validation figures, from shared components.
     candidates = build_candidates(list(pruned_steps))

@@ -142,8 +142,8 @@ for devices in (1, 2):
                                                "curve": sweep.summary()["curve"],
                                                "execution": sweep.execution_.describe()}
     for blend in ("add", "alpha"):
-        strip = STRIP(classifier, copies=5, blend=blend, bank_size=20, memory_mb=1, early_copies=2,
-                      progress=False).fit(images[:45])
+        strip = STRIP(copies=5, blend=blend, bank_size=20, memory_mb=1, early_copies=2,
+                      progress=False).fit(classifier, images[:45])
         with LabFile(sys.argv[1]) as lab:
             streamed = strip.entropy(lab, seed=4).tolist()
         report[f"strip-{blend}-{devices}"] = {"threshold": strip.threshold_, "clean": strip.clean_entropies_.tolist(),
@@ -151,8 +151,7 @@ for devices in (1, 2):
                                               "flagged": strip.predict_trojaned(images[45:], seed=3).tolist(),
                                               "used": strip.last_copies_used_.tolist(), "streamed": streamed,
                                               "chunk": strip.chunk_inputs(),
-                                              "replicas": 1 if strip._strategy is None else
-                                              strip._strategy.num_replicas_in_sync}
+                                              "replicas": strip._kernel.replicas}
 print(json.dumps(report))
 """
 

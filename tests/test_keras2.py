@@ -143,8 +143,8 @@ def written(shared, bd_net, tmp_path_factory):
     data = save_h5(folder / "clean.h5", real[clean], np.array([int(rows[i]["identity"]) for i in clean]),
                    dtype="float32")
     bank = real[[i for i, row in enumerate(rows) if row["content"] != "sunglasses"]]
-    strip = STRIP(bd_net, copies=len(bank), blend="alpha", alpha=0.5, draws="fixed", threshold_method="quantile",
-                  frr=0.05).fit(bank[:, :, ::-1], bank=bank)
+    strip = STRIP(copies=len(bank), blend="alpha", alpha=0.5, draws="fixed", threshold_method="quantile",
+                  frr=0.05).fit(bd_net, bank[:, :, ::-1], bank=bank)
     goodnets = {"goodnet": build_goodnet(bd_net, pruned), "gated": build_gated_goodnet(bd_net, pruned, strip)}
     exports = {}
     for name, goodnet in goodnets.items():

@@ -219,10 +219,10 @@ def _combine(args):
 
         _, execution_report = configure_execution(args, bad, valid)
         report.update(execution_report)
-        strip = STRIP(bad, copies=args.copies, blend=args.blend, alpha=args.alpha, draws="fixed",
+        strip = STRIP(copies=args.copies, blend=args.blend, alpha=args.alpha, draws="fixed",
                       threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,
                       bank_size=args.bank_size, seed=args.seed,
-                      progress=False if args.no_progress else None).fit(valid.images)
+                      progress=False if args.no_progress else None).fit(bad, valid.images)
         goodnet = build_gated_goodnet(bad, repaired, strip)
         report.update({"copies": args.copies, "blend": args.blend, "threshold": strip.threshold_,
                        "threshold_method": args.threshold, "target_frr": args.frr,

@@ -72,15 +72,12 @@ def _detect(args, classifier, valid, test, poisoned, execution_report):
     """Fit STRIP on ``valid``, score the (streamed) test files, write the histogram; return the report."""
     import numpy as np
 
-    import dataclasses
-
     from goodnet.cli.options import options_from_args
     from goodnet.defenses.strip import STRIP, StripOptions
     from goodnet.plots import strip_entropy_histogram
 
     options = options_from_args(args, StripOptions)
-    strip = STRIP(classifier, progress=False if args.no_progress else None, **dataclasses.asdict(options))
-    strip.fit(valid.images)
+    strip = STRIP.from_options(options, progress=False if args.no_progress else None).fit(classifier, valid.images)
     report = {"model": args.model, "scale": classifier.scale, "valid": args.valid, "bank_size": len(strip.bank_),
               "threshold": strip.threshold_, "threshold_method": options.threshold_method, "target_frr": options.frr,
               "calibration": strip.calibration_.describe(), "copies": options.copies, "blend": options.blend,

@@ -95,7 +95,7 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
     Args:
         bad_classifier: Classifier of the BadNet B (STRIP runs on B).
         repaired_classifier: Classifier of the repaired B'.
-        strip: a fitted :class:`goodnet.defenses.strip.STRIP` on B with ``draws="fixed"``
+        strip: a :class:`goodnet.defenses.strip.STRIP` fitted on B with ``draws="fixed"``
             (every input uses the same bank images, so the model is deterministic
             and its entropies equal ``strip.entropy``).
         chunk_images: perturbed images per network call inside the model (memory bound).
@@ -107,7 +107,7 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
         Classifier: the gated G (one model holding B, B', the bank, N and the threshold).
 
     Example:
-        >>> strip = STRIP(bad, copies=100, draws="fixed", seed=0).fit(valid.images)
+        >>> strip = STRIP(copies=100, draws="fixed", seed=0).fit(bad, valid.images)
         >>> gated = build_gated_goodnet(bad, pruned, strip)
     """
     import keras
@@ -119,7 +119,7 @@ def build_gated_goodnet(bad_classifier, repaired_classifier, strip, chunk_images
         raise OptionError("strip: expected a fitted STRIP (call fit on clean validation data first)")
     if strip.draws != "fixed":
         raise OptionError(f"strip: draws: expected 'fixed' for a model file (deterministic), got {strip.draws!r}")
-    if strip.classifier.model is not bad_classifier.model:
+    if strip.classifier_.model is not bad_classifier.model:
         logger.warning("the STRIP estimator was fitted on another model than the BadNet given")
     bank = bad_classifier.scale_images(strip.fixed_bank_)
     inputs = keras.Input(shape=bad_classifier.input_shape, name="input")

@@ -18,6 +18,7 @@ import pytest
 
 import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
+from goodnet.defenses.strip import STRIP
 from square_task import coloured_squares
 
 
@@ -42,6 +43,13 @@ CASES = {}
 def _row(cls, make, fit, result, use):
     CASES[cls] = Case(make, fit, result, use)
 
+
+_row(STRIP,
+     make=lambda: STRIP(copies=4, bank_size=12, frr=0.1, progress=False),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean),
+     result=lambda defense: {"threshold": defense.threshold_, "clean": defense.clean_entropies_,
+                             "entropies": defense.entropy(defense.bank_[:6], seed=7)},
+     use=lambda defense, world: defense.predict_trojaned(world.poisoned.images[:4], seed=1))
 
 def _defense_classes():
     """Every public Defense subclass defined in a module of goodnet.defenses."""

@@ -35,8 +35,8 @@ def _reference_entropies(classifier, images, bank, indices, blend, alpha):
                                                      ("alpha", False, "direct")])
 def test_fast_entropies_match_slow_reference(tiny_badnet, tiny_data, blend, fast_alpha, path):
     images, _ = tiny_data
-    strip = STRIP(tiny_badnet, copies=12, blend=blend, alpha=0.4, bank_size=60, seed=3,
-                  fast_alpha=fast_alpha).fit(images[:150])
+    strip = STRIP(copies=12, blend=blend, alpha=0.4, bank_size=60, seed=3,
+                  fast_alpha=fast_alpha).fit(tiny_badnet, images[:150])
     assert strip.path_ == path
     test = images[150:170]
     indices = strip.draw_indices(len(test), seed=11)
@@ -50,8 +50,8 @@ def test_fast_entropies_match_slow_reference(tiny_badnet, tiny_data, blend, fast
 
 def test_chunking_does_not_change_results(tiny_badnet, tiny_data):
     images, _ = tiny_data
-    big = STRIP(tiny_badnet, copies=10, bank_size=50).fit(images[:120])
-    small = STRIP(tiny_badnet, copies=10, bank_size=50, memory_mb=1).fit(images[:120])
+    big = STRIP(copies=10, bank_size=50).fit(tiny_badnet, images[:120])
+    small = STRIP(copies=10, bank_size=50, memory_mb=1).fit(tiny_badnet, images[:120])
     assert small.chunk_inputs() < big.chunk_inputs()
     np.testing.assert_allclose(small.entropy(images[200:260]), big.entropy(images[200:260]), atol=1e-5)
     assert small.threshold_ == pytest.approx(big.threshold_, abs=1e-5)
@@ -59,7 +59,7 @@ def test_chunking_does_not_change_results(tiny_badnet, tiny_data):
 
 def test_fit_holds_out_the_bank_and_sets_the_threshold(tiny_badnet, tiny_data):
     images, _ = tiny_data
-    strip = STRIP(tiny_badnet, copies=10, bank_size=40, threshold_method="quantile", frr=0.05, seed=1).fit(images[:240])
+    strip = STRIP(copies=10, bank_size=40, threshold_method="quantile", frr=0.05, seed=1).fit(tiny_badnet, images[:240])
     assert strip.bank_.shape == (40, 16, 16, 3)
     assert len(strip.clean_entropies_) == 200
     flat_bank = {image.tobytes() for image in strip.bank_}
@@ -138,7 +138,7 @@ def test_strip_flags_come_from_strip_options():
 
 def test_strip_detects_the_tiny_trigger(tiny_badnet, tiny_data):
     images, _ = tiny_data
-    strip = STRIP(tiny_badnet, copies=20, blend="alpha", bank_size=100, frr=0.05).fit(images[:300])
+    strip = STRIP(copies=20, blend="alpha", bank_size=100, frr=0.05).fit(tiny_badnet, images[:300])
     result = evaluate_strip(strip, images[300:], [("patch", add_trigger(images[300:]))])
     poisoned = result["poisoned"][0]
     assert np.median(poisoned["entropies"]) < np.median(result["clean_entropies"])
@@ -149,8 +149,8 @@ def test_strip_detects_the_tiny_trigger(tiny_badnet, tiny_data):
 def test_early_stopping_agrees_with_full_copies(tiny_badnet, tiny_data):
     images, _ = tiny_data
     options = dict(copies=30, blend="alpha", bank_size=100, frr=0.05)
-    full = STRIP(tiny_badnet, **options).fit(images[:300])
-    early = STRIP(tiny_badnet, early_stop=True, early_copies=10, **options).fit(images[:300])
+    full = STRIP(**options).fit(tiny_badnet, images[:300])
+    early = STRIP(early_stop=True, early_copies=10, **options).fit(tiny_badnet, images[:300])
     mixed = np.concatenate([images[300:400], add_trigger(images[400:500])])
     decided_full = full.predict_trojaned(mixed, seed=5)
     decided_early = early.predict_trojaned(mixed, seed=5)
@@ -182,8 +182,8 @@ def _sequential_reference(per_copy, threshold, stage, z, early_stop):
 @pytest.mark.parametrize("early_stop", [False, True])
 def test_staged_stopping_matches_a_plain_reference(tiny_badnet, tiny_data, early_stop):
     images, _ = tiny_data
-    strip = STRIP(tiny_badnet, copies=30, blend="alpha", bank_size=100, frr=0.05, early_stop=early_stop,
-                  early_copies=5, early_z=2.0).fit(images[:300])
+    strip = STRIP(copies=30, blend="alpha", bank_size=100, frr=0.05, early_stop=early_stop,
+                  early_copies=5, early_z=2.0).fit(tiny_badnet, images[:300])
     mixed = np.concatenate([images[300:380], add_trigger(images[380:460])])
     flagged = strip.predict_trojaned(mixed, seed=5)
     per_copy = strip.per_copy_entropies(mixed, strip.draw_indices(len(mixed), seed=5))
@@ -205,8 +205,8 @@ def test_linear_path_on_the_lab_badnet_matches_a_per_copy_keras_reference(bd_net
     rng = np.random.default_rng(0)
     bank = np.clip(np.concatenate([clean, clean[:, :, ::-1]]) + rng.normal(0, 4, (10, 55, 47, 3)), 0, 255)
     options = dict(copies=6, blend="alpha", alpha=0.5, progress=False)
-    linear = STRIP(bd_net, **options).fit(clean[:3], bank=bank)
-    direct = STRIP(bd_net, fast_alpha=False, **options).fit(clean[:3], bank=bank)
+    linear = STRIP(**options).fit(bd_net, clean[:3], bank=bank)
+    direct = STRIP(fast_alpha=False, **options).fit(bd_net, clean[:3], bank=bank)
     assert (linear.path_, direct.path_) == ("linear", "direct")
     inputs = np.concatenate([clean[3:], sunglasses])
     indices = linear.draw_indices(len(inputs), seed=2)
@@ -217,16 +217,16 @@ def test_linear_path_on_the_lab_badnet_matches_a_per_copy_keras_reference(bd_net
 
 
 def test_bfloat16_copy_is_close_and_keeps_the_output_layer_in_float32(tiny_badnet, tiny_data):
-    from goodnet.defenses.strip import bfloat16_copy
+    from goodnet.inference import with_precision   # STRIP's bfloat16 copy of the network
 
     images, _ = tiny_data
-    copy = bfloat16_copy(tiny_badnet.model)
+    copy = with_precision(tiny_badnet.model, "bfloat16")
     assert copy.layers[-1].compute_dtype == "float32" and copy.get_layer("conv_1").compute_dtype == "bfloat16"
     scaled = images[:50] / np.float32(255)
     np.testing.assert_allclose(np.asarray(copy(scaled)), np.asarray(tiny_badnet.model(scaled)), atol=0.05)
     options = dict(copies=10, blend="alpha", bank_size=100, frr=0.05)
-    exact = STRIP(tiny_badnet, **options).fit(images[:300])
-    rounded = STRIP(tiny_badnet, precision="bfloat16", **options).fit(images[:300])
+    exact = STRIP(**options).fit(tiny_badnet, images[:300])
+    rounded = STRIP(precision="bfloat16", **options).fit(tiny_badnet, images[:300])
     assert rounded.path_ == "direct"
     np.testing.assert_allclose(rounded.entropy(images[300:340]), exact.entropy(images[300:340]), atol=0.05)
     assert tiny_badnet.model.get_layer("conv_1").compute_dtype == "float32", "the original model is untouched"
@@ -243,26 +243,26 @@ def test_linear_path_needs_a_convolution_on_the_input(tiny_data):
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(hidden))
     classifier = Classifier(keras.Model(inputs, outputs), scale="unit")
     images, _ = tiny_data
-    strip = STRIP(classifier, copies=5, blend="alpha", bank_size=20).fit(images[:40])
+    strip = STRIP(copies=5, blend="alpha", bank_size=20).fit(classifier, images[:40])
     assert strip.path_ == "direct"
 
 
 def test_bad_parameters_and_unfitted_use(tiny_badnet, tiny_data):
     images, _ = tiny_data
     with pytest.raises(ValueError, match="not fitted"):
-        STRIP(tiny_badnet).predict_trojaned(images[:2])
+        STRIP().predict_trojaned(images[:2])
     with pytest.raises(ValueError, match="blend"):
-        STRIP(tiny_badnet, blend="max").fit(images)
+        STRIP(blend="max").fit(tiny_badnet, images)
     with pytest.raises(ValueError, match="frr"):
-        STRIP(tiny_badnet, frr=1.5).fit(images)
+        STRIP(frr=1.5).fit(tiny_badnet, images)
     with pytest.raises(ValueError, match="precision"):
-        STRIP(tiny_badnet, precision="int8").fit(images)
+        STRIP(precision="int8").fit(tiny_badnet, images)
     with pytest.raises(ValueError, match="early_copies"):
-        STRIP(tiny_badnet, early_copies=0).fit(images)
+        STRIP(early_copies=0).fit(tiny_badnet, images)
     with pytest.raises(ValueError, match="bank"):
-        STRIP(tiny_badnet, copies=50).fit(images[:60], bank=images[:10])
+        STRIP(copies=50).fit(tiny_badnet, images[:60], bank=images[:10])
     with pytest.raises(ValueError, match="shape"):
-        STRIP(tiny_badnet, copies=2).fit(np.zeros((10, 8, 8, 3)))
+        STRIP(copies=2).fit(tiny_badnet, np.zeros((10, 8, 8, 3)))
 
 
 def _lab_files(make_lab_file, count=160):
@@ -342,7 +342,7 @@ from goodnet.defenses.strip import STRIP
 keras.utils.set_random_seed(0)
 classifier = Classifier(tiny_network(4, shape=(55, 47, 3)), "unit")
 valid = np.random.default_rng(1).uniform(0, 255, (120, 55, 47, 3)).astype(np.float32)
-strip = STRIP(classifier, copies=2, bank_size=60, memory_mb=16, progress=False).fit(valid)
+strip = STRIP(copies=2, bank_size=60, memory_mb=16, progress=False).fit(classifier, valid)
 strip.entropy(valid[:300])  # warm up TensorFlow
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with LabFile(sys.argv[1]) as lab:
@@ -377,7 +377,7 @@ def test_streamed_file_gives_exactly_the_in_memory_results(tmp_path, make_lab_fi
     """Entropies, decisions and copies used from a file read in small batches equal those of the array in memory."""
     import keras
 
-    import goodnet.defenses.strip
+    import goodnet.defenses._strip_kernels
     from goodnet.data import LabFile
     from goodnet.models import Classifier
 
@@ -387,9 +387,9 @@ def test_streamed_file_gives_exactly_the_in_memory_results(tmp_path, make_lab_fi
     valid = rng.uniform(0, 255, (80, 55, 47, 3)).astype(np.float32)
     test = rng.integers(0, 256, (45, 55, 47, 3)).astype(np.float32)
     path = make_lab_file("test.h5", test, np.zeros(len(test), np.int64), dtype="float64")
-    monkeypatch.setattr(goodnet.defenses.strip, "STREAM_IMAGES", 8)   # many small batches, one of them short
-    strip = STRIP(classifier, copies=6, blend=blend, draws=draws, bank_size=40, memory_mb=2, early_stop=True,
-                  early_copies=2, progress=False).fit(valid)
+    monkeypatch.setattr(goodnet.defenses._strip_kernels, "STREAM_IMAGES", 8)   # many small batches, one of them short
+    strip = STRIP(copies=6, blend=blend, draws=draws, bank_size=40, memory_mb=2, early_stop=True,
+                  early_copies=2, progress=False).fit(classifier, valid)
     assert strip.stream_batch() < len(test) and len(test) % strip.stream_batch()
     in_memory = strip.entropy(test, seed=9)
     in_memory_flags = strip.predict_trojaned(test, seed=9)
@@ -402,14 +402,14 @@ def test_streamed_file_gives_exactly_the_in_memory_results(tmp_path, make_lab_fi
     np.testing.assert_array_equal(strip.last_copies_used_, in_memory_used)
     assert len(np.unique(in_memory)) > 1
     with pytest.raises(TypeError, match="images: expected images in memory"), LabFile(path) as lab:
-        STRIP(classifier, copies=6, bank_size=40).fit(lab)
+        STRIP(copies=6, bank_size=40).fit(classifier, lab)
 
 
 def test_precision_effect_compares_with_a_float32_twin(tiny_badnet, tiny_data):
     images, _ = tiny_data
     options = dict(copies=10, blend="alpha", bank_size=100, frr=0.05)
-    exact = STRIP(tiny_badnet, **options).fit(images[:300])
-    rounded = STRIP(tiny_badnet, precision="bfloat16", **options).fit(images[:300])
+    exact = STRIP(**options).fit(tiny_badnet, images[:300])
+    rounded = STRIP(precision="bfloat16", **options).fit(tiny_badnet, images[:300])
     effect = rounded.precision_effect(images[300:340], seed=5)
     reference = exact.entropy(images[300:340], seed=5)
     expected = np.max(np.abs(rounded.entropy(images[300:340], seed=5) - reference))
