@@ -94,7 +94,7 @@ def _real_strip(bd_net, names, images, **options):
     fit = np.concatenate([images[lipstick], images[lipstick][:, :, ::-1]])
     settings = dict(copies=len(bank), blend="alpha", alpha=0.5, draws="fixed", threshold_method="quantile", frr=0.01)
     settings.update(options)
-    return STRIP(bd_net, **settings).fit(fit, bank=bank)
+    return STRIP(**settings).fit(bd_net, fit, bank=bank)
 
 
 def test_gated_goodnet_matches_reference_and_is_deterministic(bd_net, pruned_x10, real_images, tmp_path):
