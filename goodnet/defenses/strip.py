@@ -218,11 +218,6 @@ class STRIP(Defense):
         """A STRIP with the parameters of ``options`` (a :class:`StripOptions`)."""
         return cls(progress=progress, **dataclasses.asdict(options))
 
-    def options(self):
-        """The parameters as a :class:`StripOptions` (without ``progress``)."""
-        params = self.get_params()
-        return StripOptions(**{field.name: params[field.name] for field in dataclasses.fields(StripOptions)})
-
     # -- fit ------------------------------------------------------------------------
     def bank_size_for(self, count):
         """Clean images :meth:`fit` holds out as the bank from ``count`` images when no bank is given."""
