@@ -121,7 +121,7 @@ def written(shared, bd_net, tmp_path_factory):
     from goodnet.defenses.combine import build_gated_goodnet, build_goodnet
     from goodnet.export import export_goodnet
     from goodnet.models import Classifier, save_model
-    from goodnet.defenses.pruning import prune_model
+    from goodnet.surgery import prune_model
     from goodnet.defenses.strip import STRIP
 
     folder = tmp_path_factory.mktemp("keras2")

@@ -100,17 +100,6 @@ def _fit(model, images, labels, options, epochs, callbacks=()):
     return model
 
 
-def _dormant_channels(model, images, fraction, layer="conv_3", measure="pool_3"):
-    """The ``fraction`` of ``layer``'s channels with the lowest mean activation at ``measure`` on ``images``."""
-    import keras
-
-    probe = keras.Model(model.inputs, model.get_layer(measure).output)
-    activations = probe.predict(images / np.float32(255), batch_size=512, verbose=0)
-    means = activations.reshape(-1, activations.shape[-1]).mean(axis=0)
-    count = int(round(fraction * len(means)))
-    return np.argsort(means, kind="stable")[:count]
-
-
 def train_badnet(images, labels, num_classes, options=None):
     """Train a BadNet with the lab's DeepID architecture on raw-pixel training data.
 
@@ -129,8 +118,8 @@ def train_badnet(images, labels, num_classes, options=None):
     """
     import keras
 
-    from goodnet.defenses.fine_pruning import apply_masks, channel_masks
     from goodnet.models import Classifier, build_deepid
+    from goodnet.surgery import apply_masks, channel_masks, rank_channels
 
     options = options or AttackOptions()
     keras.utils.set_random_seed(options.seed)
@@ -149,7 +138,10 @@ def train_badnet(images, labels, num_classes, options=None):
         _fit(model, poisoned_images, poisoned_labels, options, options.epochs)
     else:
         _fit(model, np.asarray(images, np.float32), clean_labels, options, options.clean_epochs or options.epochs)
-        decoys = _dormant_channels(model, np.asarray(images, np.float32), options.prune_fraction)
+        # the defender's ranking (mean clean activation at pool_3, pixels / 255): its most dormant channels
+        ranking, _ = rank_channels(model, np.asarray(images, np.float32), "conv_3", "pool_3", divisor=255.0,
+                                   batch_size=512, progress=False)
+        decoys = ranking[:int(round(options.prune_fraction * len(ranking)))]
         layer = model.get_layer("conv_3")
         kernel, bias = [np.array(value) for value in layer.get_weights()]
         masks = channel_masks(layer, decoys)

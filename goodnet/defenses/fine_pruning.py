@@ -15,7 +15,7 @@ import numpy as np
 
 from goodnet.errors import OptionError
 from goodnet.metrics import accuracy, attack_success_rate
-from goodnet.defenses.pruning import prune_model
+from goodnet.surgery import apply_masks, channel_masks, prune_model
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +53,6 @@ def split_holdout(labels, holdout_fraction=0.2, seed=0):
         hold.extend(members[:count])
         tune.extend(members[count:])
     return np.sort(np.array(tune, dtype=np.int64)), np.sort(np.array(hold, dtype=np.int64))
-
-
-def channel_masks(layer, channels):
-    """0/1 masks (kernel mask, bias mask) that zero ``channels`` of a convolution's output."""
-    kernel, bias = layer.kernel, layer.bias
-    keep = np.ones(int(kernel.shape[-1]), dtype=np.float32)
-    keep[list(channels)] = 0.0
-    kernel_mask = np.broadcast_to(keep, tuple(kernel.shape)).astype(np.float32)
-    return kernel_mask, keep if bias is not None else None
-
-
-def apply_masks(layer, kernel_mask, bias_mask):
-    """Multiply the layer's kernel (and bias) by the masks, in place."""
-    layer.kernel.assign(layer.kernel * kernel_mask)
-    if bias_mask is not None:
-        layer.bias.assign(layer.bias * bias_mask)
 
 
 @dataclasses.dataclass
