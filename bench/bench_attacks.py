@@ -70,7 +70,7 @@ def measure(name, config, seed):
     card = attack_card(badnet, options, {"dataset": config["dataset"], "seed": seed,
                                          "sizes": DEFAULT_SIZES[config["dataset"]]},
                        data["valid"][0], [data["valid"][1]], data["test"][0], [data["test"][1]], info)
-    defense = PruningDefense(badnet, "conv_3", progress=False).fit(data["valid"][0], [data["valid"][1]])
+    defense = PruningDefense("conv_3", progress=False).fit(badnet, data["valid"][0], [data["valid"][1]])
     drop, step = drop_when_attack_breaks(defense.curve_)
     curve = defense.curve_
     result = {"config": name, "train_images": len(splits["train"][1]), "classes": num_classes,

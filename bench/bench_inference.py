@@ -113,10 +113,10 @@ def main():
 
     from goodnet.data import LabData
 
-    defense = PruningDefense(badnet, "conv_3", progress=False)
+    defense = PruningDefense("conv_3", progress=False)
     valid, bad_valid = LabData(clean, labels, "clean"), LabData(poisoned, targets, "poisoned")
     start = time.perf_counter()
-    defense.fit(valid, [bad_valid])
+    defense.fit(badnet, valid, [bad_valid])
     sweep_seconds = time.perf_counter() - start
     steps = len(defense.ranking_) + 1
     results["pruning_sweep_seconds"] = sweep_seconds

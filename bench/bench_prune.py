@@ -150,12 +150,13 @@ def main():
     forward = classifier.forward()
     run_batches(forward, images[:2 * args.batch_size], args.batch_size, False)          # trace + warm up
     keras_predict(classifier.model, classifier.divisor, images[:2 * args.batch_size], args.batch_size)
-    warm = PruningDefense(classifier, args.layer, progress=False)
-    warm.fit(LabData(clean[:256], labels[:256]), [LabData(poisoned[:256], targets[:256])])  # trace the sweep's functions
+    warm = PruningDefense(args.layer, progress=False)
+    warm.fit(classifier, LabData(clean[:256], labels[:256]), [LabData(poisoned[:256], targets[:256])])  # trace the sweep's functions
     load_before = os.getloadavg()
     plain_time, plain_cpu, _ = cpu_timed(lambda: run_batches(forward, images, args.batch_size, False))
-    defense = PruningDefense(classifier, args.layer, batch_size=args.batch_size, progress=False)
-    sweep_time, sweep_cpu, _ = cpu_timed(lambda: defense.fit(LabData(clean, labels), [LabData(poisoned, targets)]))
+    defense = PruningDefense(args.layer, batch_size=args.batch_size, progress=False)
+    sweep_time, sweep_cpu, _ = cpu_timed(lambda: defense.fit(classifier, LabData(clean, labels),
+                                                             [LabData(poisoned, targets)]))
     plain_again, plain_cpu_again, _ = cpu_timed(lambda: run_batches(forward, images, args.batch_size, False))
     keras_times = [timed(lambda: keras_predict(classifier.model, classifier.divisor, images, args.batch_size))[0]
                    for _ in range(2)]
@@ -179,7 +180,7 @@ def main():
     print(f"load average (1 min) before/after the timed passes: {load_before[0]:.2f} / {load_after[0]:.2f} "
           "(other processes share the cores; CPU seconds below are this process's)")
     print(f"method: {defense.method_} ({defense.method_reason_}); image-steps certified by goodnet's own "
-          f"evaluation: {getattr(defense, 'certified_rows_', 0)}, re-run through the Keras tail: "
+          f"evaluation: {defense.certified_rows_}, re-run through the Keras tail: "
           f"{defense.recomputed_rows_}, of {(channels + 1) * len(images)}")
     print(f"unpruned: clean accuracy {curve.clean_accuracy[0] * 100:.3f} %, ASR {curve.attack_success[0, 0] * 100:.3f} %;"
           f" selected steps {defense.selected_}")

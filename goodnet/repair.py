@@ -311,8 +311,8 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     poisoned_names = [_name(data, index) for index, data in enumerate(poisoned)]
 
     # 1. The pruning sweep on the tune part: ranking and the X-point steps.
-    defense = PruningDefense(classifier, options.layer, drops=tuple(options.drops), progress=progress).fit(
-        tune, poisoned)
+    defense = PruningDefense(options.layer, drops=tuple(options.drops), progress=progress).fit(
+        classifier, tune, poisoned)
     pruned_steps = {drop: step for drop, step in defense.selected_.items() if step is not None}
     base_models = {"badnet": classifier}
     for drop, step in pruned_steps.items():

@@ -70,3 +70,66 @@ def input_paths(*datasets, protect=()):
         if path:
             paths.append(os.fspath(path))
     return tuple(paths)
+
+
+# -- the pruning defense (goodnet prune, the demo) ---------------------------------------------------------------
+
+PRUNE_FILES = {"csv": "prune_curve.csv", "json": "prune_curve.json", "png": "prune_curve.png"}
+
+
+def pruned_model_filename(drop, extension=".h5"):
+    """``model_X=2.h5`` for drop 2 (integers without a decimal point)."""
+    text = f"{drop:g}" if isinstance(drop, float) else str(drop)
+    return f"model_X={text}{extension}"
+
+
+def prune_output_names(drops, extension=".h5"):
+    """Every file name :func:`write_prune_outputs` may write for these drops."""
+    return [pruned_model_filename(drop, extension) for drop in drops] + list(PRUNE_FILES.values())
+
+
+def write_prune_outputs(defense, out_dir, protect=(), plot=True, extension=".h5"):
+    """Write a fitted pruning sweep's files into ``out_dir`` (created).
+
+    ``model_X=<X>.h5`` for every selected X (a warning for an X never
+    reached), ``prune_curve.csv`` (one row per step), ``prune_curve.png``
+    (unless ``plot`` is False) and ``prune_curve.json`` (the defense's
+    summary plus ``models`` and ``files``).
+
+    Args:
+        defense: a fitted :class:`goodnet.defenses.pruning.PruningDefense`.
+        out_dir: the output folder.
+        protect: input paths never to overwrite (:func:`input_paths`).
+        plot: write the PNG.
+        extension: ".h5" (legacy, opens in plain Keras) or ".keras".
+
+    Returns:
+        dict: ``summary`` (what ``prune_curve.json`` holds) and ``models`` ({X: path}).
+    """
+    import logging
+
+    from goodnet.models import save_model
+
+    os.makedirs(out_dir, exist_ok=True)
+    models = {}
+    for drop, step in defense.selected_.items():
+        if step is None:
+            logging.getLogger(__name__).warning(
+                "accuracy never dropped by %s points: no %s", drop, pruned_model_filename(drop, extension))
+            continue
+        path = os.path.join(out_dir, pruned_model_filename(drop, extension))
+        save_model(defense.pruned_classifier(step), path, protect=protect)
+        models[drop] = path
+    summary = defense.summary()
+    files = {kind: os.path.join(out_dir, PRUNE_FILES[kind]) for kind in ("csv", "json")}
+    write_csv(files["csv"], defense.curve_.rows(), protect=protect)
+    if plot:
+        from goodnet.plots import plot_prune_curve
+
+        name = os.path.basename(defense.classifier_.path) or "model"
+        files["png"] = plot_prune_curve(defense.curve_, defense.selected_, os.path.join(out_dir, PRUNE_FILES["png"]),
+                                        title=f"pruning {defense.layer} of {name}")
+    summary["models"] = {str(drop): path for drop, path in models.items()}
+    summary["files"] = dict(files)
+    write_json(files["json"], summary, protect=protect)
+    return {"summary": summary, "models": models}

@@ -136,7 +136,7 @@ report = {}
 for devices in (1, 2):
     classifier = Classifier(model, "raw").configure(Execution(device="cpu", devices=devices))
     for method in ("incremental", "full"):
-        sweep = PruningDefense(classifier, method=method, batch_size=9, progress=False).fit(clean, [poisoned])
+        sweep = PruningDefense(method=method, batch_size=9, progress=False).fit(classifier, clean, [poisoned])
         report[f"prune-{method}-{devices}"] = {"clean": sweep.clean_predictions_.tolist(),
                                                "poisoned": sweep.poisoned_predictions_[0].tolist(),
                                                "curve": sweep.summary()["curve"],

@@ -156,6 +156,20 @@ def print_json(payload):
     print(json.dumps(payload, indent=2, sort_keys=False, default=json_default))
 
 
+def load_inputs(args):
+    """(classifier, clean LabData, poisoned LabData list) from ``--model``, ``--valid``, ``--poisoned-valid``,
+    ``--scale`` and ``--num-classes`` (every data set checked against the model's classes)."""
+    from goodnet.data import load_h5
+    from goodnet.models import load_model
+
+    clean = load_h5(args.valid)
+    poisoned = [load_h5(path) for path in args.poisoned_valid]
+    classifier = load_model(args.model, scale=args.scale, num_classes=args.num_classes, clean=clean)
+    for data in [clean] + poisoned:
+        data.check_classes(classifier.num_classes)
+    return classifier, clean, poisoned
+
+
 def add_model_options(parser, scale_default="auto"):
     """Options shared by commands that load a model: ``--scale``, ``--num-classes``, ``--batch-size``."""
     parser.add_argument("--scale", choices=("raw", "unit", "auto"), default=scale_default,

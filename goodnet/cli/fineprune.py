@@ -12,8 +12,7 @@ best hold-out accuracy from ``--min-epochs`` on) and gives the reported figures.
 """
 
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         positive, prepare_out_dir, print_json)
-from goodnet.cli.prune import load_inputs
+                         load_inputs, positive, prepare_out_dir, print_json)
 
 HELP = "fine-pruning: prune a convolution's dormant channels, then fine-tune on clean data (Liu et al. 2018)"
 

@@ -11,10 +11,13 @@ The execution options (``--device``, ``--devices``, ``--precision``, ``--xla``)
 govern the sweep as :class:`goodnet.defenses.pruning.PruningDefense` documents.
 """
 
+import dataclasses
 import os
 
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         prepare_out_dir, print_json)
+                         load_inputs, prepare_out_dir, print_json)
+from goodnet.cli.options import add_options, options_from_args
+from goodnet.defenses.pruning import PruneOptions
 
 HELP = "pruning defense: prune the dormant channels of a convolution, save models at X points of accuracy lost"
 
@@ -25,15 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--poisoned-valid", nargs="*", default=[], metavar="BV",
                         help="poisoned validation files (labels = attack target), any number")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--layer", default="conv_3", help="convolution to prune (default conv_3)")
-    parser.add_argument("--drops", nargs="+", type=float, default=[2, 4, 10], metavar="X",
-                        help="accuracy drops in points at which models are saved (default 2 4 10)")
-    parser.add_argument("--policy", choices=("first-reached", "last-within"), default="first-reached",
-                        help="first-reached (the lab's rule): first model at least X points below; "
-                             "last-within: last model still less than X points below")
-    parser.add_argument("--method", choices=("auto", "incremental", "masked-tail", "full"), default="auto",
-                        help="sweep method (default auto: the fastest exact one that applies; full = "
-                             "re-run the whole model at every step)")
+    add_options(parser, PruneOptions)
     parser.add_argument("--format", choices=(".h5", ".keras"), default=".h5", help="saved model format (default .h5)")
     add_model_options(parser)
     parser.add_argument("--goodnet", action="store_true",
@@ -53,19 +48,6 @@ def _drops(values):
     if len(set(drops)) != len(drops):
         raise CommandError("--drops: expected distinct values")
     return tuple(drops)
-
-
-def load_inputs(args):
-    """(classifier, clean LabData, poisoned LabData list) from the command's options."""
-    from goodnet.data import load_h5
-    from goodnet.models import load_model
-
-    clean = load_h5(args.valid)
-    poisoned = [load_h5(path) for path in args.poisoned_valid]
-    classifier = load_model(args.model, scale=args.scale, num_classes=args.num_classes, clean=clean)
-    for data in [clean] + poisoned:
-        data.check_classes(classifier.num_classes)
-    return classifier, clean, poisoned
 
 
 def table_lines(summary):
@@ -95,9 +77,9 @@ def table_lines(summary):
 
 def goodnet_filename(drop, extension=".h5"):
     """``goodnet_X=2.h5``: the GoodNet written beside ``model_X=2.h5``."""
-    from goodnet.defenses.pruning import model_filename
+    from goodnet.reports import pruned_model_filename
 
-    return model_filename(drop, extension).replace("model_", "goodnet_", 1)
+    return pruned_model_filename(drop, extension).replace("model_", "goodnet_", 1)
 
 
 def write_goodnets(classifier, defense, out_dir, extension=".h5", protect=()):
@@ -112,17 +94,18 @@ def write_goodnets(classifier, defense, out_dir, extension=".h5", protect=()):
 
 
 def run(args):
-    from goodnet.defenses.pruning import output_names, run_pruning_defense
+    from goodnet.defenses.pruning import run_pruning_defense
+    from goodnet.reports import prune_output_names
 
     drops = _drops(args.drops)
+    options = options_from_args(args, PruneOptions, drops=drops)
     goodnets = [goodnet_filename(drop, args.format) for drop in drops] if args.goodnet else []
-    prepare_out_dir(args, output_names(drops, args.format) + goodnets)
+    prepare_out_dir(args, prune_output_names(drops, args.format) + goodnets)
     with execution_from_args(args).placement():
         classifier, clean, poisoned = load_inputs(args)
         _, execution_report = configure_execution(args, classifier, clean)
-        result = run_pruning_defense(classifier, clean, poisoned, args.out, layer=args.layer, drops=drops,
-                                     policy=args.policy, method=args.method, batch_size=args.batch_size,
-                                     progress=False if args.no_progress else None,
+        result = run_pruning_defense(classifier, clean, poisoned, args.out, **dataclasses.asdict(options),
+                                     batch_size=args.batch_size, progress=False if args.no_progress else None,
                                      protect=[args.model, args.valid, *args.poisoned_valid],
                                      plot=not args.no_plot, extension=args.format)
         summary = result["summary"]

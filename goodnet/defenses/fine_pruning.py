@@ -480,7 +480,7 @@ def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=
     from goodnet.models import save_model
     from goodnet.defenses.pruning import PruningDefense
 
-    defense = PruningDefense(classifier, layer, progress=progress).fit(clean, poisoned)
+    defense = PruningDefense(layer, progress=progress).fit(classifier, clean, poisoned)
     channels = channels_to_prune(defense, drop, count)
     if epochs is not None:
         recipe["epochs"] = epochs

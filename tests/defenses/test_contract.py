@@ -18,6 +18,7 @@ import pytest
 
 import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
+from goodnet.defenses.pruning import PruningDefense
 from goodnet.defenses.strip import STRIP
 from square_task import coloured_squares
 
@@ -42,6 +43,15 @@ CASES = {}
 
 def _row(cls, make, fit, result, use):
     CASES[cls] = Case(make, fit, result, use)
+
+
+_row(PruningDefense,
+     make=lambda: PruningDefense(drops=(2, 10), progress=False),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean, [world.poisoned]),
+     result=lambda defense: {"clean_accuracy": defense.curve_.clean_accuracy,
+                             "attack_success": defense.curve_.attack_success, "ranking": defense.ranking_,
+                             "selected": {str(drop): step for drop, step in defense.selected_.items()}},
+     use=lambda defense, world: defense.pruned_classifier(1))
 
 
 _row(STRIP,
