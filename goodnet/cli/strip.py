@@ -12,7 +12,7 @@ T and BT are read batch by batch (memory stays bounded); V is read into memory.
 import os
 
 from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         positive, prepare_out_file, print_json)
+                         prepare_out_file, print_json)
 
 HELP = "STRIP: detect trojaned inputs at run time (FRR on clean test data, FAR on poisoned data)"
 

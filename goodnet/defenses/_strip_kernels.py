@@ -246,7 +246,8 @@ class CopyKernel:
         return self._bank_tensor
 
     def __call__(self, images, indices, bar):
-        """Per-copy entropies (K, M) float32 of ``images`` (K, H, W, C) with bank ``indices`` (K, M); updates ``bar``."""
+        """Per-copy entropies (K, M) float32 of ``images`` (K, H, W, C) with bank ``indices`` (K, M); updates
+        ``bar``."""
         import tensorflow as tf
 
         with self.execution.placement():
