@@ -156,3 +156,80 @@ def plot_candidates(report, path):
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=7, ncol=4, loc="upper center")
     return save_figure(figure, path)
+
+
+def plot_cleanse_norms(summary, path, title="Neural Cleanse"):
+    """Every class's reversed-trigger L1 norm, the median and the flagging line, flagged classes labelled.
+
+    Args:
+        summary: :meth:`goodnet.defenses.neural_cleanse.NeuralCleanse.summary` output.
+        path: destination PNG.
+        title: the figure's title.
+
+    Returns:
+        str: ``path``.
+    """
+    import numpy as np
+
+    rows = summary["classes"]
+    classes = np.asarray([row["class"] for row in rows])
+    norms = np.asarray([row["norm"] for row in rows])
+    refined = np.asarray([row["refined"] for row in rows], bool)
+    flagged = set(summary["flagged"])
+    figure, axes = new_figure(width=8.0, height=4.5)
+    if (~refined).any():
+        axes.scatter(classes[~refined], norms[~refined], s=6, color="lightgrey",
+                     label=f"coarse score ({int((~refined).sum())} classes)")
+    axes.scatter(classes[refined], norms[refined], s=10, color="tab:blue",
+                 label=f"full schedule ({int(refined.sum())} classes)")
+    axes.axhline(summary["median"], color="black", linewidth=1, label=f"median {summary['median']:.1f}")
+    axes.axhline(summary["norm_threshold"], color="tab:red", linestyle="--", linewidth=1,
+                 label=f"anomaly index {summary['index_threshold']:g} ({summary['norm_threshold']:.1f})")
+    for row in rows:
+        if row["class"] in flagged:
+            axes.scatter([row["class"]], [row["norm"]], s=40, color="tab:red", zorder=3)
+            axes.annotate(f"{row['class']} (index {row['anomaly_index']:.2f})", (row["class"], row["norm"]),
+                          textcoords="offset points", xytext=(5, 5), fontsize=8, color="tab:red")
+    axes.set_xlabel("class")
+    axes.set_ylabel("L1 norm of the reversed mask")
+    axes.set_title(f"{title}: {summary['verdict']}")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="upper right")
+    return save_figure(figure, path)
+
+
+def plot_cleanse_triggers(triggers, path, title="reversed triggers"):
+    """One row per class: its reversed mask, its pattern and a clean image stamped with both.
+
+    Args:
+        triggers: list of dicts with ``class``, ``label`` (a caption), ``mask``
+            (H, W, 1) in [0, 1], ``pattern`` (H, W, C) and ``stamped`` (H, W, C), raw 0-255 pixels.
+        path: destination PNG.
+        title: the figure's title.
+
+    Returns:
+        str: ``path``.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = max(1, len(triggers))
+    figure = Figure(figsize=(6.0, 2.0 * rows + 0.4), dpi=110)
+    FigureCanvasAgg(figure)
+    for row, trigger in enumerate(triggers):
+        pictures = [(trigger["mask"][..., 0], "mask", "gray"),
+                    (np.clip(trigger["pattern"], 0, 255).astype(np.uint8), "pattern", None),
+                    (np.clip(trigger["mask"] * trigger["pattern"], 0, 255).astype(np.uint8), "mask x pattern", None),
+                    (np.clip(trigger["stamped"], 0, 255).astype(np.uint8), "stamped clean image", None)]
+        for column, (picture, caption, colours) in enumerate(pictures):
+            axes = figure.add_subplot(rows, 4, row * 4 + column + 1)
+            axes.imshow(picture, cmap=colours, vmin=0 if colours else None, vmax=1 if colours else None)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column == 0:
+                axes.set_ylabel(trigger["label"], fontsize=7)
+            if row == 0:
+                axes.set_title(caption, fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)

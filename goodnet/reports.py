@@ -133,3 +133,83 @@ def write_prune_outputs(defense, out_dir, protect=(), plot=True, extension=".h5"
     summary["files"] = dict(files)
     write_json(files["json"], summary, protect=protect)
     return {"summary": summary, "models": models}
+
+
+CLEANSE_OUTPUTS = ("cleanse.json", "report.md", "norms.png", "triggers.png")
+
+
+def _index_text(value):
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def cleanse_markdown(summary, shown=10):
+    """The Markdown report of a Neural Cleanse run (``report.md`` of ``goodnet cleanse``).
+
+    Args:
+        summary: :meth:`goodnet.defenses.neural_cleanse.NeuralCleanse.summary`
+            output, plus the command's ``inputs`` entry if any.
+        shown: rows of the table of the most suspicious classes.
+
+    Returns:
+        str: the report.
+    """
+    rows = {row["class"]: row for row in summary["classes"]}
+    params = summary["params"]
+    lines = ["# Neural Cleanse", ""]
+    inputs = summary.get("inputs", {})
+    lines += [f"- model: `{inputs.get('model', summary.get('model', ''))}` ({inputs.get('scale_report', '')})"
+              .replace(" ()", "")]
+    if inputs.get("clean"):
+        lines.append(f"- clean data: {', '.join(f'`{path}`' for path in inputs['clean'])}")
+    lines += [f"- clean images used: {summary['clean_images']}; candidate classes: {len(rows)}; "
+              f"method {params['method']} ({summary['slots']} classes per network call)",
+              f"- verdict: **{summary['verdict']}**"]
+    if summary["flagged"]:
+        lines.append("- flagged: " + ", ".join(
+            f"class {target} (norm {rows[target]['norm']:.1f}, anomaly index "
+            f"{_index_text(rows[target]['anomaly_index'])}, reversed-trigger success "
+            f"{percent(rows[target]['attack_success'], 1)} %)" for target in summary["flagged"]))
+    lines += [f"- median norm {summary['median']:.2f}, MAD {summary['mad']:.2f}: a class is flagged when its norm is "
+              f"below the median and its anomaly index |norm - median| / (1.4826 MAD) is above "
+              f"{summary['index_threshold']:g} (norm below {summary['norm_threshold']:.2f})", ""]
+    lines += ["## Most suspicious classes", "",
+              "| class | L1 norm | anomaly index | reversed-trigger success % | epochs | full schedule |",
+              "|---:|---:|---:|---:|---:|:---:|"]
+    for target in summary["suspects"][:shown]:
+        row = rows[target]
+        lines.append(f"| {target} | {row['norm']:.2f} | {_index_text(row['anomaly_index'])} | "
+                     f"{percent(row['attack_success'], 1)} | {row['epochs']} | {'yes' if row['refined'] else 'no'} |")
+    lines += ["", "## How it ran", ""]
+    for stage in summary["stages"]:
+        lines.append(f"- {stage['stage']}: {stage['classes']} classes, up to {stage['epochs']} epochs")
+    lines += [f"- schedule: Adam lr {params['learning_rate']:g}, cost {params['init_cost']:g} once the trigger "
+              f"reaches {percent(params['success'], 0)} % success, x{params['cost_multiplier']:g} / "
+              f"/{params['cost_multiplier']:g}^1.5 after {params['patience']} epochs, early stop after "
+              f"{params['early_stop_patience']} epochs without a better norm, at most {params['epochs']} epochs; "
+              f"{params['steps_per_epoch']} step(s) of {params['batch_size']} images per epoch", "",
+              "![norms](norms.png)", "", "![triggers](triggers.png)", ""]
+    return "\n".join(lines)
+
+
+def write_cleanse_outputs(summary, triggers, out_dir, protect=()):
+    """Write ``cleanse.json``, ``report.md``, ``norms.png`` and ``triggers.png`` of a Neural Cleanse run.
+
+    Args:
+        summary: the run's summary (see :func:`cleanse_markdown`).
+        triggers: rows for :func:`goodnet.plots.plot_cleanse_triggers`.
+        out_dir: the output folder (created if missing).
+        protect: input files never to replace.
+
+    Returns:
+        dict: {name: path} of the files written.
+    """
+    from goodnet.plots import plot_cleanse_norms, plot_cleanse_triggers
+
+    os.makedirs(out_dir, exist_ok=True)
+    files = {name: os.path.join(out_dir, name) for name in CLEANSE_OUTPUTS}
+    write_json(files["cleanse.json"], summary, protect=protect)
+    title = os.path.basename(summary.get("model") or "") or "Neural Cleanse"
+    plot_cleanse_norms(summary, files["norms.png"], title=title)
+    plot_cleanse_triggers(triggers, files["triggers.png"], title=f"{title}: reversed triggers")
+    write_text(files["report.md"], cleanse_markdown(summary), protect=protect)
+    return files

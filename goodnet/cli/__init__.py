@@ -17,7 +17,8 @@ import sys
 
 # Subcommands in the order ``goodnet --help`` lists them; a module that is
 # not present in this version is left out.
-COMMANDS = ("demo", "eval", "prune", "strip", "repair", "fineprune", "synth", "attack", "grade", "export", "bench")
+COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "fineprune", "synth", "attack", "grade",
+            "export", "bench")
 
 from goodnet.errors import InputError, OptionError
 from goodnet.inference import quiet_tensorflow

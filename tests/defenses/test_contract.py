@@ -18,6 +18,7 @@ import pytest
 
 import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
+from goodnet.defenses.neural_cleanse import NeuralCleanse
 from goodnet.defenses.pruning import PruningDefense
 from goodnet.defenses.strip import STRIP
 from square_task import coloured_squares
@@ -60,6 +61,14 @@ _row(STRIP,
      result=lambda defense: {"threshold": defense.threshold_, "clean": defense.clean_entropies_,
                              "entropies": defense.entropy(defense.bank_[:6], seed=7)},
      use=lambda defense, world: defense.predict_trojaned(world.poisoned.images[:4], seed=1))
+
+_row(NeuralCleanse,
+     make=lambda: NeuralCleanse(method="batched", classes=(0, 1, 3), samples=8, batch_size=4, epochs=3,
+                                progress=False),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean, [world.poisoned]),
+     result=lambda defense: {"norms": defense.norms_, "masks": defense.masks_, "patterns": defense.patterns_,
+                             "success": defense.attack_success_, "flagged": defense.flagged_},
+     use=lambda defense, world: defense.trigger(3))
 
 def _defense_classes():
     """Every public Defense subclass defined in a module of goodnet.defenses."""
