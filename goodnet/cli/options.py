@@ -126,19 +126,28 @@ def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None
 
 
 def options_from_args(args, cls, **overrides):
-    """Build option dataclass ``cls`` from parsed ``args`` (fields missing from ``args`` keep their default)."""
+    """Build option dataclass ``cls`` from parsed ``args`` (fields missing from ``args`` keep their default).
+
+    ``cls`` may also be an instance: its values are then the defaults of the
+    fields missing from ``args``, as :func:`add_options` shows them (a nested
+    group is built from its default instance, e.g. ``RepairOptions.strip``).
+    """
+    instance = None if isinstance(cls, type) else cls
     values = {}
     for field in dataclasses.fields(cls):
         if field.name in overrides:
             values[field.name] = overrides[field.name]
         elif _is_group(field):
-            values[field.name] = options_from_args(args, type(field.default))  # every field has a flag or default
+            group = field.default if instance is None else getattr(instance, field.name)
+            values[field.name] = options_from_args(args, group)
         elif hasattr(args, _dest(field)):
             value = getattr(args, _dest(field))
             if isinstance(field.default, tuple) and isinstance(value, list):
                 value = tuple(value)
             values[field.name] = value
-    return cls(**values)
+        elif instance is not None:
+            values[field.name] = getattr(instance, field.name)
+    return (cls if instance is None else type(instance))(**values)
 
 
 def nonnegative_or_none(text):
