@@ -160,9 +160,9 @@ def measure(dataset, setting, classifier, valid, test, poisoned, copies, seeds):
         options = {"copies": copies, "blend": reference.blend, "alpha": reference.alpha}
         tune_share = 1.0
     else:
-        reference = STRIP(copies=copies, blend=repair.blend, alpha=repair.alpha, draws="fixed",
-                          confidence=repair.confidence)
-        options = {"copies": copies, "blend": repair.blend, "alpha": repair.alpha}
+        reference = STRIP(copies=copies, blend=repair.strip.blend, alpha=repair.strip.alpha, draws="fixed",
+                          confidence=repair.strip.confidence)
+        options = {"copies": copies, "blend": repair.strip.blend, "alpha": repair.strip.alpha}
         tune_share = 1.0 - repair.holdout_fraction
     count = len(valid.labels)
     bank_size = reference.bank_size_for(int(count * tune_share))

@@ -146,7 +146,8 @@ def run_demo(options=None, progress=None):
     figures["pruning"]["curve_png"] = pruning["summary"]["files"].get("png")
 
     report = repair(badnet, valid, [bad_valid], os.path.join(options.out_dir, "repair"),
-                    RepairOptions(copies=options.copies, seed=options.seed), test=test, poisoned_test=[bad_test],
+                    RepairOptions(strip=dataclasses.replace(RepairOptions.strip, copies=options.copies),
+                                  seed=options.seed), test=test, poisoned_test=[bad_test],
                     progress=progress)
     strip_alone = report["test"]["badnet_strip"]
     figures["strip"] = {"threshold": report["strip"]["threshold"], "copies": options.copies,

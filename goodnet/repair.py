@@ -55,17 +55,20 @@ the tests check that they equal what each saved model file answers.
 """
 
 import dataclasses
-import json
 import logging
 import os
 
 import numpy as np
 
+from goodnet.base import InstanceOf, Interval, OneOf, SequenceOf
+from goodnet.defenses.fine_pruning import FinePruneOptions, FinePruning, FineTuneRecipe, split_holdout
+from goodnet.defenses.pruning import PruneOptions
+from goodnet.defenses.strip import StripOptions
 from goodnet.errors import OptionError
-from goodnet.defenses.fine_pruning import RECIPE_DEFAULTS, FinePruning, split_holdout
 from goodnet.inference import Execution
 from goodnet.metrics import score_predictions
-from goodnet.defenses.strip import StripOptions
+from goodnet.options import option, validate_options
+from goodnet.reports import dataset_names, input_paths, percent, write_repair_models, write_repair_report
 
 logger = logging.getLogger(__name__)
 
@@ -231,49 +234,58 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
     return names[0], reasons, "first eligible candidate (no poisoned validation data)" + relaxed
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RepairOptions:
-    """Options of :func:`repair` (see ``goodnet repair --help``)."""
+    """Options of :func:`repair`, each default, rule and help text written once (``goodnet repair``'s flags).
 
-    layer: str = "conv_3"
-    drops: tuple = (2, 4, 10)
-    fineprune_drop: float = 4
-    # The fine-tuning recipe (see goodnet.defenses.fine_pruning.FinePruning and RECIPE_DEFAULTS).
-    epochs: int = RECIPE_DEFAULTS["epochs"]
-    learning_rate: float = RECIPE_DEFAULTS["learning_rate"]
-    holdout_fraction: float = 0.2
-    patience: int = RECIPE_DEFAULTS["patience"]
-    batch_size: int = RECIPE_DEFAULTS["batch_size"]
-    optimizer: str = RECIPE_DEFAULTS["optimizer"]
-    momentum: float = RECIPE_DEFAULTS["momentum"]
-    schedule: str = RECIPE_DEFAULTS["schedule"]
-    warmup: float = RECIPE_DEFAULTS["warmup"]
-    min_epochs: int = RECIPE_DEFAULTS["min_epochs"]
-    augment: bool = RECIPE_DEFAULTS["augment"]
-    shift: int = RECIPE_DEFAULTS["shift"]
-    flip: bool = RECIPE_DEFAULTS["flip"]
-    noise: float = RECIPE_DEFAULTS["noise"]
-    clip_norm: float = RECIPE_DEFAULTS["clip_norm"]
-    distill: float = RECIPE_DEFAULTS["distill"]
-    mixup: float = RECIPE_DEFAULTS["mixup"]
-    unlearn: float = RECIPE_DEFAULTS["unlearn"]
-    unlearn_area: float = RECIPE_DEFAULTS["unlearn_area"]
-    unlearn_steps: int = RECIPE_DEFAULTS["unlearn_steps"]
-    copies: int = 100
-    blend: str = "alpha"
-    alpha: float = 0.5
-    threshold_method: str = StripOptions.threshold_method
-    frr: float = StripOptions.frr
-    confidence: float = StripOptions.confidence
-    max_accuracy_drop: float = 3.0
-    max_frr: float = 0.02
-    tie_margin: float = 2.0
-    gate: str = "strip"
-    seed: int = 0
+    ``recipe`` is fine-pruning's recipe (``goodnet fineprune``'s defaults);
+    ``strip`` the STRIP settings of the repair: STRIP's options with the alpha
+    blend (adding saturates face images to white) and fixed draws (the model
+    files are deterministic); its ``seed`` is replaced by the repair's ``seed``.
 
+    Example:
+        >>> RepairOptions(recipe=FineTuneRecipe(epochs=20), strip=dataclasses.replace(RepairOptions.strip, copies=50))
+    """
 
-def _name(data, index):
-    return os.path.basename(data.path) if data.path else f"poisoned_{index}"
+    layer: str = option(FinePruneOptions.layer, "convolution to prune", rule=InstanceOf(str))
+    drops: tuple = option(PruneOptions.drops, "pruned candidates at X points of accuracy lost",
+                          rule=SequenceOf(Interval(float, 0, closed="neither")), type=float, metavar="X")
+    fineprune_drop: float = option(FinePruneOptions.drop, "fine-pruning prunes up to X points of accuracy lost, "
+                                   "then fine-tunes", rule=Interval(float, 0, closed="neither"), type=float,
+                                   metavar="X")
+    holdout_fraction: float = option(FinePruneOptions.holdout_fraction, "share of each class held out",
+                                     rule=Interval(float, 0, 1, "neither"), flag="--holdout", metavar="SHARE")
+    recipe: FineTuneRecipe = option(FinePruneOptions.recipe, "the fine-tuning recipe")
+    strip: StripOptions = option(StripOptions(blend="alpha", draws="fixed"), "STRIP on B (calibrated on the tune "
+                                 "part)")
+    max_accuracy_drop: float = option(3.0, "eligible candidates lose at most this many points of hold-out accuracy",
+                                      rule=Interval(float, 0))
+    max_frr: float = option(0.02, "eligible N+1 candidates reject at most this share of clean hold-out images",
+                            rule=Interval(float, 0, 1))
+    tie_margin: float = option(2.0, "eligible candidates within this many points of the best clean accuracy minus "
+                                    "ASR are near-ties, won by the lowest ASR", rule=Interval(float, 0),
+                               metavar="POINTS")
+    gate: str = option("strip", "which candidates may be chosen: STRIP-gated ones (the others are reported) or any",
+                       rule=OneOf(GATES))
+    seed: int = option(FinePruneOptions.seed, "seed of the split, of fine-tuning, and of STRIP's bank and draws",
+                       rule=Interval(int, 0))
+
+    def strip_options(self):
+        """The :class:`StripOptions` the repair's STRIP runs with (``strip`` with the repair's ``seed``)."""
+        return dataclasses.replace(self.strip, seed=self.seed)
+
+    def flat(self):
+        """The options as one flat dict, the recipe's and STRIP's fields beside the others (``report["options"]``)."""
+        flat = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "strip":
+                flat.update({name: entry for name, entry in dataclasses.asdict(value).items() if name != "seed"})
+            elif dataclasses.is_dataclass(value):
+                flat.update(dataclasses.asdict(value))
+            else:
+                flat[field.name] = value
+        return flat
 
 
 def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=None, poisoned_test=(),
@@ -301,14 +313,13 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     from goodnet.defenses.pruning import PruningDefense
     from goodnet.defenses.strip import STRIP
 
-    options = options or RepairOptions()
+    options = validate_options(options or RepairOptions())
     os.makedirs(os.path.join(out_dir, "candidates"), exist_ok=True)
-    protect = tuple(protect) + tuple(d.path for d in [clean, *poisoned, *(t for t in [test] if t), *poisoned_test]
-                                     if d.path)
+    protect = input_paths(clean, *poisoned, test, *poisoned_test, protect=protect)
     num_classes = classifier.num_classes
     tune_indices, holdout_indices = split_holdout(clean.labels, options.holdout_fraction, options.seed)
     tune, holdout = clean.subset(tune_indices), clean.subset(holdout_indices)
-    poisoned_names = [_name(data, index) for index, data in enumerate(poisoned)]
+    poisoned_names = dataset_names(poisoned)
 
     # 1. The pruning sweep on the tune part: ranking and the X-point steps.
     defense = PruningDefense(options.layer, drops=tuple(options.drops), progress=progress).fit(
@@ -321,19 +332,13 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     # 2. Fine-pruning: prune to the fine-pruning X step, fine-tune on the tune part, stop on the hold-out part.
     from goodnet.defenses.fine_pruning import channels_to_prune
 
-    channels = channels_to_prune(defense, options.fineprune_drop)
-    recipe = {name: getattr(options, name) for name in RECIPE_DEFAULTS}
-    fine = FinePruning(options.layer, holdout_fraction=options.holdout_fraction, seed=options.seed, **recipe).fit(
-        classifier, channels, clean, poisoned)
-    if not np.array_equal(fine.holdout_indices_, holdout_indices):
-        raise RuntimeError("fine-pruning split the validation data differently from the repair's split")
+    channels = tuple(int(channel) for channel in channels_to_prune(defense, options.fineprune_drop))
+    fine = FinePruning(options.layer, channels, options.recipe, options.holdout_fraction, options.seed).fit(
+        classifier, tune, poisoned, holdout=holdout)
     base_models["fine_pruned"] = fine.model_
 
     # 3. STRIP on B, calibrated on the tune part (fixed draws: the model files are deterministic).
-    strip = STRIP(copies=options.copies, blend=options.blend, alpha=options.alpha, draws="fixed",
-                  threshold_method=options.threshold_method, frr=options.frr, confidence=options.confidence,
-                  seed=options.seed,
-                  progress=progress).fit(classifier, tune.images)
+    strip = STRIP.from_options(options.strip_options(), progress=progress).fit(classifier, tune.images)
 
     # 4. Every candidate's hold-out validation figures, from shared components.
     candidates = build_candidates(list(pruned_steps))
@@ -346,20 +351,21 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                                    options.tie_margin, options.gate)
 
     # 5. Files: every candidate, the chosen model, curves, report.
-    files = _write_models(classifier, candidates, base_models, strip, chosen, out_dir, protect)
+    models = ((c.name, candidate_classifier(c, classifier, base_models, strip)) for c in candidates[1:])
+    files = write_repair_models(models, chosen, out_dir, protect)
     report = {"model": classifier.path, "scale": classifier.scale, "num_classes": num_classes,
-              "options": dataclasses.asdict(options), "execution": Execution.of(classifier).describe(),
+              "options": options.flat(), "execution": Execution.of(classifier).describe(),
               "chosen": chosen, "choice_rule": rule,
               "not_eligible": reasons, "files": files,
               "split": {"tune_images": int(len(tune_indices)), "holdout_images": int(len(holdout_indices))},
               "pruning": {"ranking": defense.ranking_.tolist(), "selected_steps": {f"{d:g}": s for d, s in
                                                                                    defense.selected_.items()},
                           "curve": defense.curve_.rows()},
-              "fine_pruning": {"channels_pruned": [int(c) for c in channels], "best_epoch": fine.best_epoch_,
-                               "recipe": fine.recipe(),
+              "fine_pruning": {"channels_pruned": list(channels), "best_epoch": fine.best_epoch_,
+                               "recipe": fine.resolved_recipe(),
                                "curve": fine.curve_rows(poisoned_names)},
               "strip": {"threshold": strip.threshold_, "calibration": strip.calibration_.describe(),
-                        "copies": options.copies, "blend": options.blend,
+                        "copies": options.strip.copies, "blend": options.strip.blend,
                         "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_,
                         "holdout_entropies": valid_clean[1].entropy.tolist(),
                         "poisoned_entropies": {name: components.entropy.tolist()
@@ -368,7 +374,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
 
     # 6. Test data, once, after the choice.
     if test is not None or poisoned_test:
-        test_names = [_name(data, index) for index, data in enumerate(poisoned_test)]
+        test_names = dataset_names(poisoned_test)
         test_clean = None
         if test is not None:
             test_clean = (test.labels, compute_components(base_models, strip, test.images, progress, "test"))
@@ -376,7 +382,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                          for name, data in zip(test_names, poisoned_test)]
         report["test"] = {c.name: _test_figures(c, test_clean, test_poisoned, num_classes, strip.threshold_)
                           for c in candidates}
-    _write_report(report, out_dir, protect, defense, fine, poisoned_names)
+    write_repair_report(report, out_dir, defense, report_markdown(report), protect)
     return report
 
 
@@ -402,48 +408,6 @@ def candidate_classifier(candidate, classifier, base_models, strip):
     return build_gated_goodnet(classifier, repaired, strip, require_agreement=candidate.kind == "goodnet_strip")
 
 
-def _write_models(classifier, candidates, base_models, strip, chosen, out_dir, protect):
-    from goodnet.models import save_model
-
-    files = {}
-    for candidate in candidates[1:]:
-        path = os.path.join(out_dir, "candidates", f"{candidate.name}.h5")
-        model = candidate_classifier(candidate, classifier, base_models, strip)
-        files[candidate.name] = save_model(model, path, protect=protect)
-        if candidate.name == chosen:
-            files["chosen"] = save_model(model, os.path.join(out_dir, "repaired.h5"), protect=protect)
-    return files
-
-
-def _write_report(report, out_dir, protect, defense, fine, poisoned_names):
-    from goodnet.files import json_default, write_text
-    from goodnet.plots import (plot_candidates, plot_fineprune_curve, plot_prune_curve,
-                               strip_entropy_histogram)
-
-    figures_dir = out_dir
-    report["files"]["prune_curve"] = plot_prune_curve(defense.curve_, defense.selected_,
-                                                      os.path.join(figures_dir, "prune_curve.png"),
-                                                      title="pruning sweep (tune part of the validation data)")
-    report["files"]["fineprune_curve"] = plot_fineprune_curve(fine.curve_rows(poisoned_names),
-                                                              os.path.join(figures_dir, "fineprune_curve.png"))
-    strip_report = report["strip"]
-    report["files"]["strip_entropy"] = strip_entropy_histogram(
-        np.asarray(strip_report["holdout_entropies"]),
-        {name: np.asarray(values) for name, values in strip_report["poisoned_entropies"].items()},
-        strip_report["threshold"], os.path.join(figures_dir, "strip_entropy.png"),
-        title="STRIP entropy under B (hold-out clean vs poisoned validation)")
-    report["files"]["candidates_plot"] = plot_candidates(report, os.path.join(figures_dir, "candidates.png"))
-    report["files"]["report_json"] = os.path.join(out_dir, "report.json")
-    report["files"]["report_md"] = os.path.join(out_dir, "report.md")
-    write_text(report["files"]["report_md"], report_markdown(report), protect=protect)
-    write_text(report["files"]["report_json"], json.dumps(report, indent=2, default=json_default) + "\n",
-               protect=protect)
-
-
-def _percent(value):
-    return "" if value is None else f"{value * 100:.2f}"
-
-
 def _table(figures, candidates, chosen):
     poisoned = [entry["file"] for entry in next(iter(figures.values())).get("poisoned", [])]
     header = ["candidate", "clean acc %"] + [f"ASR {name} %" for name in poisoned] + ["detection %", "FRR %"]
@@ -451,9 +415,9 @@ def _table(figures, candidates, chosen):
     for candidate in candidates:
         entry = figures[candidate.name]
         name = f"**{candidate.name}** (chosen)" if candidate.name == chosen else candidate.name
-        cells = [name, _percent(entry.get("clean_accuracy"))]
-        cells += [_percent(item["attack_success_rate"]) for item in entry.get("poisoned", [])]
-        cells += [_percent(entry.get("detection_rate")), _percent(entry.get("false_rejection_rate"))]
+        cells = [name, percent(entry.get("clean_accuracy"))]
+        cells += [percent(item["attack_success_rate"]) for item in entry.get("poisoned", [])]
+        cells += [percent(entry.get("detection_rate")), percent(entry.get("false_rejection_rate"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -135,6 +135,107 @@ def write_prune_outputs(defense, out_dir, protect=(), plot=True, extension=".h5"
     return {"summary": summary, "models": models}
 
 
+# -- fine-pruning (goodnet fineprune) ----------------------------------------------------------------------------
+
+FINEPRUNE_FILES = {"model": "model_fp.h5", "csv": "fineprune_curve.csv", "json": "fineprune_curve.json",
+                   "png": "fineprune_curve.png"}
+
+
+def write_fineprune_outputs(result, out_dir, protect=(), plot=True):
+    """Write a fine-pruning run's files into ``out_dir`` (created).
+
+    ``model_fp.h5`` (the kept model, plain Keras), ``fineprune_curve.csv``
+    (one row per epoch), ``fineprune_curve.png`` (unless ``plot`` is False)
+    and ``fineprune_curve.json`` (the run's summary plus ``files``).
+
+    Args:
+        result: what :func:`goodnet.defenses.fine_pruning.run_fine_pruning` returns;
+            its ``summary`` gains ``files``.
+        out_dir: the output folder.
+        protect: input paths never to overwrite (:func:`input_paths`).
+        plot: write the PNG.
+
+    Returns:
+        dict: ``{kind: path}`` of the files written.
+    """
+    from goodnet.models import save_model
+
+    summary = result["summary"]
+    rows = summary["curve"]
+    os.makedirs(out_dir, exist_ok=True)
+    files = {"model": save_model(result["fine_pruning"].model_, os.path.join(out_dir, FINEPRUNE_FILES["model"]),
+                                 protect=protect),
+             "csv": os.path.join(out_dir, FINEPRUNE_FILES["csv"]),
+             "json": os.path.join(out_dir, FINEPRUNE_FILES["json"])}
+    write_csv(files["csv"], rows, protect=protect)
+    if plot:
+        from goodnet.plots import plot_fineprune_curve
+
+        files["png"] = plot_fineprune_curve(rows, os.path.join(out_dir, FINEPRUNE_FILES["png"]),
+                                            title=f"fine-pruning {summary['layer']}: "
+                                                  f"{len(summary['channels_pruned'])} channels pruned")
+    summary["files"] = files
+    write_json(files["json"], summary, protect=protect)
+    return files
+
+
+# -- the end-to-end repair (goodnet repair, the demo) ------------------------------------------------------------
+
+def write_repair_models(models, chosen, out_dir, protect=()):
+    """Save every repair candidate as ``out_dir/candidates/<name>.h5`` and the chosen one as ``out_dir/repaired.h5``.
+
+    Args:
+        models: ``(name, Classifier)`` pairs in the report's order (an iterator
+            is fine: each model is saved before the next is built).
+        chosen: the chosen candidate's name.
+        out_dir: the repair's output folder.
+        protect: input paths never to overwrite (:func:`input_paths`).
+
+    Returns:
+        dict: ``{name: path}``, with ``chosen`` right after the chosen candidate.
+    """
+    from goodnet.models import save_model
+
+    files = {}
+    for name, model in models:
+        files[name] = save_model(model, os.path.join(out_dir, "candidates", f"{name}.h5"), protect=protect)
+        if name == chosen:
+            files["chosen"] = save_model(model, os.path.join(out_dir, "repaired.h5"), protect=protect)
+    return files
+
+
+def write_repair_report(report, out_dir, sweep, markdown, protect=()):
+    """Write the repair's plots, ``report.md`` and ``report.json`` into ``out_dir``; ``report["files"]`` names them.
+
+    Args:
+        report: the repair's report (:func:`goodnet.repair.repair`).
+        out_dir: the output folder.
+        sweep: the fitted pruning sweep (its ``curve_`` and ``selected_`` are plotted).
+        markdown: the report as Markdown (:func:`goodnet.repair.report_markdown`).
+        protect: input paths never to overwrite.
+    """
+    import numpy as np
+
+    from goodnet.plots import plot_candidates, plot_fineprune_curve, plot_prune_curve, strip_entropy_histogram
+
+    files = report["files"]
+    files["prune_curve"] = plot_prune_curve(sweep.curve_, sweep.selected_, os.path.join(out_dir, "prune_curve.png"),
+                                            title="pruning sweep (tune part of the validation data)")
+    files["fineprune_curve"] = plot_fineprune_curve(report["fine_pruning"]["curve"],
+                                                    os.path.join(out_dir, "fineprune_curve.png"))
+    strip = report["strip"]
+    files["strip_entropy"] = strip_entropy_histogram(
+        np.asarray(strip["holdout_entropies"]),
+        {name: np.asarray(values) for name, values in strip["poisoned_entropies"].items()},
+        strip["threshold"], os.path.join(out_dir, "strip_entropy.png"),
+        title="STRIP entropy under B (hold-out clean vs poisoned validation)")
+    files["candidates_plot"] = plot_candidates(report, os.path.join(out_dir, "candidates.png"))
+    files["report_json"] = os.path.join(out_dir, "report.json")
+    files["report_md"] = os.path.join(out_dir, "report.md")
+    write_text(files["report_md"], markdown, protect=protect)
+    write_json(files["report_json"], report, protect=protect)
+
+
 CLEANSE_OUTPUTS = ("cleanse.json", "report.md", "norms.png", "triggers.png")
 
 

@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 
 from goodnet.data import LabData
+from goodnet.defenses.fine_pruning import FineTuneRecipe
 from goodnet.repair import Candidate, RepairOptions, build_candidates, choose, repair
 
 CLASSES = 6
 SHAPE = (55, 47, 3)  # the lab's image size, so that the command line reads the files
 # The small-scale repair fine-tunes with the earlier recipe (Adam, constant rate, early stopping), which is
-# quick and enough at this scale; the default recipe is tested in test_finepruning.py.
-OPTIONS = RepairOptions(layer="conv_2", drops=(2, 10), fineprune_drop=4, epochs=3, learning_rate=2e-3, patience=2,
-                        optimizer="adam", schedule="constant", min_epochs=0, augment=False, batch_size=64,
-                        copies=12, holdout_fraction=0.25, max_accuracy_drop=5.0, max_frr=0.1, seed=0)
+# quick and enough at this scale; the default recipe is tested in tests/defenses/test_fine_pruning.py.
+OPTIONS = RepairOptions(layer="conv_2", drops=(2, 10), fineprune_drop=4,
+                        recipe=FineTuneRecipe(epochs=3, learning_rate=2e-3, patience=2, optimizer="adam",
+                                              schedule="constant", min_epochs=0, augment=False, batch_size=64),
+                        strip=dataclasses.replace(RepairOptions.strip, copies=12), holdout_fraction=0.25,
+                        max_accuracy_drop=5.0, max_frr=0.1, seed=0)
 
 
 def images_and_labels(count, seed):

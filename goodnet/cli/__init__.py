@@ -17,7 +17,7 @@ import sys
 
 # Subcommands in the order ``goodnet --help`` lists them; a module that is
 # not present in this version is left out.
-COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "fineprune", "synth", "attack", "grade",
+COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "combine", "fineprune", "synth", "attack", "grade",
             "export", "bench")
 
 from goodnet.errors import InputError, OptionError
@@ -136,6 +136,15 @@ def main(argv=None, prog_command=None):
         return EXIT_USER_ERROR
 
 
+def run_command(name, args):
+    """Run subcommand ``name`` on ``args`` parsed by another command (``goodnet repair --repaired`` runs ``combine``).
+
+    ``args`` must hold every option the subcommand reads; command modules
+    delegate through here instead of importing each other.
+    """
+    return importlib.import_module(f"goodnet.cli.{name}").run(args)
+
+
 def prepare_out_dir(args, names=()):
     """Check before any work that ``--out`` is a folder goodnet can write and ``names`` in it are replaceable."""
     from goodnet.files import prepare_output_dir
@@ -169,6 +178,16 @@ def load_inputs(args):
     for data in [clean] + poisoned:
         data.check_classes(classifier.num_classes)
     return classifier, clean, poisoned
+
+
+def add_combine_options(parser):
+    """The combine form's own options (``goodnet combine``, ``goodnet repair --repaired``): ``--repaired-scale``
+    and the STRIP gate group with ``--strip``, returned for the command to add STRIP's flags to."""
+    parser.add_argument("--repaired-scale", choices=("raw", "unit", "auto"), default="auto",
+                        help="input scaling of B' (default: stored in the file, else chosen on --valid, else B's)")
+    group = parser.add_argument_group("STRIP gate (--strip)")
+    group.add_argument("--strip", action="store_true", help="also answer N for inputs STRIP flags as trojaned")
+    return group
 
 
 def add_model_options(parser, scale_default="auto"):

@@ -10,30 +10,40 @@ validation data only (see :mod:`goodnet.repair`), and writes
 ``DIR/repaired.h5``, every candidate in ``DIR/candidates/``, ``report.md``,
 ``report.json`` and PNG plots. Test files are read once, after the choice.
 
-Combine form (selected by ``--repaired``)::
+Combine form (selected by ``--repaired``; the same as ``goodnet combine``)::
 
     goodnet repair BADNET --repaired BPRIME --out G.h5 [--strip --valid V [--copies N ...]]
 
 builds the GoodNet G (B's class where B and B' agree, N = "poisoned" where
-they disagree), optionally gated by STRIP (also N where the input's STRIP
-entropy under B is below the threshold learned on --valid), and saves it as one
-model file.
+they disagree), optionally gated by STRIP, and saves it as one model file:
+this command hands its arguments to ``goodnet combine`` (:mod:`goodnet.cli.combine`).
+
+The end-to-end form's flags, defaults and help come from
+:class:`goodnet.repair.RepairOptions` (its ``recipe`` from
+:class:`goodnet.defenses.fine_pruning.FineTuneRecipe`, its ``strip`` from
+:class:`goodnet.defenses.strip.StripOptions`).
 """
 
-from goodnet.cli import (CommandError, add_model_options, configure_execution, execution_from_args, execution_lines,
-                         positive, prepare_out_dir, prepare_out_file, print_json)
-from goodnet.cli.fineprune import add_recipe_arguments, recipe_from_args
+from goodnet.cli import (CommandError, add_combine_options, add_model_options, configure_execution,
+                         execution_from_args, execution_lines, load_inputs, prepare_out_dir, print_json, run_command)
+from goodnet.cli.options import add_options, options_from_args
 
 HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or combine B and B' into a GoodNet"
 
 
+STRIP_FLAGS = ("threshold_method", "frr", "confidence", "copies", "alpha", "bank_size")
+"""STRIP options with a flag (both forms; ``--blend`` and ``--seed`` are added apart, ``--bank-size`` is the combine
+form's)."""
+
+
 def add_arguments(parser):
-    from goodnet.repair import GATES, RepairOptions
-    from goodnet.calibration import THRESHOLD_METHODS
+    from goodnet.defenses.strip import BLENDS, StripOptions
+    from goodnet.repair import RepairOptions
 
     parser.add_argument("model", metavar="BADNET", help="the BadNet B (.h5 or .keras)")
     parser.add_argument("--repaired", metavar="BPRIME",
-                        help="a repaired model B' (e.g. a pruned model): combine B and B' into the GoodNet")
+                        help="a repaired model B' (e.g. a pruned model): combine B and B' into the GoodNet "
+                             "(as goodnet combine)")
     parser.add_argument("--out", required=True,
                         help="end-to-end: the output folder; combine form: the output model file (.h5 or .keras)")
     parser.add_argument("--valid", help="clean validation file (end-to-end: required; combine form: needed by "
@@ -43,67 +53,25 @@ def add_arguments(parser):
                      help="poisoned validation files: reported, and used by the choice rule")
     end.add_argument("--test", metavar="T", help="clean test file, evaluated once after the choice")
     end.add_argument("--poisoned-test", nargs="*", default=[], metavar="BT", help="poisoned test files (report only)")
-    end.add_argument("--layer", default="conv_3", help="convolution to prune (default conv_3)")
-    end.add_argument("--drops", nargs="+", type=float, default=[2, 4, 10], metavar="X",
-                     help="pruned candidates at X points of accuracy lost (default 2 4 10)")
-    end.add_argument("--fineprune-drop", type=float, default=4.0, metavar="X",
-                     help="fine-pruning prunes up to X points of accuracy lost, then fine-tunes (default 4)")
-    end.add_argument("--holdout", type=float, default=0.2, help="share of each class held out (default 0.2)")
-    add_recipe_arguments(parser.add_argument_group("fine-tuning recipe (end-to-end form)"))
-    end.add_argument("--max-accuracy-drop", type=float, default=3.0,
-                     help="eligible candidates lose at most this many points of hold-out accuracy (default 3)")
-    end.add_argument("--max-frr", type=float, default=0.02,
-                     help="eligible N+1 candidates reject at most this share of clean hold-out images (default 0.02)")
-    end.add_argument("--tie-margin", type=float, default=2.0, metavar="POINTS",
-                     help="eligible candidates within this many points of the best clean accuracy minus ASR are "
-                          "near-ties, won by the lowest ASR (default 2)")
-    end.add_argument("--gate", choices=GATES, default=RepairOptions.gate,
-                     help="which candidates may be chosen: STRIP-gated ones (default; the others are reported) "
-                          "or any")
-    parser.add_argument("--repaired-scale", choices=("raw", "unit", "auto"), default="auto",
-                        help="input scaling of B' (default: stored in the file, else chosen on --valid, else B's)")
-    strip = parser.add_argument_group("STRIP gate (--strip)")
-    strip.add_argument("--strip", action="store_true", help="also answer N for inputs STRIP flags as trojaned")
-    strip.add_argument("--copies", type=positive, default=100, help="perturbed copies per input (default 100)")
-    strip.add_argument("--frr", type=float, default=RepairOptions.frr,
-                       help=f"target false rejection rate of STRIP (default {RepairOptions.frr:g}, both forms)")
-    strip.add_argument("--confidence", type=float, default=RepairOptions.confidence,
-                       help="probability that the certified threshold's FRR is at most --frr; level of the "
-                            f"reported FRR bounds (default {RepairOptions.confidence:g})")
-    strip.add_argument("--blend", choices=("add", "alpha"), default=None,
-                       help="superimposition (default: add in the combine form, as in the paper; alpha in the "
-                            "end-to-end form, since adding saturates face images to white)")
-    strip.add_argument("--alpha", type=float, default=0.5, help="bank weight for --blend alpha")
-    strip.add_argument("--threshold", choices=THRESHOLD_METHODS, default=RepairOptions.threshold_method,
-                       help="threshold: certified (its FRR is at most --frr with probability --confidence), "
-                            "normal fit (the paper) or empirical quantile "
-                            f"(default {RepairOptions.threshold_method}, both forms)")
-    strip.add_argument("--bank-size", type=positive, default=None,
-                       help="clean images of --valid held out as the bank (default: half, at most 1000)")
-    strip.add_argument("--seed", type=int, default=0, help="seed of the bank and its draws")
+    add_options(end, RepairOptions, only=("layer", "drops", "fineprune_drop", "holdout_fraction"))
+    add_options(parser, RepairOptions.recipe, group="fine-tuning recipe (end-to-end form)")
+    add_options(end, RepairOptions, only=("max_accuracy_drop", "max_frr", "tie_margin", "gate"))
+    strip = add_combine_options(parser)
+    add_options(strip, RepairOptions.strip, only=STRIP_FLAGS)
+    strip.add_argument("--blend", choices=BLENDS, default=None,
+                       help=f"superimposition (default: {StripOptions.blend} in the combine form, as in the paper; "
+                            f"{RepairOptions.strip.blend} in the end-to-end form, since adding saturates face "
+                            "images to white)")
+    add_options(strip, RepairOptions, only=("seed",), exclude=("recipe", "strip"))   # one seed for the repair
     add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
-def _load_pair(args, valid):
-    from goodnet.models import load_model
-
-    bad = load_model(args.model, scale=args.scale, num_classes=args.num_classes, clean=valid)
-    repaired_scale = args.repaired_scale
-    if repaired_scale == "auto" and valid is None:
-        from goodnet.models import load_keras
-
-        _, metadata = load_keras(args.repaired)
-        repaired_scale = metadata.get("scale", bad.scale)
-    repaired = load_model(args.repaired, scale=repaired_scale, num_classes=bad.num_classes, clean=valid)
-    return bad, repaired
-
-
 def run(args):
     if args.repaired is None:
         return run_end_to_end(args)
-    return run_combine(args)
+    return run_command("combine", args)
 
 
 def _check_end_to_end(args):
@@ -116,20 +84,15 @@ def _check_end_to_end(args):
     prepare_out_dir(args)
     if args.poisoned_test and not args.test:
         raise CommandError("--poisoned-test: expected --test CLEAN_TEST.h5 as well")
-    _check_strip_rates(args)
-    if not 0.0 < args.holdout < 1.0:
-        raise CommandError(f"--holdout: expected a share in (0, 1), got {args.holdout}")
-    for value in list(args.drops) + [args.fineprune_drop]:
-        if not value > 0:
-            raise CommandError(f"--drops/--fineprune-drop: expected accuracy drops above 0 points, got {value:g}")
-
-
-def _check_strip_rates(args):
-    """One-line errors unless --frr and --confidence are in (0, 1) (both forms)."""
     if not 0.0 < args.frr < 1.0:
         raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
     if not 0.0 < args.confidence < 1.0:
         raise CommandError(f"--confidence: expected a probability in (0, 1), got {args.confidence}")
+    if not 0.0 < args.holdout_fraction < 1.0:
+        raise CommandError(f"--holdout: expected a share in (0, 1), got {args.holdout_fraction}")
+    for value in list(args.drops) + [args.fineprune_drop]:
+        if not value > 0:
+            raise CommandError(f"--drops/--fineprune-drop: expected accuracy drops above 0 points, got {value:g}")
 
 
 def _whole(value):
@@ -153,7 +116,6 @@ def run_end_to_end(args):
 
 
 def _end_to_end(args):
-    from goodnet.cli import load_inputs
     from goodnet.data import load_h5
     from goodnet.repair import RepairOptions, report_markdown, repair
 
@@ -162,13 +124,11 @@ def _end_to_end(args):
     _, execution_report = configure_execution(args, classifier, clean)
     test = load_h5(args.test, num_classes=classifier.num_classes) if args.test else None
     poisoned_test = [load_h5(path, num_classes=classifier.num_classes) for path in args.poisoned_test]
-    options = RepairOptions(layer=args.layer, drops=tuple(_whole(d) for d in args.drops),
-                            fineprune_drop=_whole(args.fineprune_drop), holdout_fraction=args.holdout,
-                            **recipe_from_args(args),
-                            copies=args.copies, blend=args.blend or "alpha", alpha=args.alpha,
-                            threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,
-                            max_accuracy_drop=args.max_accuracy_drop, max_frr=args.max_frr,
-                            tie_margin=args.tie_margin, gate=args.gate, seed=args.seed)
+    # --bank-size is the combine form's: the end-to-end STRIP keeps its default bank.
+    strip = options_from_args(args, RepairOptions.strip, blend=args.blend or RepairOptions.strip.blend,
+                              bank_size=RepairOptions.strip.bank_size)
+    options = options_from_args(args, RepairOptions, drops=tuple(_whole(d) for d in args.drops),
+                                fineprune_drop=_whole(args.fineprune_drop), strip=strip)
     inputs = [args.model, args.valid, *args.poisoned_valid] + ([args.test] if args.test else []) + args.poisoned_test
     report = repair(classifier, clean, poisoned, args.out, options, test=test, poisoned_test=poisoned_test,
                     protect=inputs, progress=False if args.no_progress else None)
@@ -185,59 +145,4 @@ def _end_to_end(args):
     else:
         print(report_markdown(report))
         print("\n".join(execution_lines(execution_report)))
-    return 0
-
-
-def run_combine(args):
-    args.blend = args.blend or "add"
-    if not args.out.endswith((".h5", ".keras")):
-        raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5 or .keras")
-    prepare_out_file(args.out)
-    if args.strip and not args.valid:
-        raise CommandError("--strip: expected --valid CLEAN.h5 (the bank and the threshold come from it)")
-    _check_strip_rates(args)
-    execution = execution_from_args(args)
-    if not args.strip and (execution.precision != "float32" or int(execution.devices or 1) > 1
-                           or execution.jit_compile):
-        raise CommandError("--devices/--strategy/--precision/--xla: the combine form runs a model only with "
-                           "--strip (the STRIP calibration); without it only --device applies")
-    with execution.placement():
-        return _combine(args)
-
-
-def _combine(args):
-    from goodnet.data import load_h5
-    from goodnet.defenses.combine import build_gated_goodnet, build_goodnet
-    from goodnet.models import save_model
-
-    valid = load_h5(args.valid) if args.valid else None
-    bad, repaired = _load_pair(args, valid)
-    report = {"badnet": args.model, "repaired": args.repaired, "out": args.out, "scale": bad.scale,
-              "repaired_scale": repaired.scale, "num_classes": bad.num_classes, "strip": bool(args.strip)}
-    if args.strip:
-        from goodnet.defenses.strip import STRIP
-
-        _, execution_report = configure_execution(args, bad, valid)
-        report.update(execution_report)
-        strip = STRIP(copies=args.copies, blend=args.blend, alpha=args.alpha, draws="fixed",
-                      threshold_method=args.threshold, frr=args.frr, confidence=args.confidence,
-                      bank_size=args.bank_size, seed=args.seed,
-                      progress=False if args.no_progress else None).fit(bad, valid.images)
-        goodnet = build_gated_goodnet(bad, repaired, strip)
-        report.update({"copies": args.copies, "blend": args.blend, "threshold": strip.threshold_,
-                       "threshold_method": args.threshold, "target_frr": args.frr,
-                       "calibration": strip.calibration_.describe(),
-                       "clean_entropy_mean": strip.entropy_mean_, "clean_entropy_std": strip.entropy_std_})
-    else:
-        goodnet = build_goodnet(bad, repaired)
-    save_model(goodnet, args.out, protect=[args.model, args.repaired] + ([args.valid] if args.valid else []))
-    if args.json:
-        print_json(report)
-    else:
-        kind = "STRIP-gated GoodNet" if args.strip else "GoodNet"
-        print(f"{kind} written to {args.out} ({bad.num_classes} classes + 'poisoned' = {bad.num_classes})")
-        if args.strip:
-            print(f"STRIP threshold: {strip.threshold_:.6f} bits ({args.copies} copies, {args.blend} blend, "
-                  f"{args.threshold}: {strip.calibration_.summary()})")
-            print("\n".join(execution_lines(report)))
     return 0

@@ -6,6 +6,14 @@ Only clean validation data is used: it is split into a fine-tuning part and a
 hold-out part; the hold-out part decides early stopping and gives the
 reported validation figures. Poisoned validation files, when given, are only
 measured (per epoch, for the report), never used to choose anything.
+
+- :class:`FineTuneRecipe`: how to fine-tune (every option's default, rule and
+  help once; ``goodnet fineprune``'s and ``goodnet repair``'s flags);
+- :class:`FinePruning`: the estimator (:mod:`goodnet.base` contract),
+  ``FinePruning(layer, channels, recipe, holdout_fraction, seed).fit(classifier, clean, poisoned=(), holdout=None)``;
+- :func:`run_fine_pruning`: rank, choose the channels, fine-tune (what
+  ``goodnet fineprune`` computes; :func:`goodnet.reports.write_fineprune_outputs`
+  writes its files).
 """
 
 import dataclasses
@@ -13,14 +21,84 @@ import logging
 
 import numpy as np
 
+from goodnet.base import Defense, InstanceOf, Interval, OneOf, SequenceOf, check_is_fitted
+from goodnet.defenses.pruning import PruneOptions
 from goodnet.errors import OptionError
 from goodnet.metrics import accuracy, attack_success_rate
+from goodnet.options import constraints_of, option, validate_options
 from goodnet.surgery import apply_masks, channel_masks, prune_model
 
 logger = logging.getLogger(__name__)
 
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("one-cycle", "cosine", "constant")
 
-def split_holdout(labels, holdout_fraction=0.2, seed=0):
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneRecipe:
+    """How :class:`FinePruning` fine-tunes: every option with its default, rule and help text (written once).
+
+    The fields are ``goodnet fineprune``'s and ``goodnet repair``'s recipe
+    flags (:func:`goodnet.cli.options.add_options`) and
+    :attr:`goodnet.repair.RepairOptions.recipe`.
+
+    Example:
+        >>> FinePruning(channels=(0, 5), recipe=FineTuneRecipe(epochs=20, optimizer="adam"))
+    """
+
+    epochs: int = option(60, "fine-tuning epochs: the length of the schedule", rule=Interval(int, 1))
+    learning_rate: float = option(0.01, "peak learning rate", rule=Interval(float, 0))
+    batch_size: int = option(32, "fine-tuning batch size", rule=Interval(int, 1), flag="--tune-batch-size",
+                             dest="tune_batch_size")
+    optimizer: str = option("sgd", "optimizer: sgd (with --momentum) or adam", rule=OneOf(OPTIMIZERS))
+    momentum: float = option(0.9, "SGD momentum", rule=Interval(float, 0, 1))
+    schedule: str = option("one-cycle", "learning-rate schedule (one-cycle: rise from peak/25 to the peak over "
+                                        "--warmup of the steps, then cosine decay to 0)", rule=OneOf(SCHEDULES))
+    warmup: float = option(0.3, "share of the steps the one-cycle rate rises", rule=Interval(float, 0, 1))
+    min_epochs: int = option(None, "first epoch that may be kept: the kept model has the best hold-out accuracy "
+                                   "among epochs K..end (0 allows the untuned pruned model)",
+                             rule=Interval(int, 0), allow_none=True, type=int, metavar="K",
+                             default_text="half the epochs")
+    patience: int = option(None, "stop after this many epochs without hold-out gain, counted from --min-epochs",
+                           rule=Interval(int, 1), allow_none=True, default_text="run the whole schedule")
+    augment: bool = option(True, "augmentation: fine-tune on randomly shifted copies of the clean images",
+                           rule=InstanceOf(bool))
+    shift: int = option(3, "augmentation: largest random shift in pixels", rule=Interval(int, 0))
+    flip: bool = option(False, "augmentation: also mirror half the images", rule=InstanceOf(bool))
+    noise: float = option(0.0, "augmentation: Gaussian pixel noise, 0-255 scale", rule=Interval(float, 0))
+    clip_norm: float = option(None, "clip each step's gradients to this global norm",
+                              rule=Interval(float, 0, closed="neither"), allow_none=True, type=float,
+                              metavar="NORM", default_text="no clipping")
+    distill: float = option(0.0, "weight of the suspect model's own answers on the clean tune images in the "
+                                 "training targets, 0-1 (0: labels only)", rule=Interval(float, 0, 1), metavar="W")
+    mixup: float = option(0.4, "mixup: train on pairs of tune images blended with Beta(ALPHA, ALPHA) weights, and "
+                               "their targets likewise (0: off)", rule=Interval(float, 0), metavar="ALPHA")
+    unlearn: float = option(0.25, "trigger unlearning: each epoch, recover the patch (mask and pattern) that most "
+                                  "hurts the model on clean tune images and stamp it on this share of them, true "
+                                  "labels kept (0: off)", rule=Interval(float, 0, 1), metavar="SHARE")
+    unlearn_area: float = option(0.05, "largest share of the image the recovered patch covers",
+                                 rule=Interval(float, 0, 1, "right"), metavar="SHARE")
+    unlearn_steps: int = option(10, "patch-search steps per epoch", rule=Interval(int, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinePruneOptions:
+    """What ``goodnet fineprune`` runs (:func:`run_fine_pruning`): which channels, the split, the recipe.
+
+    ``layer``, ``holdout_fraction`` and ``seed`` are also :class:`FinePruning`'s
+    defaults; ``drop`` chooses the channels from the pruning sweep.
+    """
+
+    layer: str = option(PruneOptions.layer, "convolution to prune", rule=InstanceOf(str))
+    drop: float = option(4, "prune up to the first step at least X points below the unpruned accuracy",
+                         rule=Interval(float, 0, closed="neither"), type=float, metavar="X")
+    recipe: FineTuneRecipe = option(FineTuneRecipe(), "the fine-tuning recipe")
+    holdout_fraction: float = option(0.2, "share of each class held out", rule=Interval(float, 0, 1, "left"),
+                                     flag="--holdout", metavar="SHARE")
+    seed: int = option(0, "seed of the split and of training", rule=Interval(int, 0))
+
+
+def split_holdout(labels, holdout_fraction=FinePruneOptions.holdout_fraction, seed=FinePruneOptions.seed):
     """Split indices into a fine-tuning part and a hold-out part, per class.
 
     Every class keeps at least one image for fine-tuning; a class with two or
@@ -67,11 +145,7 @@ class EpochRecord:
     trigger_loss: float = float("nan")
 
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("one-cycle", "cosine", "constant")
-
-
-def learning_rate_at(step, total_steps, peak, schedule="one-cycle", warmup=0.3):
+def learning_rate_at(step, total_steps, peak, schedule=FineTuneRecipe.schedule, warmup=FineTuneRecipe.warmup):
     """The learning rate of ``schedule`` at optimizer ``step`` (0-based) of ``total_steps``.
 
     - ``constant``: ``peak`` throughout;
@@ -98,7 +172,7 @@ def learning_rate_at(step, total_steps, peak, schedule="one-cycle", warmup=0.3):
     return float(0.5 * peak * (1.0 + np.cos(np.pi * progress)))
 
 
-def augment_images(images, rng, shift=3, flip=False, noise=0.0):
+def augment_images(images, rng, shift=FineTuneRecipe.shift, flip=FineTuneRecipe.flip, noise=FineTuneRecipe.noise):
     """Randomly shifted (edge-padded, up to ``shift`` pixels each way), optionally mirrored and noised copies.
 
     Args:
@@ -129,7 +203,7 @@ def augment_images(images, rng, shift=3, flip=False, noise=0.0):
     return np.clip(out, 0.0, 255.0)
 
 
-def mix_images(images, targets, rng, alpha=0.4):
+def mix_images(images, targets, rng, alpha=FineTuneRecipe.mixup):
     """Mixup (Zhang et al. 2018): each image blended with a random partner, and its target likewise.
 
     Image ``i`` becomes ``w_i * images[i] + (1 - w_i) * images[p_i]`` and its
@@ -165,125 +239,72 @@ def mix_images(images, targets, rng, alpha=0.4):
     return mixed, soft
 
 
-RECIPE_DEFAULTS = {"epochs": 60, "learning_rate": 0.01, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
-                   "schedule": "one-cycle", "warmup": 0.3, "min_epochs": None, "patience": None, "augment": True,
-                   "shift": 3, "flip": False, "noise": 0.0, "clip_norm": None,
-                   "distill": 0.0, "mixup": 0.4, "unlearn": 0.25, "unlearn_area": 0.05, "unlearn_steps": 10}
-"""The default fine-tuning recipe of :class:`FinePruning` (and of ``goodnet fineprune`` and ``goodnet repair``)."""
-
-
-class FinePruning:
+class FinePruning(Defense):
     """Prune channels of one convolution, then fine-tune on clean validation data.
 
-    The default recipe fine-tunes every layer with SGD, momentum and a one-cycle
-    learning rate (rise to a moderate peak, cosine decay to zero) on randomly
-    shifted, mixup-blended copies of the clean tune images, and unlearns the
-    trigger: every epoch a :class:`goodnet.defenses.unlearning.TriggerSearch` recovers,
-    from the model being tuned and clean images only, the small patch that
-    most misleads it, and ``unlearn`` of the images carry that patch with their
-    true labels. Clean images alone never show the trigger, so plain
-    fine-tuning at a small rate (the paper's recipe) leaves a pruning-aware
-    backdoor intact; mixup keeps relearning from a few hundred images from
-    overfitting. The kept model is the epoch with the best hold-out accuracy
-    among epochs ``min_epochs`` and later (the later epoch on ties), so an
-    early epoch, before the backdoor is unlearned, is not kept just because
-    its accuracy is high.
+    The default recipe (:class:`FineTuneRecipe`) fine-tunes every layer with
+    SGD, momentum and a one-cycle learning rate (rise to a moderate peak,
+    cosine decay to zero) on randomly shifted, mixup-blended copies of the clean
+    tune images, and unlearns the trigger: every epoch a
+    :class:`goodnet.defenses.unlearning.TriggerSearch` recovers, from the model
+    being tuned and clean images only, the small patch that most misleads it,
+    and ``unlearn`` of the images carry that patch with their true labels. Clean
+    images alone never show the trigger, so plain fine-tuning at a small rate
+    (the paper's recipe) leaves a pruning-aware backdoor intact; mixup keeps
+    relearning from a few hundred images from overfitting. The kept model is the
+    epoch with the best hold-out accuracy among epochs ``min_epochs`` and later
+    (the later epoch on ties), so an early epoch, before the backdoor is
+    unlearned, is not kept just because its accuracy is high.
 
     Args:
         layer: the convolution whose channels are pruned (``conv_3``).
-        epochs: fine-tuning epochs (the length of the schedule).
-        learning_rate: peak learning rate.
-        batch_size: fine-tuning batch size.
-        holdout_fraction: share of the clean validation data held out for
-            choosing the epoch and for reporting.
-        patience: epochs without hold-out improvement (counted from
-            ``min_epochs``) before stopping; None runs the whole schedule.
+        channels: channel indices to prune (e.g. the first K of the pruning
+            ranking, see :func:`channels_to_prune`).
+        recipe: the fine-tuning recipe, a :class:`FineTuneRecipe`.
+        holdout_fraction: share of each class of the clean data held out for
+            choosing the epoch and for reporting (when ``fit`` splits it).
         seed: seed of the split, of augmentation and of training.
-        optimizer: "sgd" (with ``momentum``) or "adam".
-        momentum: SGD momentum.
-        schedule: "one-cycle", "cosine" or "constant" (see :func:`learning_rate_at`).
-        warmup: share of the steps the one-cycle rate rises.
-        min_epochs: first epoch that may be kept (default: ``epochs // 2``;
-            0 also allows the pruned model before fine-tuning).
-        augment: train on augmented copies (see :func:`augment_images`), a new
-            draw every epoch.
-        shift, flip, noise: augmentation parameters.
-        clip_norm: clip every step's gradients to this global norm (None: no clipping).
-        distill: weight of the suspect model's own clean-image answers in the training
-            targets (0: the labels alone; self-distillation on clean data only).
-        mixup: Beta parameter of mixup (see :func:`mix_images`), applied after
-            augmentation every epoch; 0 trains on unmixed images.
-        unlearn: share of each epoch's tune images stamped with the trigger that
-            :class:`goodnet.defenses.unlearning.TriggerSearch` recovers from the model being
-            tuned, clean images only, keeping their true labels (0: off).
-        unlearn_area: the largest share of the image the recovered trigger covers.
-        unlearn_steps: trigger-search steps per epoch (warm-started across epochs).
 
     Attributes (after ``fit``):
         model_: the fine-pruned :class:`goodnet.models.Classifier` (kept epoch).
         history_: list of :class:`EpochRecord`, epoch 0 being the pruned model
             before fine-tuning.
         best_epoch_: the epoch whose weights ``model_`` holds.
-        tune_indices_, holdout_indices_: the split of the clean data.
+        pruned_channels_: the pruned channels, sorted.
+        classifier_: the suspect model ``fit`` started from.
+        tune_indices_, holdout_indices_: the split of ``clean`` (None when
+            ``fit`` was given its hold-out part).
 
     Example:
-        >>> fine = FinePruning(epochs=20).fit(badnet, range(40), clean_valid, [poisoned_valid])
-        >>> fine.model_.predict(images)
+        >>> fine = FinePruning(channels=tuple(range(40)), recipe=FineTuneRecipe(epochs=20)).fit(
+        ...     badnet, clean_valid, [poisoned_valid])
+        >>> fine.predict(images)
     """
 
-    def __init__(self, layer="conv_3", epochs=RECIPE_DEFAULTS["epochs"], learning_rate=RECIPE_DEFAULTS["learning_rate"],
-                 batch_size=RECIPE_DEFAULTS["batch_size"], holdout_fraction=0.2, patience=RECIPE_DEFAULTS["patience"],
-                 seed=0, optimizer=RECIPE_DEFAULTS["optimizer"], momentum=RECIPE_DEFAULTS["momentum"],
-                 schedule=RECIPE_DEFAULTS["schedule"], warmup=RECIPE_DEFAULTS["warmup"],
-                 min_epochs=RECIPE_DEFAULTS["min_epochs"], augment=RECIPE_DEFAULTS["augment"],
-                 shift=RECIPE_DEFAULTS["shift"], flip=RECIPE_DEFAULTS["flip"], noise=RECIPE_DEFAULTS["noise"],
-                 clip_norm=RECIPE_DEFAULTS["clip_norm"], distill=RECIPE_DEFAULTS["distill"],
-                 mixup=RECIPE_DEFAULTS["mixup"], unlearn=RECIPE_DEFAULTS["unlearn"],
-                 unlearn_area=RECIPE_DEFAULTS["unlearn_area"], unlearn_steps=RECIPE_DEFAULTS["unlearn_steps"]):
-        if optimizer not in OPTIMIZERS:
-            raise OptionError(f"optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
-        if schedule not in SCHEDULES:
-            raise OptionError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
-        self.layer = layer
-        self.epochs = epochs
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.holdout_fraction = holdout_fraction
-        self.patience = patience
-        self.seed = seed
-        self.optimizer = optimizer
-        self.momentum = momentum
-        self.schedule = schedule
-        self.warmup = warmup
-        self.min_epochs = min_epochs
-        self.augment = augment
-        self.shift = shift
-        self.flip = flip
-        self.noise = noise
-        self.clip_norm = clip_norm
-        if not 0.0 <= distill <= 1.0:
-            raise OptionError(f"distill: expected a weight in [0, 1], got {distill}")
-        self.distill = distill
-        if not mixup >= 0.0:
-            raise OptionError(f"mixup: expected a Beta parameter >= 0 (0: off), got {mixup}")
-        self.mixup = mixup
-        if not 0.0 <= unlearn <= 1.0:
-            raise OptionError(f"unlearn: expected a share of the images in [0, 1], got {unlearn}")
-        if not 0.0 < unlearn_area <= 1.0:
-            raise OptionError(f"unlearn_area: expected a share of the image in (0, 1], got {unlearn_area}")
-        self.unlearn = unlearn
-        self.unlearn_area = unlearn_area
-        self.unlearn_steps = unlearn_steps
+    _parameter_constraints = {**{name: rules for name, rules in constraints_of(FinePruneOptions).items()
+                                 if name in ("layer", "holdout_fraction", "seed")},
+                              "channels": [SequenceOf(Interval(int, 0), allow_empty=True),
+                                           InstanceOf(np.ndarray, "an array of channel indices")],
+                              "recipe": [InstanceOf(FineTuneRecipe)]}
 
-    def recipe(self):
-        """The fine-tuning options as a JSON-ready dict (for reports)."""
-        return {**{name: getattr(self, name) for name in RECIPE_DEFAULTS}, "min_epochs": self.first_kept_epoch}
+    def __init__(self, layer=FinePruneOptions.layer, channels=(), recipe=FinePruneOptions.recipe,
+                 holdout_fraction=FinePruneOptions.holdout_fraction, seed=FinePruneOptions.seed):
+        self.layer = layer
+        self.channels = channels
+        self.recipe = recipe
+        self.holdout_fraction = holdout_fraction
+        self.seed = seed
+
+    def resolved_recipe(self):
+        """The recipe as a JSON-ready dict, ``min_epochs`` resolved (for reports)."""
+        return {**dataclasses.asdict(self.recipe), "min_epochs": self.first_kept_epoch}
 
     @property
     def first_kept_epoch(self):
-        """The first epoch ``fit`` may keep (``min_epochs``, default half the schedule)."""
-        first = self.epochs // 2 if self.min_epochs is None else int(self.min_epochs)
-        return min(max(0, first), self.epochs)
+        """The first epoch ``fit`` may keep (``recipe.min_epochs``, default half the schedule)."""
+        epochs, min_epochs = self.recipe.epochs, self.recipe.min_epochs
+        first = epochs // 2 if min_epochs is None else int(min_epochs)
+        return min(max(0, first), epochs)
 
     def _measure(self, classifier, holdout, poisoned):
         holdout_accuracy = accuracy(classifier.predict(holdout.images), holdout.labels)
@@ -293,18 +314,34 @@ class FinePruning:
     def _optimizer(self):
         import keras
 
-        if self.optimizer == "adam":
-            return keras.optimizers.Adam(self.learning_rate, global_clipnorm=self.clip_norm)
-        return keras.optimizers.SGD(self.learning_rate, momentum=self.momentum, global_clipnorm=self.clip_norm)
+        recipe = self.recipe
+        if recipe.optimizer == "adam":
+            return keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=recipe.clip_norm)
+        return keras.optimizers.SGD(recipe.learning_rate, momentum=recipe.momentum, global_clipnorm=recipe.clip_norm)
 
-    def fit(self, classifier, channels, clean, poisoned=(), progress=None):
-        """Prune ``channels`` of ``self.layer`` and fine-tune on ``clean``.
+    def _split(self, clean, holdout):
+        """(tune, holdout) LabData: ``clean`` split per class, or ``clean`` itself when ``holdout`` is given."""
+        if holdout is None:
+            self.tune_indices_, self.holdout_indices_ = split_holdout(clean.labels, self.holdout_fraction, self.seed)
+            tune, holdout = clean.subset(self.tune_indices_), clean.subset(self.holdout_indices_)
+        else:
+            self.tune_indices_ = self.holdout_indices_ = None
+            tune = clean
+        if len(holdout.labels) == 0:
+            raise OptionError(f"{clean.path}: label: too few images per class to hold any out for early stopping")
+        return tune, holdout
+
+    def fit(self, classifier, clean, poisoned=(), holdout=None, progress=None):
+        """Prune ``channels`` of ``layer`` and fine-tune on ``clean``.
 
         Args:
             classifier: the suspect model (:class:`goodnet.models.Classifier`).
-            channels: channel indices to prune (e.g. the first K of the pruning ranking).
-            clean: :class:`goodnet.data.LabData`, clean validation data.
+            clean: :class:`goodnet.data.LabData`, clean validation data; split
+                per class into a tune and a hold-out part (``holdout_fraction``,
+                ``seed``), unless ``holdout`` is given.
             poisoned: poisoned validation LabData, measured per epoch for the report only.
+            holdout: the clean hold-out LabData that decides the kept epoch; then
+                ``clean`` is the tune part as it is (``goodnet.repair`` passes its own split).
             progress: show Keras's per-epoch progress (None: quiet).
 
         Returns:
@@ -312,27 +349,29 @@ class FinePruning:
         """
         import keras
 
+        self._validate_params()
+        validate_options(self.recipe, f"{type(self).__name__}.recipe")
+        recipe = self.recipe
         keras.utils.set_random_seed(self.seed)
         rng = np.random.default_rng([self.seed, 6])
-        self.tune_indices_, self.holdout_indices_ = split_holdout(clean.labels, self.holdout_fraction, self.seed)
-        if len(self.holdout_indices_) == 0:
-            raise OptionError(f"{clean.path}: label: too few images per class to hold any out for early stopping")
-        tune, holdout = clean.subset(self.tune_indices_), clean.subset(self.holdout_indices_)
+        tune, holdout = self._split(clean, holdout)
+        channels = [int(channel) for channel in self.channels]
+        self.classifier_ = classifier
         pruned = classifier.with_model(prune_model(classifier.model, self.layer, channels, classifier.path))
         model = pruned.model
         target = model.get_layer(self.layer)
         masks = channel_masks(target, channels)
 
-        steps_per_epoch = int(np.ceil(len(tune.labels) / self.batch_size))
-        total_steps = steps_per_epoch * self.epochs
+        steps_per_epoch = int(np.ceil(len(tune.labels) / recipe.batch_size))
+        total_steps = steps_per_epoch * recipe.epochs
         optimizer = self._optimizer()
         model.compile(optimizer=optimizer, loss="categorical_crossentropy" if self._soft_targets() else
                       "sparse_categorical_crossentropy")
         done = [0]   # optimizer steps taken
 
         def set_rate(batch, logs):
-            optimizer.learning_rate.assign(learning_rate_at(done[0], total_steps, self.learning_rate, self.schedule,
-                                                            self.warmup))
+            optimizer.learning_rate.assign(learning_rate_at(done[0], total_steps, recipe.learning_rate,
+                                                            recipe.schedule, recipe.warmup))
 
         def after_step(batch, logs):
             done[0] += 1
@@ -346,18 +385,18 @@ class FinePruning:
         if first_kept == 0:
             best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), 0
         search = None
-        if self.unlearn:
+        if recipe.unlearn:
             from goodnet.defenses.unlearning import TriggerSearch
 
-            search = TriggerSearch(self.unlearn_area, self.unlearn_steps, seed=self.seed)
-        for epoch in range(1, self.epochs + 1):
+            search = TriggerSearch(area=recipe.unlearn_area, steps=recipe.unlearn_steps, seed=self.seed)
+        for epoch in range(1, recipe.epochs + 1):
             images, targets = self._epoch_data(classifier, tune, rng, model, search)
-            history = model.fit(classifier.scale_images(images), targets, batch_size=self.batch_size, epochs=1,
+            history = model.fit(classifier.scale_images(images), targets, batch_size=recipe.batch_size, epochs=1,
                                 shuffle=True, verbose=1 if progress else 0, callbacks=[keep_pruned])
             pruned = pruned.with_model(model)
             holdout_accuracy, rates = self._measure(pruned, holdout, poisoned)
-            rate = learning_rate_at(epoch * steps_per_epoch - 1, total_steps, self.learning_rate, self.schedule,
-                                    self.warmup)
+            rate = learning_rate_at(epoch * steps_per_epoch - 1, total_steps, recipe.learning_rate, recipe.schedule,
+                                    recipe.warmup)
             self.history_.append(EpochRecord(epoch, float(history.history["loss"][-1]), holdout_accuracy, rates,
                                              rate, search.loss_ if search is not None else float("nan")))
             logger.info("fine-pruning epoch %d: lr %.2g, loss %.4f, hold-out accuracy %.4f, ASR %s", epoch, rate,
@@ -366,18 +405,31 @@ class FinePruning:
                 continue
             if holdout_accuracy >= best_accuracy:   # ties: the later, more converged epoch
                 best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), epoch
-            elif self.patience is not None and epoch - max(self.best_epoch_, first_kept) >= self.patience:
+            elif recipe.patience is not None and epoch - max(self.best_epoch_, first_kept) >= recipe.patience:
                 break
         # An uncompiled copy: the saved file carries no optimizer or schedule state.
         kept = keras.models.clone_model(model)
         kept.set_weights(best_weights)
         self.model_ = pruned.with_model(kept)
-        self.pruned_channels_ = sorted(int(channel) for channel in channels)
+        self.pruned_channels_ = sorted(channels)
         return self
+
+    def predict(self, images, **kwargs):
+        """Class predictions of the fine-pruned model (``model_.predict``)."""
+        check_is_fitted(self)
+        return self.model_.predict(images, **kwargs)
+
+    def summary(self):
+        """Parameters and, once fitted, the kept epoch, the pruned channels and the resolved recipe (JSON-ready)."""
+        summary = super().summary()
+        if hasattr(self, "model_"):
+            summary.update({"best_epoch": self.best_epoch_, "pruned_channels": list(self.pruned_channels_),
+                            "epochs_run": len(self.history_) - 1, "recipe": self.resolved_recipe()})
+        return summary
 
     def _soft_targets(self):
         """Whether training targets are distributions (distillation or mixup) rather than labels."""
-        return bool(self.distill) or bool(self.mixup)
+        return bool(self.recipe.distill) or bool(self.recipe.mixup)
 
     def _epoch_data(self, classifier, tune, rng, model=None, search=None):
         """One epoch's training images and targets: labels, or soft targets when distilling or mixing.
@@ -387,29 +439,29 @@ class FinePruning:
         (augmented) images, which keep their targets: the true labels, mixed, when
         distilling, with the suspect model's answers on the unstamped images.
         """
+        recipe = self.recipe
         images = tune.images
-        if self.augment:
-            images = augment_images(images, rng, self.shift, self.flip, self.noise)
+        if recipe.augment:
+            images = augment_images(images, rng, recipe.shift, recipe.flip, recipe.noise)
         targets = tune.labels
         if self._soft_targets():
             targets = np.eye(classifier.output_size, dtype=np.float32)[tune.labels]
-        if self.distill:
+        if recipe.distill:
             # The labels mixed with the suspect model's own answers on these clean images.
-            targets = (1.0 - self.distill) * targets + self.distill * classifier.predict_proba(images).astype(
+            targets = (1.0 - recipe.distill) * targets + recipe.distill * classifier.predict_proba(images).astype(
                 np.float32)
         if search is not None:
-            from goodnet.defenses.unlearning import stamp
-
             search.fit(model, images, tune.labels, classifier.divisor)
             images = np.array(images, np.float32)
-            chosen = rng.random(len(images)) < self.unlearn
-            images[chosen] = stamp(images[chosen], search.mask_, search.pattern_)
-        if self.mixup:
-            images, targets = mix_images(images, targets, rng, self.mixup)
+            chosen = rng.random(len(images)) < recipe.unlearn
+            images[chosen] = search.stamped(images[chosen])
+        if recipe.mixup:
+            images, targets = mix_images(images, targets, rng, recipe.mixup)
         return images, targets
 
     def curve_rows(self, poisoned_names=()):
         """The per-epoch log as a list of dicts (for CSV/JSON)."""
+        check_is_fitted(self)
         rows = []
         for record in self.history_:
             row = {"epoch": record.epoch, "learning_rate": record.learning_rate, "loss": record.loss,
@@ -445,80 +497,44 @@ def channels_to_prune(defense, drop=None, count=None):
     return defense.ranking_[:count]
 
 
-OUTPUT_FILES = {"model": "model_fp.h5", "csv": "fineprune_curve.csv", "json": "fineprune_curve.json",
-                "png": "fineprune_curve.png"}
+def run_fine_pruning(classifier, clean, poisoned=(), options=None, count=None, progress=None):
+    """Rank the channels on ``clean``, prune the first ones, fine-tune: what ``goodnet fineprune`` computes.
 
-def run_fine_pruning(classifier, clean, poisoned, out_dir, layer="conv_3", drop=4, count=None, epochs=None,
-                     learning_rate=None, holdout_fraction=0.2, patience=None, seed=0, protect=(), plot=True,
-                     progress=None, **recipe):
-    """Rank, prune and fine-tune, then write ``model_fp.h5`` and the fine-tuning curve into ``out_dir``.
+    Nothing is written here: :func:`goodnet.reports.write_fineprune_outputs`
+    writes ``model_fp.h5`` and the fine-tuning curve.
 
     Args:
         classifier: the suspect model.
         clean: clean validation LabData (ranking, fine-tuning, hold-out).
         poisoned: poisoned validation LabData (reported only).
-        out_dir: output folder.
-        layer: the convolution to prune.
-        drop: prune up to the sweep's X-point step (the lab's rule) ...
-        count: ... or exactly this many channels.
-        epochs, learning_rate, holdout_fraction, patience, seed: see :class:`FinePruning`
-            (None: its defaults).
-        recipe: further :class:`FinePruning` options (optimizer, momentum, schedule, warmup,
-            min_epochs, augment, shift, flip, noise, batch_size).
-        protect: input paths never to overwrite.
-        plot: write ``fineprune_curve.png``.
-        progress: progress bars.
+        options: :class:`FinePruneOptions` (layer, the sweep's X-point step
+            ``drop``, recipe, split, seed).
+        count: prune exactly this many channels instead of the ``drop`` step.
+        progress: progress bars of the sweep.
 
     Returns:
-        dict: ``fine_pruning`` (the fitted estimator), ``defense`` (the sweep),
-        ``summary`` (JSON-ready) and ``files``.
+        dict: ``fine_pruning`` (the fitted :class:`FinePruning`), ``defense``
+        (the fitted sweep) and ``summary`` (JSON-ready, what
+        ``fineprune_curve.json`` holds but its ``files``).
     """
-    import json
-    import os
-
-    from goodnet.files import write_text
-    from goodnet.models import save_model
     from goodnet.defenses.pruning import PruningDefense
+    from goodnet.reports import dataset_names
 
-    defense = PruningDefense(layer, progress=progress).fit(classifier, clean, poisoned)
-    channels = channels_to_prune(defense, drop, count)
-    if epochs is not None:
-        recipe["epochs"] = epochs
-    if learning_rate is not None:
-        recipe["learning_rate"] = learning_rate
-    fine = FinePruning(layer, holdout_fraction=holdout_fraction, patience=patience, seed=seed, **recipe).fit(
-        classifier, channels, clean, poisoned)
-    os.makedirs(out_dir, exist_ok=True)
-    protect = tuple(protect) + tuple(data.path for data in [clean, *poisoned] if data.path)
-    names = [os.path.basename(data.path) or f"poisoned_{index}" for index, data in enumerate(poisoned)]
+    options = validate_options(options or FinePruneOptions())
+    defense = PruningDefense(options.layer, progress=progress).fit(classifier, clean, poisoned)
+    channels = tuple(int(channel) for channel in channels_to_prune(defense, options.drop, count))
+    fine = FinePruning(options.layer, channels, options.recipe, options.holdout_fraction, options.seed).fit(
+        classifier, clean, poisoned)
+    names = dataset_names(poisoned)
     rows = fine.curve_rows(names)
-    files = {"model": save_model(fine.model_, os.path.join(out_dir, OUTPUT_FILES["model"]), protect=protect),
-             "csv": os.path.join(out_dir, OUTPUT_FILES["csv"]),
-             "json": os.path.join(out_dir, OUTPUT_FILES["json"])}
-    write_text(files["csv"], _csv_text(rows), protect=protect)
-    if plot:
-        from goodnet.plots import plot_fineprune_curve
-
-        files["png"] = plot_fineprune_curve(rows, os.path.join(out_dir, OUTPUT_FILES["png"]),
-                                            title=f"fine-pruning {layer}: {len(channels)} channels pruned")
-    summary = {"model": classifier.path, "layer": layer, "channels_pruned": [int(c) for c in channels],
-               "drop": drop if count is None else None, "recipe": fine.recipe(), "epochs_run": len(rows) - 1, "best_epoch": fine.best_epoch_,
-               "fine_tuning_images": int(len(fine.tune_indices_)), "holdout_images": int(len(fine.holdout_indices_)),
-               "baseline_holdout_accuracy": float(np.mean(classifier.predict(clean.images[fine.holdout_indices_])
-                                                          == clean.labels[fine.holdout_indices_])),
+    holdout = fine.holdout_indices_
+    summary = {"model": classifier.path, "layer": options.layer, "channels_pruned": list(channels),
+               "drop": options.drop if count is None else None, "recipe": fine.resolved_recipe(),
+               "epochs_run": len(rows) - 1, "best_epoch": fine.best_epoch_,
+               "fine_tuning_images": int(len(fine.tune_indices_)), "holdout_images": int(len(holdout)),
+               "baseline_holdout_accuracy": float(np.mean(classifier.predict(clean.images[holdout])
+                                                          == clean.labels[holdout])),
                "holdout_accuracy": rows[fine.best_epoch_]["holdout_accuracy"],
                "attack_success_rates": {name: rows[fine.best_epoch_][f"asr:{name}"] for name in names},
-               "curve": rows, "files": files}
-    write_text(files["json"], json.dumps(summary, indent=2, default=float) + "\n", protect=protect)
-    return {"fine_pruning": fine, "defense": defense, "summary": summary, "files": files}
-
-
-def _csv_text(rows):
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+               "curve": rows}
+    return {"fine_pruning": fine, "defense": defense, "summary": summary}

@@ -8,7 +8,7 @@ pattern ``p`` (H, W, C) in 0-255 such that the stamped images
 maximises the cross-entropy of the true labels), while the mask covers at
 most ``area`` of the image on average (after every step the mask logits are
 shifted down just enough to meet that bound). Fine-tuning on stamped images with
-their true labels (see ``FinePruning(unlearn=...)``) then removes the
+their true labels (see ``FineTuneRecipe.unlearn``) then removes the
 shortcut. This is the unlearning step of Neural Cleanse (Wang et al. 2019)
 without its per-class search, in the spirit of I-BAU (Zeng et al. 2022),
 which alternates a universal-perturbation search with training on it.
@@ -16,7 +16,7 @@ which alternates a universal-perturbation search with training on it.
 
 import numpy as np
 
-from goodnet.errors import OptionError
+from goodnet.base import Defense, Interval, check_is_fitted
 
 
 def stamp(images, mask, pattern):
@@ -38,12 +38,16 @@ def stamp(images, mask, pattern):
     return (1.0 - mask) * images + mask * np.asarray(pattern, np.float32)
 
 
-class TriggerSearch:
+class TriggerSearch(Defense):
     """Find the mask and pattern that most hurt a model on clean images (untargeted, area-bounded).
 
     Each call of :meth:`fit` runs ``steps`` Adam steps from where the previous
     call stopped (warm start), so calling it once per fine-tuning epoch tracks
-    the model as it changes.
+    the model as it changes. It follows goodnet's estimator contract
+    (:mod:`goodnet.base`: the constructor stores, ``fit`` validates and
+    returns self) with its own ``fit`` shape: it searches against the Keras
+    model being fine-tuned (``FinePruning`` calls it every epoch), not a
+    :class:`goodnet.models.Classifier`.
 
     Args:
         area: the largest mean mask value (the share of the image the trigger
@@ -60,8 +64,12 @@ class TriggerSearch:
 
     Example:
         >>> search = TriggerSearch(area=0.05).fit(model, images, labels, divisor=255.0)
-        >>> stamped = stamp(images, search.mask_, search.pattern_)
+        >>> stamped = search.stamped(images)     # stamp(images, search.mask_, search.pattern_)
     """
+
+    _parameter_constraints = {"area": [Interval(float, 0, 1, "right")], "steps": [Interval(int, 0)],
+                              "learning_rate": [Interval(float, 0, closed="neither")],
+                              "batch_size": [Interval(int, 1)], "seed": [Interval(int, 0)]}
 
     def __init__(self, area=0.05, steps=10, learning_rate=0.1, batch_size=128, seed=0):
         self.area = area
@@ -74,8 +82,6 @@ class TriggerSearch:
         import keras
         import tensorflow as tf
 
-        if not 0 < self.area <= 1:
-            raise OptionError(f"area: expected a share of the image in (0, 1], got {self.area}")
         height, width, channels = shape
         self._rng = np.random.default_rng([self.seed, 7])
         # The mask starts uniform at about the allowed area; the pattern starts as noise.
@@ -132,6 +138,7 @@ class TriggerSearch:
         """
         import tensorflow as tf
 
+        self._validate_params()
         images = np.asarray(images, np.float32)
         if not hasattr(self, "_mask_logits"):
             self._start(images.shape[1:])
@@ -147,3 +154,8 @@ class TriggerSearch:
         self.mask_ = tf.sigmoid(self._mask_logits).numpy()
         self.pattern_ = (tf.sigmoid(self._pattern_logits) * 255.0).numpy()
         return self
+
+    def stamped(self, images):
+        """``images`` (raw pixels) with the recovered trigger pasted in (:func:`stamp` with ``mask_``, ``pattern_``)."""
+        check_is_fitted(self, ("mask_", "pattern_"))
+        return stamp(images, self.mask_, self.pattern_)

@@ -18,9 +18,11 @@ import pytest
 
 import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
+from goodnet.defenses.fine_pruning import FinePruning, FineTuneRecipe
 from goodnet.defenses.neural_cleanse import NeuralCleanse
 from goodnet.defenses.pruning import PruningDefense
 from goodnet.defenses.strip import STRIP
+from goodnet.defenses.unlearning import TriggerSearch
 from square_task import coloured_squares
 
 
@@ -69,6 +71,21 @@ _row(NeuralCleanse,
      result=lambda defense: {"norms": defense.norms_, "masks": defense.masks_, "patterns": defense.patterns_,
                              "success": defense.attack_success_, "flagged": defense.flagged_},
      use=lambda defense, world: defense.trigger(3))
+
+_row(FinePruning,
+     make=lambda: FinePruning(channels=(0, 3, 5), recipe=FineTuneRecipe(epochs=2, unlearn_steps=2)),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean, [world.poisoned]),
+     result=lambda defense: {"best_epoch": defense.best_epoch_,
+                             "losses": [record.loss for record in defense.history_]},
+     use=lambda defense, world: defense.predict(world.clean.images[:4]))
+
+_row(TriggerSearch,
+     make=lambda: TriggerSearch(steps=3, batch_size=16),
+     fit=lambda defense, world: defense.fit(world.classifier.model, world.clean.images, world.clean.labels,
+                                            divisor=world.classifier.divisor),
+     result=lambda defense: {"mask": defense.mask_, "pattern": defense.pattern_},
+     use=lambda defense, world: defense.stamped(world.clean.images[:4]))
+
 
 def _defense_classes():
     """Every public Defense subclass defined in a module of goodnet.defenses."""

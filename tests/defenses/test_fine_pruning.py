@@ -6,8 +6,8 @@ import pytest
 
 from goodnet.data import LabData
 from goodnet.files import MANIFEST
-from goodnet.defenses.fine_pruning import (RECIPE_DEFAULTS, FinePruning, augment_images, learning_rate_at, mix_images,
-                                 split_holdout)
+from goodnet.defenses.fine_pruning import (FinePruning, FineTuneRecipe, augment_images, learning_rate_at, mix_images,
+                                          split_holdout)
 from goodnet.models import Classifier, build_deepid
 from square_task import coloured_squares
 
@@ -37,22 +37,23 @@ def test_split_is_per_class_disjoint_and_complete():
 def test_fine_pruning_keeps_channels_pruned_and_never_uses_poisoned_data(tiny_task):
     classifier, clean, poisoned = tiny_task
     channels = list(range(0, 60, 2))
-    first = FinePruning(epochs=3, learning_rate=1e-2, clip_norm=1.0).fit(classifier, channels, clean, [poisoned])
+    recipe = FineTuneRecipe(epochs=3, learning_rate=1e-2, clip_norm=1.0)
+    first = FinePruning(channels=tuple(channels), recipe=recipe).fit(classifier, clean, [poisoned])
     kernel, bias = first.model_.model.get_layer("conv_3").get_weights()
     assert np.all(kernel[..., channels] == 0) and np.all(bias[channels] == 0)
     assert np.any(kernel[..., 1] != 0)
     assert [record.epoch for record in first.history_][:2] == [0, 1]
     assert first.pruned_channels_ == channels
     with pytest.raises(ValueError, match="no layer named 'conv_9'"):
-        FinePruning(layer="conv_9").fit(classifier, [0], clean)
+        FinePruning(layer="conv_9", channels=(0,)).fit(classifier, clean)
     assert len(first.history_[0].attack_success_rates) == 1
     kept = [r.holdout_accuracy for r in first.history_ if r.epoch >= first.first_kept_epoch]
     assert first.first_kept_epoch == 1 and first.best_epoch_ >= 1
     assert first.history_[first.best_epoch_].holdout_accuracy == max(kept)
     # Another poisoned file (or none) must not change anything that was chosen or learned.
     other = LabData(poisoned.images[::-1], np.full(120, 3, np.int64), "other.h5")
-    second = FinePruning(epochs=3, learning_rate=1e-2, clip_norm=1.0).fit(classifier, channels, clean, [other])
-    third = FinePruning(epochs=3, learning_rate=1e-2, clip_norm=1.0).fit(classifier, channels, clean)
+    second = FinePruning(channels=tuple(channels), recipe=recipe).fit(classifier, clean, [other])
+    third = FinePruning(channels=tuple(channels), recipe=recipe).fit(classifier, clean)
     assert first.best_epoch_ == second.best_epoch_ == third.best_epoch_
     for a, b in zip(first.model_.model.get_weights(), third.model_.model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -105,8 +106,20 @@ def test_learning_rate_schedules():
     assert learning_rate_at(7, 10, 1e-4, "constant") == 1e-4
     with pytest.raises(ValueError, match="schedule"):
         learning_rate_at(0, 10, 0.1, "linear")
-    with pytest.raises(ValueError, match="optimizer"):
-        FinePruning(optimizer="rmsprop")
+
+
+def test_the_recipe_is_validated_by_fit_not_by_the_constructor(tiny_task):
+    classifier, clean, _ = tiny_task
+    for recipe, message in ((FineTuneRecipe(optimizer="rmsprop"), "optimizer"), (FineTuneRecipe(mixup=-1), "mixup"),
+                            (FineTuneRecipe(unlearn=1.5), "unlearn"),
+                            (FineTuneRecipe(unlearn_area=0.0), "unlearn_area"),
+                            (FineTuneRecipe(schedule="linear"), "schedule")):
+        fine = FinePruning(recipe=recipe)            # stores only
+        assert fine.recipe is recipe
+        with pytest.raises(ValueError, match=message):
+            fine.fit(classifier, clean)
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        FinePruning(holdout_fraction=1.0).fit(classifier, clean)
 
 
 def test_augmentation_is_deterministic_for_a_seed_and_shifts_within_bounds():
@@ -150,18 +163,16 @@ def test_mixup_blends_each_image_with_one_partner_and_its_target_likewise():
         mix_images(images, targets, rng, 0.0)
     with pytest.raises(ValueError, match="targets"):
         mix_images(images, targets[:3], rng, 0.4)
-    with pytest.raises(ValueError, match="mixup"):
-        FinePruning(mixup=-1)
 
 
 def test_epoch_data_uses_labels_without_mixup_and_distributions_with_it(tiny_task):
     classifier, clean, _ = tiny_task
     rng = np.random.default_rng(0)
-    plain = FinePruning(augment=False, mixup=0.0)
+    plain = FinePruning(recipe=FineTuneRecipe(augment=False, mixup=0.0))
     images, targets = plain._epoch_data(classifier, clean, rng)
     np.testing.assert_array_equal(images, clean.images)
     np.testing.assert_array_equal(targets, clean.labels)
-    mixed = FinePruning(augment=False, mixup=0.4, distill=0.5)
+    mixed = FinePruning(recipe=FineTuneRecipe(augment=False, mixup=0.4, distill=0.5))
     images, targets = mixed._epoch_data(classifier, clean, rng)
     assert targets.shape == (120, 4) and not np.array_equal(images, clean.images)
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
@@ -172,7 +183,7 @@ def test_unlearning_stamps_the_recovered_trigger_on_the_chosen_share_and_keeps_l
     from goodnet.defenses.unlearning import TriggerSearch, stamp
 
     classifier, clean, _ = tiny_task
-    fine = FinePruning(augment=False, mixup=0.0, unlearn=0.5)
+    fine = FinePruning(recipe=FineTuneRecipe(augment=False, mixup=0.0, unlearn=0.5))
     search = TriggerSearch(area=0.05, steps=3, seed=0)
     images, targets = fine._epoch_data(classifier, clean, np.random.default_rng(2), classifier.model, search)
     np.testing.assert_array_equal(targets, clean.labels)
@@ -180,17 +191,14 @@ def test_unlearning_stamps_the_recovered_trigger_on_the_chosen_share_and_keeps_l
     assert 30 < changed.sum() < 90            # about half the images carry the trigger
     np.testing.assert_allclose(images[changed], stamp(clean.images[changed], search.mask_, search.pattern_),
                                rtol=1e-5, atol=1e-3)
-    with pytest.raises(ValueError, match="unlearn"):
-        FinePruning(unlearn=1.5)
-    with pytest.raises(ValueError, match="unlearn_area"):
-        FinePruning(unlearn_area=0.0)
 
 
 def test_equal_hold_out_accuracy_keeps_the_later_epoch(tiny_task):
     classifier, clean, _ = tiny_task
     # A zero learning rate never changes the weights: every epoch ties, and the last one is kept.
-    still = FinePruning(epochs=3, learning_rate=0.0, schedule="constant", min_epochs=0, augment=False,
-                        mixup=0.0).fit(classifier, [0, 1], clean)
+    still = FinePruning(channels=(0, 1), recipe=FineTuneRecipe(epochs=3, learning_rate=0.0, schedule="constant",
+                                                               min_epochs=0, augment=False, mixup=0.0)).fit(
+        classifier, clean)
     assert len({record.holdout_accuracy for record in still.history_}) == 1
     assert still.best_epoch_ == 3
 
@@ -199,32 +207,50 @@ def test_min_epochs_and_patience_decide_the_kept_epoch(tiny_task):
     classifier, clean, poisoned = tiny_task
     channels = list(range(0, 60, 2))
     # min_epochs = epochs: the end of the schedule is kept whatever the hold-out accuracy did before.
-    last = FinePruning(epochs=3, learning_rate=1e-2, min_epochs=3, augment=False).fit(classifier, channels, clean)
+    last = FinePruning(channels=tuple(channels), recipe=FineTuneRecipe(epochs=3, learning_rate=1e-2, min_epochs=3,
+                                                                       augment=False)).fit(classifier, clean)
     assert last.best_epoch_ == 3 and len(last.history_) == 4
     # The legacy recipe (Adam, constant rate, epoch 0 allowed, patience) still runs.
-    legacy = FinePruning(epochs=4, learning_rate=1e-4, optimizer="adam", schedule="constant", min_epochs=0,
-                         patience=1, augment=False, batch_size=64).fit(classifier, channels, clean)
+    legacy = FinePruning(channels=tuple(channels),
+                         recipe=FineTuneRecipe(epochs=4, learning_rate=1e-4, optimizer="adam", schedule="constant",
+                                               min_epochs=0, patience=1, augment=False, batch_size=64)).fit(
+        classifier, clean)
     best = max(r.holdout_accuracy for r in legacy.history_)
     assert legacy.history_[legacy.best_epoch_].holdout_accuracy == best
     assert len(legacy.history_) - 1 <= legacy.best_epoch_ + 1      # stopped one epoch after the last gain
     kernel = legacy.model_.model.get_layer("conv_3").get_weights()[0]
     assert np.all(kernel[..., channels] == 0)
-    assert legacy.recipe()["optimizer"] == "adam" and last.recipe()["min_epochs"] == 3
+    assert legacy.resolved_recipe()["optimizer"] == "adam" and last.resolved_recipe()["min_epochs"] == 3
 
 
-def test_the_default_recipe_is_shared_by_the_class_the_repair_and_both_commands():
+def test_a_given_holdout_is_used_as_it_is(tiny_task):
+    """With ``holdout`` (the repair passes its own split), ``clean`` is the tune part: the model of that split."""
+    classifier, clean, poisoned = tiny_task
+    make = lambda: FinePruning(channels=tuple(range(0, 60, 3)), recipe=FineTuneRecipe(epochs=2, unlearn_steps=2))
+    split = make().fit(classifier, clean, [poisoned])
+    given = make().fit(classifier, clean.subset(split.tune_indices_), [poisoned],
+                       holdout=clean.subset(split.holdout_indices_))
+    assert given.tune_indices_ is None and given.holdout_indices_ is None
+    assert given.best_epoch_ == split.best_epoch_
+    assert [r.holdout_accuracy for r in given.history_] == [r.holdout_accuracy for r in split.history_]
+    for a, b in zip(split.model_.model.get_weights(), given.model_.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_recipe_flags_of_both_commands_are_the_recipe():
+    """``goodnet fineprune`` and ``goodnet repair`` generate their recipe flags from FineTuneRecipe's fields."""
     import argparse
-    import inspect
 
-    from goodnet.cli.fineprune import add_recipe_arguments, recipe_from_args
-    from goodnet.repair import RepairOptions
+    import goodnet.cli.fineprune
+    import goodnet.cli.repair
+    from goodnet.cli.options import options_from_args
 
-    signature = inspect.signature(FinePruning).parameters
-    assert {name: signature[name].default for name in RECIPE_DEFAULTS} == RECIPE_DEFAULTS
-    options = RepairOptions()
-    assert {name: getattr(options, name) for name in RECIPE_DEFAULTS} == RECIPE_DEFAULTS
-    parser = argparse.ArgumentParser()
-    add_recipe_arguments(parser)
-    assert recipe_from_args(parser.parse_args([])) == RECIPE_DEFAULTS
-    parsed = recipe_from_args(parser.parse_args(["--optimizer", "adam", "--no-augment", "--min-epochs", "0"]))
-    assert parsed["optimizer"] == "adam" and parsed["augment"] is False and parsed["min_epochs"] == 0
+    for module, argv in ((goodnet.cli.fineprune, ["--model", "m.h5", "--valid", "v.h5", "--out", "o"]),
+                         (goodnet.cli.repair, ["b.h5", "--valid", "v.h5", "--out", "o"])):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        assert options_from_args(parser.parse_args(argv), FineTuneRecipe) == FineTuneRecipe()
+        parsed = options_from_args(parser.parse_args(argv + ["--optimizer", "adam", "--no-augment", "--min-epochs",
+                                                             "0", "--tune-batch-size", "7"]), FineTuneRecipe)
+        assert parsed.optimizer == "adam" and parsed.augment is False and parsed.min_epochs == 0
+        assert parsed.batch_size == 7

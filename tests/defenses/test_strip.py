@@ -104,12 +104,11 @@ def test_defaults_are_written_once(monkeypatch):
     args = parsed(goodnet.cli.strip, ["--model", "m.h5", "--valid", "v.h5"])
     assert (args.frr, args.confidence, args.threshold_method) == (0.037, 0.83, "quantile")
     monkeypatch.undo()
-    monkeypatch.setattr(RepairOptions, "frr", 0.041)
-    monkeypatch.setattr(RepairOptions, "confidence", 0.87)
-    monkeypatch.setattr(RepairOptions, "threshold_method", "normal")
+    monkeypatch.setattr(RepairOptions, "strip", dataclasses.replace(RepairOptions.strip, frr=0.041, confidence=0.87,
+                                                                    threshold_method="normal"))
     for argv in (["b.h5", "--valid", "v.h5", "--out", "dir"], ["b.h5", "--repaired", "p.h5", "--out", "g.h5"]):
-        args = parsed(goodnet.cli.repair, argv)   # one default for both forms of repair
-        assert (args.frr, args.confidence, args.threshold) == (0.041, 0.87, "normal")
+        args = parsed(goodnet.cli.repair, argv)   # one default for both forms of repair (RepairOptions.strip)
+        assert (args.frr, args.confidence, args.threshold_method) == (0.041, 0.87, "normal")
 
 
 def test_strip_flags_come_from_strip_options():
