@@ -127,7 +127,7 @@ class SequenceOf:
         return (self.allow_empty or len(value) > 0) and all(self.item.accepts(entry) for entry in value)
 
     def __str__(self):
-        return f"a {'' if self.allow_empty else 'non-empty '}sequence of {self.item}"
+        return f"a {'' if self.allow_empty else 'non-empty '}sequence, each {self.item}"
 
 
 def _describe(rules):

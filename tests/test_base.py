@@ -138,3 +138,14 @@ def test_flags_come_from_the_fields():
     assert parsed == Outer(drops=(1.0, 3.5), patience=4, augment=False, strip=Inner(copies=8, blend="add"), seed=7)
     with pytest.raises(SystemExit):
         parser.parse_args(["--blend", "mix"])
+
+
+def test_check_options_names_the_flag_of_a_bad_value():
+    from goodnet.cli.options import check_options
+
+    assert check_options(Outer()) == Outer()
+    with pytest.raises(OptionError, match=r"^--copies: expected an integer >= 1, got 0$"):
+        check_options(Outer(strip=Inner(copies=0)))
+    with pytest.raises(OptionError, match=r"^--drops: expected a non-empty sequence, each a number > 0, got \(\)$"):
+        check_options(Outer(drops=()))
+    check_options(Outer(drops=()), fields=("copies",))      # only the named fields

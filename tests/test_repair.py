@@ -14,10 +14,15 @@ CLASSES = 6
 SHAPE = (55, 47, 3)  # the lab's image size, so that the command line reads the files
 # The small-scale repair fine-tunes with the earlier recipe (Adam, constant rate, early stopping), which is
 # quick and enough at this scale; the default recipe is tested in tests/defenses/test_fine_pruning.py.
+# The tune part holds 180 STRIP calibration inputs: enough to certify a 5 % FRR (59 needed), not 1 % (299),
+# below which STRIP falls back to the smallest clean entropy and misses much of the trigger. The hold-out bound
+# (max_frr) is 10 % at this scale, so STRIP is calibrated at 5 %.
+SMALL_SCALE_FRR = 0.05
 OPTIONS = RepairOptions(layer="conv_2", drops=(2, 10), fineprune_drop=4,
                         recipe=FineTuneRecipe(epochs=3, learning_rate=2e-3, patience=2, optimizer="adam",
                                               schedule="constant", min_epochs=0, augment=False, batch_size=64),
-                        strip=dataclasses.replace(RepairOptions.strip, copies=12), holdout_fraction=0.25,
+                        strip=dataclasses.replace(RepairOptions.strip, copies=12, frr=SMALL_SCALE_FRR),
+                        holdout_fraction=0.25,
                         max_accuracy_drop=5.0, max_frr=0.1, seed=0)
 
 
@@ -272,14 +277,22 @@ def test_repair_command_end_to_end(badnet, tmp_path, capsys):
             "--drops", "2", "10", "--epochs", "3", "--learning-rate", "2e-3", "--patience", "2", "--copies", "12",
             "--optimizer", "adam", "--schedule", "constant", "--min-epochs", "0", "--no-augment",
             "--tune-batch-size", "64", "--holdout", "0.25", "--max-accuracy-drop", "5", "--max-frr", "0.1",
-            "--tie-margin", "1.5", "--no-progress"]
+            "--tie-margin", "1.5", "--no-progress", "--frr", str(SMALL_SCALE_FRR)]
     code = main(argv + ["--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["options"]["tie_margin"] == 1.5 and report["options"]["optimizer"] == "adam"
-    # End-to-end defaults: STRIP's own target FRR and certified threshold (no lower target needed), STRIP-gated choice.
-    assert report["options"]["frr"] == 0.01 and report["options"]["gate"] == "strip"
+    # End-to-end defaults: STRIP's own target FRR and certified threshold, STRIP-gated choice; --frr reaches STRIP.
+    from goodnet.cli import build_parser
+    from goodnet.cli.repair import repair_options
+    from goodnet.defenses.strip import StripOptions
+
+    defaults = repair_options(build_parser().parse_args(["repair", str(model), "--valid", paths["valid"], "--out", "x"]))
+    assert defaults.strip.frr == StripOptions().frr == 0.01 and defaults.gate == "strip"
+    assert defaults.strip.threshold_method == "certified"
+    assert report["options"]["frr"] == SMALL_SCALE_FRR == report["strip"]["calibration"]["target_frr"]
+    assert report["options"]["gate"] == "strip"
     assert report["options"]["threshold_method"] == "certified" == report["strip"]["calibration"]["method"]
     assert Candidate(**next(c for c in report["candidates"] if c["name"] == report["chosen"])).strip_gated
     assert report["fine_pruning"]["recipe"]["schedule"] == "constant" and "within 1.5 points" in payload["choice_rule"]

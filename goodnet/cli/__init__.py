@@ -12,7 +12,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 
 # Subcommands in the order ``goodnet --help`` lists them; a module that is
@@ -21,6 +20,7 @@ COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "combine", "f
             "export", "bench")
 
 from goodnet.errors import InputError, OptionError
+from goodnet.cli.options import positive_integer as positive  # argparse type: a positive integer
 from goodnet.inference import quiet_tensorflow
 
 EXIT_USER_ERROR = 2
@@ -259,11 +259,3 @@ def execution_lines(report):
                      f"clean images {precision['top1_agreement'] * 100}%, largest score difference "
                      f"{precision['max_abs_score_difference']:.2e}")
     return lines
-
-
-def positive(value):
-    """argparse type: a positive integer."""
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number

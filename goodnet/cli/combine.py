@@ -12,7 +12,7 @@ default); its draws are fixed, so the model file is deterministic.
 
 from goodnet.cli import (CommandError, add_combine_options, add_model_options, configure_execution,
                          execution_from_args, execution_lines, prepare_out_file, print_json)
-from goodnet.cli.options import add_options, options_from_args
+from goodnet.cli.options import add_options, check_options, options_from_args
 
 HELP = "combine a BadNet B and a repaired B' into a GoodNet (N where they disagree), optionally STRIP-gated"
 
@@ -56,16 +56,12 @@ def _load_pair(args, valid):
 
 
 def run(args):
-    options = strip_options(args)
+    options = check_options(strip_options(args))   # every STRIP flag against its rule, before any work
     if not args.out.endswith((".h5", ".keras")):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5 or .keras")
     prepare_out_file(args.out)
     if args.strip and not args.valid:
         raise CommandError("--strip: expected --valid CLEAN.h5 (the bank and the threshold come from it)")
-    if not 0.0 < options.frr < 1.0:
-        raise CommandError(f"--frr: expected a rate in (0, 1), got {options.frr}")
-    if not 0.0 < options.confidence < 1.0:
-        raise CommandError(f"--confidence: expected a probability in (0, 1), got {options.confidence}")
     execution = execution_from_args(args)
     if not args.strip and (execution.precision != "float32" or int(execution.devices or 1) > 1
                            or execution.jit_compile):

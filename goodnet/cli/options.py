@@ -11,7 +11,8 @@ add their own fields' flags, so no command restates a default.
 import argparse
 import dataclasses
 
-from goodnet.base import Interval, OneOf
+from goodnet.base import Interval, OneOf, validate_params
+from goodnet.errors import OptionError
 
 
 def _flag(field):
@@ -29,7 +30,7 @@ def _is_positive_integer(field):
 
 
 def positive_integer(value):
-    """argparse type: a positive integer (the message of ``goodnet.cli.positive``)."""
+    """argparse type: a positive integer (``goodnet.cli.positive``)."""
     number = int(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
@@ -158,3 +159,25 @@ def nonnegative_or_none(text):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or none, got {text}") from None
+
+
+def check_options(options, fields=None):
+    """Check an option dataclass instance (and nested ones) against its rules, naming the flag of a bad value.
+
+    Args:
+        options: the instance built by :func:`options_from_args`.
+        fields: if given, check only these field names.
+
+    Raises:
+        OptionError: ``"--frr: expected a number in (0, 1), got 1.5"``.
+    """
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if _is_group(field):
+            check_options(value, fields)
+        elif field.metadata.get("rules") and (fields is None or field.name in fields):
+            try:
+                validate_params({field.name: value}, {field.name: list(field.metadata["rules"])})
+            except OptionError as error:
+                raise OptionError(f"{_flag(field)}: {str(error).split(': ', 1)[1]}") from None
+    return options

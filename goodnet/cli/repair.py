@@ -26,7 +26,7 @@ The end-to-end form's flags, defaults and help come from
 
 from goodnet.cli import (CommandError, add_combine_options, add_model_options, configure_execution,
                          execution_from_args, execution_lines, load_inputs, prepare_out_dir, print_json, run_command)
-from goodnet.cli.options import add_options, options_from_args
+from goodnet.cli.options import add_options, check_options, options_from_args
 
 HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or combine B and B' into a GoodNet"
 
@@ -84,15 +84,18 @@ def _check_end_to_end(args):
     prepare_out_dir(args)
     if args.poisoned_test and not args.test:
         raise CommandError("--poisoned-test: expected --test CLEAN_TEST.h5 as well")
-    if not 0.0 < args.frr < 1.0:
-        raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
-    if not 0.0 < args.confidence < 1.0:
-        raise CommandError(f"--confidence: expected a probability in (0, 1), got {args.confidence}")
-    if not 0.0 < args.holdout_fraction < 1.0:
-        raise CommandError(f"--holdout: expected a share in (0, 1), got {args.holdout_fraction}")
-    for value in list(args.drops) + [args.fineprune_drop]:
-        if not value > 0:
-            raise CommandError(f"--drops/--fineprune-drop: expected accuracy drops above 0 points, got {value:g}")
+    check_options(repair_options(args))   # every option against its rule, before any work
+
+
+def repair_options(args):
+    """The :class:`goodnet.repair.RepairOptions` the parsed flags describe."""
+    from goodnet.repair import RepairOptions
+
+    # --bank-size is the combine form's: the end-to-end STRIP keeps its default bank.
+    strip = options_from_args(args, RepairOptions.strip, blend=args.blend or RepairOptions.strip.blend,
+                              bank_size=RepairOptions.strip.bank_size)
+    return options_from_args(args, RepairOptions, drops=tuple(_whole(d) for d in args.drops),
+                             fineprune_drop=_whole(args.fineprune_drop), strip=strip)
 
 
 def _whole(value):
@@ -117,18 +120,14 @@ def run_end_to_end(args):
 
 def _end_to_end(args):
     from goodnet.data import load_h5
-    from goodnet.repair import RepairOptions, report_markdown, repair
+    from goodnet.repair import report_markdown, repair
 
     classifier, clean, poisoned = load_inputs(args)
     # Every model the repair evaluates (pruned, fine-pruned, STRIP on B) inherits this execution.
     _, execution_report = configure_execution(args, classifier, clean)
     test = load_h5(args.test, num_classes=classifier.num_classes) if args.test else None
     poisoned_test = [load_h5(path, num_classes=classifier.num_classes) for path in args.poisoned_test]
-    # --bank-size is the combine form's: the end-to-end STRIP keeps its default bank.
-    strip = options_from_args(args, RepairOptions.strip, blend=args.blend or RepairOptions.strip.blend,
-                              bank_size=RepairOptions.strip.bank_size)
-    options = options_from_args(args, RepairOptions, drops=tuple(_whole(d) for d in args.drops),
-                                fineprune_drop=_whole(args.fineprune_drop), strip=strip)
+    options = repair_options(args)
     inputs = [args.model, args.valid, *args.poisoned_valid] + ([args.test] if args.test else []) + args.poisoned_test
     report = repair(classifier, clean, poisoned, args.out, options, test=test, poisoned_test=poisoned_test,
                     protect=inputs, progress=False if args.no_progress else None)

@@ -40,10 +40,10 @@ def run(args):
     from goodnet.data import LabFile, load_h5
     from goodnet.models import load_model
 
-    if not 0.0 < args.frr < 1.0:
-        raise CommandError(f"--frr: expected a rate in (0, 1), got {args.frr}")
-    if not 0.0 < args.confidence < 1.0:
-        raise CommandError(f"--confidence: expected a probability in (0, 1), got {args.confidence}")
+    from goodnet.cli.options import check_options, options_from_args
+    from goodnet.defenses.strip import StripOptions
+
+    check_options(options_from_args(args, StripOptions))   # every STRIP flag against its rule, before any work
     if args.strip_precision != "float32" and args.precision != "float32":
         raise CommandError(f"--strip-precision {args.strip_precision} and --precision {args.precision} are two "
                            "ways to reduce precision; choose one")
