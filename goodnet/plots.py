@@ -194,7 +194,7 @@ def plot_cleanse_norms(summary, path, title="Neural Cleanse"):
     axes.set_ylabel("L1 norm of the reversed mask")
     axes.set_title(f"{title}: {summary['verdict']}")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="upper right")
+    axes.legend(fontsize=7, loc="best")
     return save_figure(figure, path)
 
 

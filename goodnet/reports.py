@@ -287,7 +287,7 @@ def cleanse_markdown(summary, shown=10):
               f"reaches {percent(params['success'], 0)} % success, x{params['cost_multiplier']:g} / "
               f"/{params['cost_multiplier']:g}^1.5 after {params['patience']} epochs, early stop after "
               f"{params['early_stop_patience']} epochs without a better norm, at most {params['epochs']} epochs; "
-              f"{params['steps_per_epoch']} step(s) of {params['batch_size']} images per epoch", "",
+              f"{params['steps_per_epoch']} step(s) of {summary['images_per_step']} images per epoch", "",
               "![norms](norms.png)", "", "![triggers](triggers.png)", ""]
     return "\n".join(lines)
 

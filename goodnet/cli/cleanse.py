@@ -127,12 +127,12 @@ def run(args):
     from goodnet.models import load_model
     from goodnet.reports import CLEANSE_OUTPUTS, input_paths, write_cleanse_outputs
 
+    execution = execution_from_args(args)
     _check_execution(args)
     prepare_out_dir(args, CLEANSE_OUTPUTS)
     options = options_from_args(args, CleanseOptions)
     if options.classes is not None:
         options = dataclasses.replace(options, classes=tuple(options.classes))
-    execution = execution_from_args(args)
     with execution.placement():
         shape = model_input_shape(args.model)
         images, valid, paths = _clean_images(args, shape)
@@ -144,8 +144,8 @@ def run(args):
         cleanse.fit(classifier, images)
         summary = cleanse.summary()
         summary["inputs"] = {"model": args.model, "clean": paths, "scale": classifier.scale,
-                             "scale_report": getattr(classifier, "scale_report", ""),
-                             "execution": execution.describe()}
+                             "scale_report": getattr(classifier, "scale_report", "")}
+        summary["execution"] = execution.describe()
         files = write_cleanse_outputs(summary, _triggers(cleanse, images[0], args.show), args.out,
                                       protect=input_paths(protect=[args.model] + paths))
     summary["files"] = files

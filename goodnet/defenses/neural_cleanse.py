@@ -58,11 +58,15 @@ Methods (``method``):
   score is the best norm that reached ``success`` (else the last norm plus
   H x W). The lower 1 / ``halving`` by score continue (warm) for ``halving``
   times the budget, until ``tail`` classes are left. Those, and a
-  rank-stratified ``reference`` sample of all classes, then run the full
-  schedule from the start (exactly what "batched" computes for
-  them); the median and MAD come from the reference sample's full-schedule
-  norms, and only fully optimised classes are flagged. With ``tail`` +
-  ``reference`` covering every class, "scan" equals "batched".
+  systematic sample of ``reference`` of the other classes (evenly spaced in
+  the coarse ranking), then run the full schedule from the start (exactly
+  what "batched" computes for them). The median and MAD are those of the full
+  norms of the tail (each counting once) and of the sample (each standing for
+  the other classes it represents), and only fully optimised classes are
+  flagged. With ``tail`` + ``reference`` covering every class, "scan" equals
+  "batched"; otherwise the median and MAD are estimates whose sampling error
+  shrinks as 1 / sqrt(``reference``), so a class whose index is close to
+  ``threshold`` may be decided differently than by "batched".
 
 Batches: epoch e of every class uses the same permutation of the clean images
 (seeded by ``seed`` and e); its steps take consecutive ``batch_size`` slices
@@ -140,8 +144,8 @@ class CleanseOptions:
                           rule=Interval(int, 2))
     tail: int = option(24, "scan: classes with the smallest coarse norms given the full schedule",
                        rule=Interval(int, 1))
-    reference: int = option(24, "scan: rank-stratified classes given the full schedule for the median and MAD",
-                            rule=Interval(int, 3))
+    reference: int = option(128, "scan: other classes (evenly spaced by coarse rank) given the full schedule for "
+                                 "the median and MAD", rule=Interval(int, 3))
     memory_mb: int = option(1024, "memory budget of one network call (MB; sets K, the classes per call)",
                             rule=Interval(int, 1))
     seed: int = option(0, "seed of the clean subset, the batches and the initial masks", rule=Interval(int, 0))
@@ -150,13 +154,36 @@ class CleanseOptions:
 # --------------------------------------------------------------------------- detection statistics
 
 
-def anomaly_index(norms, reference=None):
+def weighted_median(values, weights=None):
+    """The median of ``values``, each counted ``weights`` times (NumPy's median when the weights are equal).
+
+    With unequal weights: the smallest value at which the cumulative weight
+    reaches half the total, averaged with the next value when it reaches
+    exactly half (the convention of an even count).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if weights is None or np.all(np.asarray(weights) == np.asarray(weights).flat[0]):
+        return float(np.median(values))
+    weights = np.asarray(weights, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order]
+    cumulative = np.cumsum(weights)
+    half = cumulative[-1] / 2.0
+    position = int(np.searchsorted(cumulative, half))
+    if np.isclose(cumulative[position], half, rtol=1e-12, atol=0.0) and position + 1 < len(values):
+        return float((values[position] + values[position + 1]) / 2.0)
+    return float(values[position])
+
+
+def anomaly_index(norms, reference=None, weights=None):
     """The MAD anomaly index of every norm (Neural Cleanse, section IV).
 
     Args:
         norms: L1 norms, one per class.
         reference: indices (or a boolean mask) of the norms whose median and
             MAD are used (default: all of them).
+        weights: how many classes each reference norm stands for (default 1
+            each; the scan's sampled classes stand for the classes they represent).
 
     Returns:
         tuple: (index array, median, MAD). The index is
@@ -170,8 +197,8 @@ def anomaly_index(norms, reference=None):
     base = norms if reference is None else norms[np.asarray(reference)]
     if base.size == 0:
         raise OptionError("norms: expected at least one norm for the median")
-    median = float(np.median(base))
-    mad = float(np.median(np.abs(base - median)))
+    median = weighted_median(base, weights)
+    mad = weighted_median(np.abs(base - median), weights)
     deviation = np.abs(norms - median)
     if mad > 0:
         index = deviation / (MAD_CONSISTENCY * mad)
@@ -336,6 +363,7 @@ class _Slots:
             dtype = tf.bool if kind is bool else tf.as_dtype(kind)
             self.variables[name] = tf.Variable(tf.zeros((self.count,), dtype), trainable=False, name=name)
         self._epoch = tf.function(self._epoch_body, reduce_retracing=True, jit_compile=jit_compile or None)
+        self.class_epochs = 0   # epochs run, summed over the classes
 
     # -- states
 
@@ -371,11 +399,6 @@ class _Slots:
         values = {name: tf.gather(variable, indices).numpy() for name, variable in self.variables.items()}
         return [{name: values[name][row] for name in values} for row in range(len(indices))]
 
-    def read(self, name, slots):
-        import tensorflow as tf
-
-        return tf.gather(self.variables[name], np.asarray(slots, np.int32)).numpy()
-
     # -- one epoch
 
     def epoch(self, slots, epochs):
@@ -387,6 +410,7 @@ class _Slots:
         indices = np.stack([epoch_batches(len(self.images), epoch, params["steps_per_epoch"], batch, params["seed"])
                             for epoch in epochs])
         done = self._epoch(tf.constant(np.asarray(slots, np.int32)), tf.constant(indices))
+        self.class_epochs += len(slots)
         return done.numpy()
 
     def _epoch_body(self, slots, indices):
@@ -723,8 +747,10 @@ class NeuralCleanse(Defense):
         reached_: whether each class's trigger reached ``success`` in some epoch.
         epochs_: epochs each class ran (the scan: its last run's).
         slots_: K, the classes optimised per call (1 for the loop).
+        class_epochs_: epochs optimised, summed over the classes (all the scan's rounds included).
         clean_count_: clean images used.
         stages_: the scan's rounds ({"classes", "epochs"} each) and its refinement.
+        tail_classes_, reference_classes_: the scan's tail and sample (empty and every class otherwise).
 
     Example:
         >>> cleanse = NeuralCleanse(classes=range(10), method="batched").fit(classifier, clean)
@@ -830,10 +856,12 @@ class NeuralCleanse(Defense):
         execution = Execution.of(classifier)
         with execution.placement():
             self.reference_classes_ = classes
+            self.tail_classes_ = classes[:0]
             if self.method == "loop":
                 states = self._fit_loop(classifier, images, classes)
                 refined = np.ones(len(classes), bool)
                 self.slots_ = 1
+                self.class_epochs_ = int(sum(int(state["epoch"]) for state in states.values()))
             else:
                 states, refined = self._fit_batched(classifier, images, classes)
             self._finish(classifier, images, classes, states, refined)
@@ -864,8 +892,11 @@ class NeuralCleanse(Defense):
         if everything:
             states = self._full_runs(engine, classes, "cleanse")
             self.stages_.append({"stage": "full", "classes": int(len(classes)), "epochs": int(self.epochs)})
-            return states, np.ones(len(classes), bool)
-        return self._scan(engine, classes)
+            refined = np.ones(len(classes), bool)
+        else:
+            states, refined = self._scan(engine, classes)
+        self.class_epochs_ = int(engine.class_epochs)
+        return states, refined
 
     def _full_runs(self, engine, classes, label):
         norms = {}
@@ -916,10 +947,12 @@ class NeuralCleanse(Defense):
             round_number += 1
         ranking = sorted(scores, key=lambda key: (scores[key], key))
         tail = set(survivors)
-        positions = [min(len(ranking) - 1, int((index + 0.5) * len(ranking) / self.reference))
-                     for index in range(self.reference)]
-        reference = {ranking[position] for position in positions}
+        rest = [key for key in ranking if key not in tail]
+        # A systematic sample of the other classes by coarse rank; each stands for len(rest) / reference classes.
+        reference = {rest[int((index + 0.5) * len(rest) / self.reference)] for index in range(self.reference)}
         self.reference_classes_ = np.asarray(sorted(reference), np.int64)
+        self.tail_classes_ = np.asarray(sorted(tail), np.int64)
+        self._reference_weight = len(rest) / len(reference)
         refine = [key for key in ranking if key in tail or key in reference]
         full = self._full_runs(engine, refine, "cleanse full schedule")
         self.stages_.append({"stage": "full", "classes": len(refine), "epochs": int(self.epochs)})
@@ -942,11 +975,13 @@ class NeuralCleanse(Defense):
         self.reached_ = np.asarray([bool(np.isfinite(states[int(t)]["reg_best"])) for t in classes])
         self.epochs_ = np.asarray([int(states[int(t)]["epoch"]) for t in classes], np.int64)
         self.refined_ = np.asarray(refined, bool)
-        if self.method == "scan" and not self.refined_.all():
-            reference = np.isin(classes, self.reference_classes_)
-        else:
-            reference = self.refined_
-        index, self.median_, self.mad_ = anomaly_index(self.norms_, np.flatnonzero(reference))
+        weights = None
+        if self.refined_.all():
+            reference = np.arange(len(classes))
+        else:   # the scan: the tail counts once, each sampled class for the classes it stands for
+            reference = np.flatnonzero(self.refined_)
+            weights = np.where(np.isin(classes[reference], self.reference_classes_), self._reference_weight, 1.0)
+        index, self.median_, self.mad_ = anomaly_index(self.norms_, reference, weights)
         self.anomaly_index_ = np.where(self.refined_, index, np.nan)
         self.flagged_mask_ = self.refined_ & flag_classes(self.norms_, index, self.median_, self.threshold)
         order = np.argsort(-index[self.flagged_mask_], kind="stable")
@@ -1012,7 +1047,8 @@ class NeuralCleanse(Defense):
                     self.refined_, self.epochs_)]
         flagged = [int(target) for target in self.flagged_]
         return {**super().summary(), "model": self.classifier_.path, "clean_images": self.clean_count_,
-                "slots": int(self.slots_), "median": self.median_, "mad": self.mad_,
+                "images_per_step": min(int(self.batch_size), self.clean_count_), "slots": int(self.slots_),
+                "class_epochs": self.class_epochs_, "median": self.median_, "mad": self.mad_,
                 "index_threshold": float(self.threshold),
                 "norm_threshold": self.median_ - self.threshold * MAD_CONSISTENCY * self.mad_,
                 "flagged": flagged, "verdict": "backdoored" if flagged else "not flagged",

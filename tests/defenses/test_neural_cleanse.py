@@ -238,3 +238,16 @@ def test_cleanse_command_refuses_a_file_that_is_no_model(capsys, image_folder, t
     bogus.write_text("not a model")
     code, _, stderr = _run(capsys, "cleanse", bogus, "--images", image_folder, "--out", tmp_path / "out")
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "bogus.h5" in stderr
+
+
+def test_weighted_median_and_index():
+    from goodnet.defenses.neural_cleanse import weighted_median
+
+    assert weighted_median([3.0, 1.0, 2.0, 10.0]) == 2.5 == weighted_median([3.0, 1.0, 2.0, 10.0], [2, 2, 2, 2])
+    # a value standing for three classes counts three times: the median of 1, 2, 2, 2, 10
+    assert weighted_median([1.0, 2.0, 10.0], [1, 3, 1]) == 2.0
+    assert weighted_median([1.0, 2.0, 10.0], [1, 1, 2]) == 6.0   # cumulative weight reaches half exactly at 2
+    values = np.array([1.0, 2.0, 2.0, 2.0, 10.0])
+    index, median, mad = anomaly_index([1.0, 2.0, 10.0], weights=[1, 3, 1])
+    expected, expected_median, expected_mad = anomaly_index(values)
+    assert (median, mad) == (expected_median, expected_mad)
