@@ -122,7 +122,7 @@ def _triggers(cleanse, image, count):
 
 
 def run(args):
-    from goodnet.cli.options import options_from_args
+    from goodnet.cli.options import check_options, options_from_args
     from goodnet.defenses.neural_cleanse import CleanseOptions, NeuralCleanse
     from goodnet.models import load_model
     from goodnet.reports import CLEANSE_OUTPUTS, input_paths, write_cleanse_outputs
@@ -133,6 +133,7 @@ def run(args):
     options = options_from_args(args, CleanseOptions)
     if options.classes is not None:
         options = dataclasses.replace(options, classes=tuple(options.classes))
+    check_options(options)   # every option against its rule, before any work
     with execution.placement():
         shape = model_input_shape(args.model)
         images, valid, paths = _clean_images(args, shape)

@@ -217,6 +217,8 @@ def test_cleanse_command_writes_its_report(capsys, model_file, image_folder, cle
     (("--images", "{empty}"), "--images: no PNG/JPEG images in this folder"),
     (("--images", "{images}", "--classes", "0", "9"), "classes: expected classes in 0..5, got 9"),
     (("--images", "{images}", "--precision", "mixed_float16"), "Neural Cleanse optimises in float32 only"),
+    (("--images", "{images}", "--threshold", "0"), "--threshold: expected a number > 0, got 0.0"),
+    (("--images", "{images}", "--success", "1.5"), "--success: expected a number in (0, 1], got 1.5"),
     (("--images", "{images}", "--out", "{file}"), "--out: expected a folder, found a file"),
 ])
 def test_cleanse_command_bad_input_is_one_line(capsys, model_file, image_folder, tmp_path, argv, message):
