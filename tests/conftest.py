@@ -1,15 +1,13 @@
 """Shared test fixtures: the real lab fixtures in ../shared/csaw and tiny generated data."""
 
 import os
-import pathlib
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-SHARED = pathlib.Path(os.environ.get("GOODNET_SHARED", REPO.parent / "shared" / "csaw"))
+from repo_paths import REPO, SHARED  # noqa: F401  (a module of its own: tests/grading has a conftest.py too)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 
-from conftest import REPO
+from repo_paths import REPO
 
 PACKAGE = REPO / "goodnet"
 CORE = {"goodnet", "goodnet.data", "goodnet.models", "goodnet.inference", "goodnet.metrics", "goodnet.layers",

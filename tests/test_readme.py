@@ -3,7 +3,7 @@
 import configparser
 import subprocess
 
-from conftest import REPO
+from repo_paths import REPO
 
 
 def _test_command():

@@ -16,7 +16,7 @@ from goodnet.cli import main
 from goodnet.data import save_h5
 from goodnet.models import Classifier, build_deepid, save_model
 
-from conftest import REPO
+from repo_paths import REPO
 
 
 def run_cli(capsys, *argv):
