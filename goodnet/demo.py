@@ -9,6 +9,11 @@
 
 Cached files are goodnet's own (recognised by their ``benchmark.json`` or
 card); anything else at those paths is never overwritten.
+
+The options are :class:`DemoOptions`' fields (``goodnet demo``'s flags); the
+data set, seed and identities default to the benchmark's
+(:class:`goodnet.attacks.benchmarks.BenchmarkOptions`), the target, epochs
+and poison rate to the attack's (:class:`goodnet.attacks.badnets.AttackOptions`).
 """
 
 import dataclasses
@@ -17,30 +22,40 @@ import logging
 import os
 import time
 
+from goodnet.attacks.badnets import FRACTION, AttackOptions
+from goodnet.attacks.benchmarks import DATASETS, BenchmarkOptions
+from goodnet.base import InstanceOf, Interval, OneOf
 from goodnet.errors import OptionError
+from goodnet.options import option
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRIGGER = {"digits": "patch", "faces": "sunglasses"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DemoOptions:
-    """What the demo builds and runs."""
+    """What the demo builds and runs: every option's default, rule and help (``goodnet demo``'s flags), once."""
 
-    dataset: str = "digits"
-    trigger: str = None
-    target: int = 0
-    seed: int = 0
-    pruning_aware: bool = False
-    epochs: int = 8
-    poison_rate: float = 0.1
-    identities: int = 200
-    sizes: dict = None
-    copies: int = 32
-    data_dir: str = "data"
-    models_dir: str = "models"
-    out_dir: str = os.path.join("runs", "demo")
+    dataset: str = option(BenchmarkOptions.dataset, "benchmark", rule=OneOf(DATASETS))
+    trigger: str = option(None, "trigger", rule=InstanceOf(str), allow_none=True,
+                          default_text=", ".join(f"{trigger} for {dataset}"
+                                                 for dataset, trigger in DEFAULT_TRIGGER.items()))
+    target: int = option(AttackOptions.targets[0], "attack target label", rule=Interval(int, 0))
+    pruning_aware: bool = option(False, "use the pruning-aware BadNet", rule=InstanceOf(bool))
+    seed: int = option(BenchmarkOptions.seed, "seed of the benchmark, the BadNet and the defenses",
+                       rule=Interval(int, 0))
+    epochs: int = option(AttackOptions.epochs, "BadNet training epochs", rule=Interval(int, 1))
+    poison_rate: float = option(AttackOptions.poison_rate, "share of training images poisoned", rule=FRACTION,
+                                cli=False)
+    identities: int = option(BenchmarkOptions.identities, "faces: identities", rule=Interval(int, 1))
+    copies: int = option(32, "STRIP copies per input", rule=Interval(int, 1))
+    sizes: dict = option(None, "benchmark sizes {split: images} (faces: per identity; None: the benchmark's)",
+                         cli=False)
+    data_dir: str = option("data", "where the benchmark is cached", rule=InstanceOf(str))
+    models_dir: str = option("models", "where the BadNet is cached", rule=InstanceOf(str))
+    out_dir: str = option(os.path.join("runs", "demo"), "results folder", rule=InstanceOf(str), flag="--out",
+                          dest="out")
 
     def resolved_trigger(self):
         return self.trigger or DEFAULT_TRIGGER[self.dataset]
@@ -48,7 +63,7 @@ class DemoOptions:
 
 def benchmark_folder(options):
     """Build the demo benchmark unless it is cached; return (folder, description)."""
-    from goodnet.attacks.benchmarks import read_benchmark, write_benchmark
+    from goodnet.attacks.benchmarks import TRIGGER_NAMES, read_benchmark, write_benchmark
 
     sized = "".join(f"-{key}{value}" for key, value in sorted((options.sizes or {}).items()))
     folder = os.path.join(options.data_dir, f"demo-{options.dataset}{sized}-seed{options.seed}")
@@ -58,11 +73,9 @@ def benchmark_folder(options):
             return folder, description
     if os.path.exists(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, "benchmark.json")):
         raise OptionError(f"{folder}: exists and is not a goodnet benchmark; refusing to write into it")
-    from goodnet.attacks.triggers import TRIGGERS
-
     description = write_benchmark(folder, options.dataset, options.seed, sizes=options.sizes,
                                   identities=options.identities,
-                                  triggers=tuple(sorted(TRIGGERS)), targets=(options.target,), overwrite=True)
+                                  triggers=TRIGGER_NAMES, targets=(options.target,), overwrite=True)
     return folder, description
 
 
@@ -85,7 +98,7 @@ def load_splits(folder, description, trigger):
 
 def badnet_model(options, folder, description, splits):
     """Train the demo BadNet unless it is cached; return (Classifier, card)."""
-    from goodnet.attacks.badnets import AttackOptions, attack_card, train_badnet
+    from goodnet.attacks.badnets import attack_card, train_badnet
     from goodnet.data import load_h5
     from goodnet.files import write_text
     from goodnet.models import load_model, save_model

@@ -16,6 +16,9 @@
 :func:`attack_card` describes a trained BadNet: data set, triggers, targets,
 poison rate, seed, clean accuracy and ASR on valid and test, and each
 trigger's stealthiness.
+
+Every option, with its default, rule and help text, is a field of
+:class:`AttackOptions` (``goodnet attack``'s flags are generated from it).
 """
 
 import dataclasses
@@ -24,27 +27,43 @@ import time
 
 import numpy as np
 
+from goodnet.base import InstanceOf, Interval, OneOf, SequenceOf
 from goodnet.errors import OptionError
+from goodnet.options import option
+from goodnet.attacks.benchmarks import TRIGGER_NAMES, BenchmarkOptions
 from goodnet.attacks.triggers import apply_trigger
 
 logger = logging.getLogger(__name__)
 
+FRACTION = Interval(float, 0.0, 1.0, "left")   # a share in [0, 1)
 
-@dataclasses.dataclass
+
+@dataclasses.dataclass(frozen=True)
 class AttackOptions:
-    """How the BadNet is trained (see :func:`train_badnet`)."""
+    """How the BadNet is trained (see :func:`train_badnet`): every option's default, rule and help, once.
 
-    triggers: tuple = ("patch",)
-    targets: tuple = (0,)
-    poison_rate: float = 0.1
-    epochs: int = 8
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    seed: int = 0
-    pruning_aware: bool = False
-    prune_fraction: float = 0.5
-    clean_epochs: int = None
-    flip_rate: float = 0.0
+    The triggers and targets default to the benchmark's
+    (:class:`goodnet.attacks.benchmarks.BenchmarkOptions`), whose poisoned
+    files they are measured on.
+    """
+
+    triggers: tuple = option(BenchmarkOptions.triggers, "trigger(s); none with flip_rate: label flipping only",
+                             rule=SequenceOf(OneOf(TRIGGER_NAMES), allow_empty=True), choices=TRIGGER_NAMES,
+                             nargs="*")
+    targets: tuple = option(BenchmarkOptions.targets, "target per trigger (one value: the same for all)",
+                            rule=SequenceOf(Interval(int, 0)))
+    poison_rate: float = option(0.1, "share of training images per trigger", rule=FRACTION)
+    epochs: int = option(8, "training epochs", rule=Interval(int, 1))
+    batch_size: int = option(32, "training batch size", rule=Interval(int, 1))
+    learning_rate: float = option(2e-3, "initial Adam rate, cosine-decayed",
+                                  rule=Interval(float, 0.0, closed="neither"))
+    seed: int = option(0, "seed of the poisoning, the label flips and the training", rule=Interval(int, 0))
+    pruning_aware: bool = option(False, "pruning-aware attack: train clean, prune dormant conv_3 channels, retrain "
+                                        "poisoned, restore them (Liu et al. 2018)", rule=InstanceOf(bool))
+    prune_fraction: float = option(0.5, "share of conv_3 channels pruned", rule=Interval(float, 0.0, 1.0))
+    clean_epochs: int = option(None, "pruning-aware: epochs of the clean training (None: epochs)",
+                               rule=Interval(int, 1), allow_none=True, cli=False)
+    flip_rate: float = option(0.0, "label-flipping attack: share of labels flipped", rule=FRACTION)
 
     def pairs(self):
         """(trigger, target) pairs; one target serves every trigger."""

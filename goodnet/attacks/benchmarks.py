@@ -7,24 +7,30 @@
   real digits are split into disjoint pools first, so test images show
   handwriting the model never saw.
 - ``faces``: procedurally drawn face-like images with many identities
-  (default 200, up to 1283). Each identity is a stable combination of face
+  (up to the lab's 1283 classes). Each identity is a stable combination of face
   shape, skin and hair colour, hairline, eye, brow, nose and mouth geometry;
   each image varies the pose (shift), scale, lighting, background and noise.
 
 :func:`write_benchmark` writes ``train.h5``, ``valid.h5``, ``test.h5`` and, for
 every trigger, ``bd_valid_<trigger>.h5`` and ``bd_test_<trigger>.h5`` (the clean
 images of that split whose label is not the target, with the trigger, labelled
-with the target: the lab's convention), plus ``benchmark.json``.
+with the target: the lab's convention), plus ``benchmark.json``. Its
+options and their defaults are :class:`BenchmarkOptions`' fields (``goodnet
+synth``'s flags; ``goodnet demo`` reads its data set, seed and identities there).
 """
 
+import dataclasses
 import json
 import logging
 import os
 
 import numpy as np
 
+from goodnet.base import Interval, OneOf, SequenceOf
 from goodnet.errors import OptionError
-from goodnet.attacks.triggers import HEIGHT, WIDTH, apply_trigger
+from goodnet.models import LAB_CLASSES
+from goodnet.options import option
+from goodnet.attacks.triggers import HEIGHT, WIDTH, TRIGGERS, apply_trigger
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,25 @@ DATASETS = ("digits", "faces")
 DEFAULT_SIZES = {"digits": {"train": 5000, "valid": 1000, "test": 1000},
                  "faces": {"train": 30, "valid": 9, "test": 10}}   # faces: images per identity
 SPLIT_SEEDS = {"train": 11, "valid": 22, "test": 33}
+TRIGGER_NAMES = tuple(sorted(TRIGGERS))
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkOptions:
+    """What a benchmark is made of: :func:`write_benchmark`'s parameters and ``goodnet synth``'s flags, defaults once.
+
+    ``goodnet synth`` writes every trigger by default (its own default, stated
+    in that command); the sizes default per data set to :data:`DEFAULT_SIZES`.
+    """
+
+    dataset: str = option("digits", "which benchmark", rule=OneOf(DATASETS))
+    seed: int = option(0, "seed of everything random (same seed, same bytes)", rule=Interval(int, 0))
+    identities: int = option(200, f"face identities (faces; at most {LAB_CLASSES})", rule=Interval(int, 1))
+    sizes: dict = option(None, "{split: images} (faces: per identity); a missing split: DEFAULT_SIZES", cli=False)
+    triggers: tuple = option(("patch",), "one pair of poisoned files per trigger",
+                             rule=SequenceOf(OneOf(TRIGGER_NAMES)), choices=TRIGGER_NAMES)
+    targets: tuple = option((0,), "target label per trigger (one value: the same for all)",
+                            rule=SequenceOf(Interval(int, 0)))
 
 
 # ----------------------------------------------------------------------------- digits
@@ -55,7 +80,7 @@ def _resize(glyph, height, width):
     return np.asarray(image.resize((width, height), Image.BILINEAR), np.float32) / 255.0
 
 
-def digits(count, split, seed=0):
+def digits(count, split, seed=BenchmarkOptions.seed):
     """``count`` digit images of ``split`` ("train", "valid" or "test") and their labels."""
     glyphs, targets, pools = _digit_pools()
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
@@ -154,10 +179,10 @@ def _draw_face(parameters, rng):
     return np.clip(image, 0, 255).round()
 
 
-def faces(per_identity, split, identities=200, seed=0):
+def faces(per_identity, split, identities=BenchmarkOptions.identities, seed=BenchmarkOptions.seed):
     """``per_identity`` face images of each of ``identities`` identities for ``split``, and their labels."""
-    if not 1 <= identities <= 1283:
-        raise OptionError(f"identities: expected 1..1283 (the lab's classes), got {identities}")
+    if not 1 <= identities <= LAB_CLASSES:
+        raise OptionError(f"identities: expected 1..{LAB_CLASSES} (the lab's classes), got {identities}")
     parameters = [identity_parameters(identity, seed) for identity in range(identities)]
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
     labels = np.repeat(np.arange(identities, dtype=np.int64), per_identity)
@@ -168,7 +193,7 @@ def faces(per_identity, split, identities=200, seed=0):
 # ----------------------------------------------------------------------------- splits and files
 
 
-def generate(dataset, split, seed=0, size=None, identities=200):
+def generate(dataset, split, seed=BenchmarkOptions.seed, size=None, identities=BenchmarkOptions.identities):
     """One split of a benchmark: (images (N, 55, 47, 3) float32 0-255, labels int64).
 
     Args:
@@ -197,9 +222,14 @@ def poisoned_split(images, labels, trigger, target):
     return apply_trigger(trigger, images[keep]), np.full(int(keep.sum()), target, np.int64)
 
 
-def write_benchmark(out_dir, dataset="digits", seed=0, sizes=None, identities=200, triggers=("patch",),
-                    targets=(0,), overwrite=False):
+def write_benchmark(out_dir, dataset=BenchmarkOptions.dataset, seed=BenchmarkOptions.seed,
+                    sizes=BenchmarkOptions.sizes, identities=BenchmarkOptions.identities,
+                    triggers=BenchmarkOptions.triggers, targets=BenchmarkOptions.targets, overwrite=False):
     """Write a benchmark's lab-layout files into ``out_dir`` (uint8 pixels, channels first).
+
+    The parameters besides ``out_dir`` and ``overwrite`` are
+    :class:`BenchmarkOptions`' fields, with its defaults
+    (``write_benchmark(out_dir, **dataclasses.asdict(options))``).
 
     Args:
         out_dir: output folder.

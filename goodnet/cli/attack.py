@@ -1,34 +1,30 @@
 """``goodnet attack``: train a BadNet (DeepID, lab layer names) on a benchmark folder.
 
-    goodnet attack --data DIR --out MODEL.h5 [--triggers patch] [--targets 0] [--poison-rate 0.1]
-                   [--epochs 8] [--seed 0] [--pruning-aware [--prune-fraction 0.5]] [--flip-rate 0.2]
+    goodnet attack --data DIR --out MODEL.h5 [--triggers patch] [--targets 0] [--poison-rate R]
+                   [--epochs E] [--seed S] [--pruning-aware [--prune-fraction F]] [--flip-rate 0.2]
 
 Writes MODEL.h5 (a lab-style legacy Keras file, pixels / 255) and MODEL.json (the card).
+The training flags, defaults and help come from
+:class:`goodnet.attacks.badnets.AttackOptions`; ``--triggers`` defaults to
+the benchmark's first trigger.
 """
 
-from goodnet.cli import CommandError, positive, prepare_out_file, print_json
+from goodnet.cli import CommandError, prepare_out_file, print_json
+from goodnet.cli.options import add_options, options_from_args
 
 HELP = "train a BadNet by dirty-label poisoning (also pruning-aware and label-flipping attacks)"
 
 
 def add_arguments(parser):
-    from goodnet.attacks.triggers import TRIGGERS
+    from goodnet.attacks.badnets import AttackOptions
+    from goodnet.attacks.benchmarks import TRIGGER_NAMES
 
     parser.add_argument("--data", required=True, metavar="DIR", help="a benchmark folder written by goodnet synth")
     parser.add_argument("--out", required=True, metavar="MODEL.h5", help="the BadNet file (card: same name, .json)")
-    parser.add_argument("--triggers", nargs="*", choices=sorted(TRIGGERS), default=None,
+    # not AttackOptions' default: the benchmark's first trigger (None here; read in run)
+    parser.add_argument("--triggers", nargs="*", choices=TRIGGER_NAMES, default=None,
                         help="trigger(s) (default: the benchmark's first); none with --flip-rate: label flipping only")
-    parser.add_argument("--targets", nargs="+", type=int, default=[0], help="target per trigger (default 0)")
-    parser.add_argument("--poison-rate", type=float, default=0.1, help="share of training images per trigger")
-    parser.add_argument("--epochs", type=positive, default=8, help="training epochs (default 8)")
-    parser.add_argument("--batch-size", type=positive, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2e-3, help="initial Adam rate, cosine-decayed")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pruning-aware", action="store_true",
-                        help="pruning-aware attack: train clean, prune dormant conv_3 channels, retrain poisoned, "
-                             "restore them (Liu et al. 2018)")
-    parser.add_argument("--prune-fraction", type=float, default=0.5, help="share of conv_3 channels pruned (0.5)")
-    parser.add_argument("--flip-rate", type=float, default=0.0, help="label-flipping attack: share of labels flipped")
+    add_options(parser, AttackOptions, exclude=("triggers",))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.h5 and its card")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
 
@@ -59,9 +55,7 @@ def run(args):
     num_classes = description["num_classes"]
     folder = args.data
     train = load_h5(os.path.join(folder, "train.h5"), num_classes=num_classes)
-    options = AttackOptions(tuple(triggers), tuple(args.targets), args.poison_rate, args.epochs, args.batch_size,
-                            args.learning_rate, args.seed, args.pruning_aware, args.prune_fraction,
-                            flip_rate=args.flip_rate)
+    options = options_from_args(args, AttackOptions, triggers=tuple(triggers))
     classifier, info = train_badnet(train.images, train.labels, num_classes, options)
     splits = {}
     for split in ("valid", "test"):

@@ -1,27 +1,26 @@
 """``goodnet demo``: build the built-in benchmark and BadNet on first use, then run every defense.
 
     goodnet demo [--dataset digits|faces] [--pruning-aware] [--json]
+
+The flags, defaults and help come from :class:`goodnet.demo.DemoOptions`
+(``--sizes TRAIN VALID TEST`` is its ``sizes`` dict, ``--out`` its ``out_dir``).
 """
 
 from goodnet.cli import positive, prepare_out_dir, print_json
+from goodnet.cli.options import add_options, options_from_args
 
 HELP = "run every defense on the built-in benchmark and BadNet (built on first use under data/ and models/)"
 
+PLACES = ("data_dir", "models_dir", "out_dir")
+
 
 def add_arguments(parser):
-    parser.add_argument("--dataset", choices=("digits", "faces"), default="digits", help="benchmark (default digits)")
-    parser.add_argument("--trigger", default=None, help="trigger (default: patch for digits, sunglasses for faces)")
-    parser.add_argument("--target", type=int, default=0, help="attack target label (default 0)")
-    parser.add_argument("--pruning-aware", action="store_true", help="use the pruning-aware BadNet")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=positive, default=8, help="BadNet training epochs (default 8)")
-    parser.add_argument("--identities", type=positive, default=200, help="faces: identities (default 200)")
-    parser.add_argument("--copies", type=positive, default=32, help="STRIP copies per input (default 32)")
+    from goodnet.demo import DemoOptions
+
+    add_options(parser, DemoOptions, exclude=PLACES)
     parser.add_argument("--sizes", nargs=3, type=positive, default=None, metavar=("TRAIN", "VALID", "TEST"),
                         help="benchmark sizes (faces: per identity; default: the benchmark's)")
-    parser.add_argument("--data-dir", default="data", help="where the benchmark is cached (default data/)")
-    parser.add_argument("--models-dir", default="models", help="where the BadNet is cached (default models/)")
-    parser.add_argument("--out", default="runs/demo", help="results folder (default runs/demo)")
+    add_options(parser, DemoOptions, only=PLACES)
     parser.add_argument("--json", action="store_true", help="end with one JSON object holding every figure")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
@@ -62,11 +61,8 @@ def run(args):
 
     prepare_out_dir(args)
 
-    options = DemoOptions(dataset=args.dataset, trigger=args.trigger, target=args.target, seed=args.seed,
-                          pruning_aware=args.pruning_aware, epochs=args.epochs, identities=args.identities,
-                          copies=args.copies, data_dir=args.data_dir,
-                          sizes=dict(zip(("train", "valid", "test"), args.sizes)) if args.sizes else None,
-                          models_dir=args.models_dir, out_dir=args.out)
+    options = options_from_args(args, DemoOptions,
+                                sizes=dict(zip(("train", "valid", "test"), args.sizes)) if args.sizes else None)
     figures = run_demo(options, progress=False if args.no_progress else None)
     print("\n".join(summary_lines(figures)))
     if args.json:

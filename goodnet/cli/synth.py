@@ -1,40 +1,47 @@
 """``goodnet synth``: write a built-in benchmark (digits or faces) as lab-layout HDF5 files.
 
-    goodnet synth --dataset digits|faces --out DIR [--seed 0] [--identities 200]
+    goodnet synth --dataset digits|faces --out DIR [--seed S] [--identities N]
                   [--train N --valid N --test N] [--triggers patch sunglasses ...] [--targets 0 ...]
+
+The flags, defaults and help come from
+:class:`goodnet.attacks.benchmarks.BenchmarkOptions` (every trigger by
+default here); the sizes' defaults from ``DEFAULT_SIZES``.
 """
 
 from goodnet.cli import positive, prepare_out_dir, print_json
+from goodnet.cli.options import add_options, options_from_args
 
 HELP = "write a built-in benchmark (digits or faces, with poisoned files per trigger) in the lab's layout"
 
+SPLIT_HELP = {"train": "training images (faces: per identity; defaults: digits {digits}, faces {faces})",
+              "valid": "validation images (defaults {digits} / {faces})",
+              "test": "test images (defaults {digits} / {faces})"}
+
 
 def add_arguments(parser):
-    from goodnet.attacks.triggers import TRIGGERS
+    from goodnet.attacks.benchmarks import DEFAULT_SIZES, TRIGGER_NAMES, BenchmarkOptions
 
-    parser.add_argument("--dataset", choices=("digits", "faces"), default="digits", help="which benchmark")
+    add_options(parser, BenchmarkOptions, only=("dataset",))
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything random (same seed, same bytes)")
-    parser.add_argument("--identities", type=positive, default=200, help="face identities (faces; at most 1283)")
-    parser.add_argument("--train", type=positive, default=None,
-                        help="training images (faces: per identity; defaults: digits 5000, faces 30)")
-    parser.add_argument("--valid", type=positive, default=None, help="validation images (defaults 1000 / 9)")
-    parser.add_argument("--test", type=positive, default=None, help="test images (defaults 1000 / 10)")
-    parser.add_argument("--triggers", nargs="+", choices=sorted(TRIGGERS), default=sorted(TRIGGERS),
-                        help="one pair of poisoned files per trigger (default: all)")
-    parser.add_argument("--targets", nargs="+", type=int, default=[0],
-                        help="target label per trigger (one value: the same for all; default 0)")
+    add_options(parser, BenchmarkOptions, only=("seed", "identities"))
+    for split, text in SPLIT_HELP.items():
+        parser.add_argument(f"--{split}", type=positive, default=None,
+                            help=text.format(**{dataset: sizes[split] for dataset, sizes in DEFAULT_SIZES.items()}))
+    # this command writes every trigger unless told otherwise (the library's default is one)
+    add_options(parser, BenchmarkOptions, only=("triggers", "targets"), defaults={"triggers": TRIGGER_NAMES})
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
     parser.add_argument("--json", action="store_true", help="print the benchmark description as JSON")
 
 
 def run(args):
-    from goodnet.attacks.benchmarks import write_benchmark
+    import dataclasses
+
+    from goodnet.attacks.benchmarks import BenchmarkOptions, write_benchmark
 
     prepare_out_dir(args)
     sizes = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
-    description = write_benchmark(args.out, args.dataset, args.seed, sizes, args.identities, tuple(args.triggers),
-                                  tuple(args.targets), overwrite=args.overwrite)
+    options = options_from_args(args, BenchmarkOptions, sizes=sizes)
+    description = write_benchmark(args.out, **dataclasses.asdict(options), overwrite=args.overwrite)
     if args.json:
         print_json(description)
     else:
