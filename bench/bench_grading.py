@@ -44,10 +44,11 @@ def build_data(shared, folder):
 
 def main():
     from goodnet.grading import Grader, Limits
+    from goodnet.grading.runner import GradeOptions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=os.environ.get("GOODNET_SHARED", REPO.parent / "shared" / "csaw"))
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=GradeOptions.workers)
     parser.add_argument("--copies", type=int, default=1, help="grade each real model this many times (as copies)")
     args = parser.parse_args()
     shared = pathlib.Path(args.shared)
@@ -63,7 +64,7 @@ def main():
                 target.write_bytes(model.read_bytes() + b"\0" * copy)  # distinct hashes, same model
         figures = {}
         for isolation in ("spawn", "forkserver"):
-            grader = Grader(data["test"], [data["bd_test"]], validation=data["valid"], limits=Limits(300, 4096),
+            grader = Grader(data["test"], [data["bd_test"]], validation=data["valid"], limits=Limits(seconds=300),
                             workers=args.workers, isolation=isolation, use_cache=False, progress=False)
             started = time.perf_counter()
             board = grader.grade(submissions, temporary / f"out_{isolation}")

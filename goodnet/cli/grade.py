@@ -14,11 +14,14 @@ results keyed by the SHA-256 of each file and of the data, so a re-run only
 scores new or changed files. See :mod:`goodnet.grading.scoreboard` for the score.
 The execution options (``--device``, ``--devices``/``--strategy``,
 ``--precision``, ``--xla``) are handed to every submission's process.
+The limits' and the scheduling's flags, defaults and help come from
+:class:`goodnet.grading.runner.Limits` and :class:`goodnet.grading.runner.GradeOptions`.
 """
 
 import os
 
 from goodnet.cli import CommandError, add_execution_options, execution_from_args, positive, prepare_out_dir, print_json
+from goodnet.cli.options import add_options, options_from_args
 
 # The parent only schedules isolated subprocesses; it never imports TensorFlow.
 NEEDS_TENSORFLOW = False
@@ -26,16 +29,10 @@ NEEDS_TENSORFLOW = False
 HELP = "score a folder of submitted models in isolated processes and write a scoreboard"
 
 
-def _positive_float(value):
-    import argparse
-
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return number
-
-
 def add_arguments(parser):
+    from goodnet.grading.runner import GradeOptions, Limits
+    from goodnet.models import LAB_CLASSES
+
     parser.add_argument("submissions", metavar="SUBMISSIONS", help="folder of submitted model files")
     parser.add_argument("--clean", required=True, metavar="TEST.h5", help="clean test data (lab layout)")
     parser.add_argument("--poisoned", required=True, action="append", metavar="BD_TEST.h5",
@@ -45,22 +42,13 @@ def add_arguments(parser):
                         help="the BadNet before defense; the score is then BackdoorBench's DER against it")
     parser.add_argument("--validation", metavar="VALID.h5",
                         help="clean data used only to pick the input scaling of models that do not store it")
-    parser.add_argument("--scale", choices=("auto", "raw", "unit"), default="auto",
-                        help="input scaling of every model (auto: stored in the file, else chosen on "
-                             "--validation, else raw)")
+    add_options(parser, GradeOptions, only=("scale",))
     parser.add_argument("--num-classes", type=positive, default=None,
-                        help="number N of real classes; models need N or N+1 outputs (default 1283, the lab's)")
-    parser.add_argument("--workers", type=positive, default=2, help="submissions scored in parallel (default 2)")
-    parser.add_argument("--time-limit", type=_positive_float, default=600.0, metavar="SECONDS",
-                        help="wall-time limit per submission (default 600)")
-    parser.add_argument("--memory-mb", type=positive, default=4096,
-                        help="memory limit per submission in MiB (default 4096)")
-    parser.add_argument("--batch-size", type=positive, default=256, help="images per inference call (default 256)")
-    parser.add_argument("--threads", type=positive, default=None,
-                        help="TensorFlow threads per submission (default: cores / workers)")
-    parser.add_argument("--isolation", choices=("forkserver", "spawn"), default="forkserver",
-                        help="forkserver: fork each submission's process from a server that preloaded "
-                             "TensorFlow (fast); spawn: a fresh interpreter per submission")
+                        help=f"number N of real classes; models need N or N+1 outputs "
+                             f"(default {LAB_CLASSES}, the lab's)")
+    add_options(parser, GradeOptions, only=("workers",))
+    add_options(parser, Limits)
+    add_options(parser, GradeOptions, exclude=("scale", "workers"))
     add_execution_options(parser)
     parser.add_argument("--no-cache", action="store_true", help="score every file again, ignoring the cache")
     parser.add_argument("--json", action="store_true", help="print the scoreboard as one JSON object")
@@ -68,7 +56,10 @@ def add_arguments(parser):
 
 
 def run(args):
+    import dataclasses
+
     from goodnet.grading import STATUSES, Grader, Limits
+    from goodnet.grading.runner import GradeOptions
     from goodnet.models import LAB_CLASSES
 
     for path in [args.clean, *args.poisoned] + [path for path in (args.validation, args.baseline) if path]:
@@ -78,9 +69,8 @@ def run(args):
         raise CommandError(f"{args.submissions}: expected a folder of submitted model files")
     prepare_out_dir(args)
     grader = Grader(args.clean, args.poisoned, validation=args.validation, baseline=args.baseline,
-                    scale=args.scale, num_classes=args.num_classes or LAB_CLASSES,
-                    limits=Limits(seconds=args.time_limit, memory_mb=args.memory_mb), workers=args.workers,
-                    isolation=args.isolation, batch_size=args.batch_size, threads=args.threads,
+                    num_classes=args.num_classes or LAB_CLASSES, limits=options_from_args(args, Limits),
+                    **dataclasses.asdict(options_from_args(args, GradeOptions)),
                     use_cache=not args.no_cache, progress=False if args.no_progress else None,
                     execution=execution_from_args(args))
     board = grader.grade(args.submissions, args.out)

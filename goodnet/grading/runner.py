@@ -1,4 +1,5 @@
-"""The grader's parent side: :class:`Grader`, its :class:`Limits`, one process per submission, the cache.
+"""The grader's parent side: :class:`Grader`, its :class:`Limits` and :class:`GradeOptions`, one process per
+submission, the cache.
 
 Every submission is scored in a process of its own (:mod:`goodnet.grading.worker`,
 started by :func:`run_jobs` through a multiprocessing context, never imported
@@ -27,11 +28,13 @@ import logging
 import os
 import time
 
+from goodnet.base import Interval, OneOf
 from goodnet.errors import OptionError
 from goodnet.files import sha256_file, write_text
 from goodnet.grading.entries import MODEL_SUFFIXES, read_entry, submission_entries
 from goodnet.grading.scoreboard import Scoreboard, rank_rows, result_row
-from goodnet.models import LAB_CLASSES, ModelError
+from goodnet.models import LAB_CLASSES, SCALES, ModelError
+from goodnet.options import option
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +51,43 @@ PRELOAD_MODULES = ["goodnet.grading.worker", "goodnet.grading.runner", "goodnet.
                    "goodnet.data"]
 
 
-@dataclasses.dataclass
+def _positive_float(value):
+    """The ``--time-limit`` flag's conversion: a number above 0 (argparse reports the message)."""
+    import argparse
+
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
 class Limits:
-    """Per-submission limits.
+    """Per-submission limits (``goodnet grade``'s ``--time-limit`` and ``--memory-mb``).
 
     Attributes:
         seconds: wall-clock limit of one submission's process (start to exit).
         memory_mb: private resident memory limit of that process (MiB).
     """
 
-    seconds: float = 600.0
-    memory_mb: int = 4096
+    seconds: float = option(600.0, "wall-time limit per submission", rule=Interval(float, 0.0, closed="neither"),
+                            flag="--time-limit", dest="time_limit", type=_positive_float, metavar="SECONDS")
+    memory_mb: int = option(4096, "memory limit per submission in MiB", rule=Interval(int, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class GradeOptions:
+    """How :class:`Grader` scores and schedules the submissions: its defaults and ``goodnet grade``'s flags, once."""
+
+    scale: str = option("auto", "input scaling of every model (auto: stored in the file, else chosen on "
+                                "--validation, else raw)", rule=OneOf(("auto",) + tuple(SCALES)))
+    workers: int = option(2, "submissions scored in parallel", rule=Interval(int, 1))
+    batch_size: int = option(256, "images per inference call", rule=Interval(int, 1))
+    threads: int = option(None, "TensorFlow threads per submission", rule=Interval(int, 1), allow_none=True,
+                          default_text="cores / workers")
+    isolation: str = option("forkserver", "forkserver: fork each submission's process from a server that preloaded "
+                                          "TensorFlow (fast); spawn: a fresh interpreter per submission",
+                            rule=OneOf(ISOLATIONS))
 
 
 def _private_memory_mb(pid):
@@ -206,7 +235,8 @@ def _kill_group_quietly(pid):
         pass
 
 
-def run_jobs(jobs, limits, workers=2, isolation="forkserver", work_dir=".", progress=None):
+def run_jobs(jobs, limits, workers=GradeOptions.workers, isolation=GradeOptions.isolation, work_dir=".",
+             progress=None):
     """Run one isolated process per job, at most ``workers`` at a time.
 
     Args:
@@ -291,13 +321,12 @@ class Grader:
             of models that do not store it (``scale="auto"``); never the test
             data.
         baseline: optional model file (the BadNet before defense) for DER.
-        scale: "auto", "raw" or "unit" for every submission.
+        scale: "auto", "raw" or "unit" for every submission (see :class:`GradeOptions`).
         num_classes: N; a model must have N or N+1 outputs.
         limits: :class:`Limits` per submission.
-        workers: submissions scored in parallel.
-        isolation: "forkserver" or "spawn" (see :func:`run_jobs`).
-        batch_size: images per inference call.
-        threads: TensorFlow threads per submission (default: cores / workers).
+        workers, isolation ("forkserver" or "spawn", see :func:`run_jobs`), batch_size
+            (images per inference call), threads (TensorFlow threads per submission;
+            None: cores / workers): see :class:`GradeOptions`, whose defaults they take.
         use_cache: reuse results cached by content hash.
         progress: progress bar setting.
         execution: a :class:`goodnet.inference.Execution`: where each
@@ -313,9 +342,10 @@ class Grader:
         >>> board.rows[0]["submission"], board.rows[0]["score"]
     """
 
-    def __init__(self, clean, poisoned, validation=None, baseline=None, scale="auto", num_classes=LAB_CLASSES,
-                 limits=None, workers=2, isolation="forkserver", batch_size=256, threads=None, use_cache=True,
-                 progress=None, execution=None):
+    def __init__(self, clean, poisoned, validation=None, baseline=None, scale=GradeOptions.scale,
+                 num_classes=LAB_CLASSES, limits=None, workers=GradeOptions.workers, isolation=GradeOptions.isolation,
+                 batch_size=GradeOptions.batch_size, threads=GradeOptions.threads, use_cache=True, progress=None,
+                 execution=None):
         self.clean = clean
         self.poisoned = poisoned
         self.validation = validation
