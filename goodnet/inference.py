@@ -15,7 +15,9 @@ import sys
 
 import numpy as np
 
+from goodnet.base import InstanceOf, Interval, OneOf
 from goodnet.errors import OptionError
+from goodnet.options import option
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +79,17 @@ def quiet_tensorflow():
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DEVICE_KINDS = ("auto", "cpu", "gpu")
+DEFAULT_STRATEGY = "default"
+STRATEGIES = (DEFAULT_STRATEGY, "mirrored")   # one device (unless devices says more), or every visible one
 
 
 @dataclasses.dataclass(frozen=True)
 class Execution:
     """Where and how inference runs.
+
+    The fields carry their defaults, rules and help text (the command line's
+    execution options, ``goodnet.cli.add_execution_options``); the constructor
+    checks them itself.
 
     Args:
         device: "cpu", "gpu" or "auto" (the GPU when TensorFlow sees one).
@@ -95,10 +103,14 @@ class Execution:
         >>> Execution(device="gpu", devices=2, precision="mixed_float16")
     """
 
-    device: str = "auto"
-    devices: int = None
-    precision: str = "float32"
-    jit_compile: bool = False
+    device: str = option("auto", "run inference on the CPU, the GPU, or the GPU when TensorFlow sees one",
+                         rule=OneOf(DEVICE_KINDS))
+    devices: int = option(None, "split every batch across this many devices (tf.distribute.MirroredStrategy)",
+                          rule=[Interval(int, 1), OneOf(("all",))], allow_none=True, cli=False)
+    precision: str = option("float32", "compute precision; a mixed mode's effect on predictions is measured and "
+                                       "reported", rule=OneOf(PRECISIONS))
+    jit_compile: bool = option(False, "compile the forward pass with XLA", rule=InstanceOf(bool), flag="--xla",
+                               dest="xla")
 
     def __post_init__(self):
         if self.device not in DEVICE_KINDS:
@@ -165,22 +177,29 @@ class Execution:
         return tf.device(self.device_names()[0])
 
     @classmethod
-    def from_settings(cls, device="auto", devices=None, strategy="default", precision="float32", jit_compile=False):
+    def from_settings(cls, strategy=DEFAULT_STRATEGY, **settings):
         """The execution that the command-line settings describe (``strategy="mirrored"``: all devices by default).
 
         Args:
-            device, devices, precision, jit_compile: see the class.
-            strategy: "default" or "mirrored" (split batches over ``devices``,
-                or all visible devices of the kind when ``devices`` is None).
+            strategy: one of :data:`STRATEGIES`: "default" or "mirrored" (split
+                batches over ``devices``, or all visible devices of the kind
+                when ``devices`` is None).
+            **settings: the fields (``device``, ``devices``, ``precision``,
+                ``jit_compile``; see the class); a missing one keeps its default.
 
         Returns:
             Execution
+
+        Example:
+            >>> Execution.from_settings("mirrored", device="gpu")
         """
-        if strategy not in ("default", "mirrored"):
-            raise OptionError(f"strategy: expected 'default' or 'mirrored', got {strategy!r}")
-        if strategy == "mirrored" and devices is None:
-            devices = "all"
-        return cls(device=device, devices=devices, precision=precision, jit_compile=bool(jit_compile))
+        if strategy not in STRATEGIES:
+            raise OptionError(f"strategy: expected {' or '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+        if strategy == "mirrored" and settings.get("devices") is None:
+            settings["devices"] = "all"
+        if "jit_compile" in settings:
+            settings["jit_compile"] = bool(settings["jit_compile"])
+        return cls(**settings)
 
     @classmethod
     def of(cls, classifier):

@@ -192,33 +192,43 @@ def add_combine_options(parser):
 
 def add_model_options(parser, scale_default="auto"):
     """Options shared by commands that load a model: ``--scale``, ``--num-classes``, ``--batch-size``."""
+    from goodnet.inference import DEFAULT_BATCH
+
     parser.add_argument("--scale", choices=("raw", "unit", "auto"), default=scale_default,
                         help="input scaling: raw 0-255 pixels, unit = pixels/255, or auto (try both on clean data)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="number N of real classes (default: from the model; 1284 outputs mean 1283 + 'poisoned')")
-    parser.add_argument("--batch-size", type=positive, default=1024, help="images per inference call (default 1024)")
+    parser.add_argument("--batch-size", type=positive, default=DEFAULT_BATCH,
+                        help=f"images per inference call (default {DEFAULT_BATCH})")
     add_execution_options(parser)
 
 
 def add_execution_options(parser):
-    """Options saying where inference runs: ``--device``, ``--devices``, ``--strategy``, ``--precision``, ``--xla``."""
+    """Options saying where inference runs: ``--device``, ``--devices``, ``--strategy``, ``--precision``, ``--xla``.
+
+    Their defaults, choices and help come from :class:`goodnet.inference.Execution`'s fields
+    (``--devices`` and ``--strategy`` together spell its ``devices``) and :data:`goodnet.inference.STRATEGIES`.
+    """
+    import dataclasses
+
+    from goodnet.cli.options import add_options
+    from goodnet.inference import DEFAULT_STRATEGY, STRATEGIES, Execution
+
+    devices = {field.name: field for field in dataclasses.fields(Execution)}["devices"]
     group = parser.add_argument_group("execution")
-    group.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                       help="run inference on the CPU, the GPU, or the GPU when TensorFlow sees one (default auto)")
-    group.add_argument("--devices", type=positive, default=None,
-                       help="split every batch across this many devices (tf.distribute.MirroredStrategy)")
-    group.add_argument("--strategy", choices=("default", "mirrored"), default="default",
+    add_options(group, Execution, only=("device",))
+    group.add_argument("--devices", type=positive, default=devices.default, help=devices.metadata["help"])
+    group.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
                        help="mirrored: split every batch across all visible devices of the chosen kind")
-    group.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32",
-                       help="compute precision; a mixed mode's effect on predictions is measured and reported")
-    group.add_argument("--xla", action="store_true", help="compile the forward pass with XLA")
+    add_options(group, Execution, only=("precision", "jit_compile"))
 
 
 def execution_from_args(args):
     """The :class:`goodnet.inference.Execution` that the execution options describe."""
     from goodnet.inference import Execution
 
-    return Execution.from_settings(args.device, args.devices, args.strategy, args.precision, args.xla)
+    return Execution.from_settings(args.strategy, device=args.device, devices=args.devices, precision=args.precision,
+                                   jit_compile=args.xla)
 
 
 def configure_execution(args, classifier, clean=None):
