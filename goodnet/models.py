@@ -24,6 +24,8 @@ from goodnet.inference import DEFAULT_BATCH, compiled_forward, run_batches
 logger = logging.getLogger(__name__)
 
 SCALES = {"raw": 1.0, "unit": 255.0}  # the divisor applied to 0-255 pixels
+DEFAULT_SCALE = "auto"                # stored in the file, else chosen on clean data, else raw
+SCALE_CHOICES = tuple(SCALES) + (DEFAULT_SCALE,)
 LAB_CLASSES = 1283
 DEEPID_LAYERS = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
 METADATA_ATTRIBUTES = {"scale": "goodnet_scale", "num_classes": "goodnet_num_classes"}
@@ -484,7 +486,7 @@ def choose_scale(model, clean, sample=SCALE_SAMPLE, seed=0):
     return chosen, accuracies
 
 
-def load_model(path, scale="auto", num_classes=None, clean=None, image_shape=(55, 47, 3)):
+def load_model(path, scale=DEFAULT_SCALE, num_classes=None, clean=None, image_shape=(55, 47, 3)):
     """Load any supported model file as a :class:`Classifier`.
 
     Args:
@@ -511,7 +513,7 @@ def load_model(path, scale="auto", num_classes=None, clean=None, image_shape=(55
         >>> classifier.num_classes
         1283
     """
-    if scale not in ("auto",) + tuple(SCALES):
+    if scale not in SCALE_CHOICES:
         raise ModelError(f"{path}: scale: expected 'raw', 'unit' or 'auto', got {scale!r}")
     model, metadata = load_keras(path)
     _check_input(model, path, image_shape)

@@ -22,6 +22,7 @@ COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "combine", "f
 from goodnet.errors import InputError, OptionError
 from goodnet.cli.options import positive_integer as positive  # argparse type: a positive integer
 from goodnet.inference import quiet_tensorflow
+from goodnet.models import DEFAULT_SCALE, SCALE_CHOICES
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
@@ -183,18 +184,18 @@ def load_inputs(args):
 def add_combine_options(parser):
     """The combine form's own options (``goodnet combine``, ``goodnet repair --repaired``): ``--repaired-scale``
     and the STRIP gate group with ``--strip``, returned for the command to add STRIP's flags to."""
-    parser.add_argument("--repaired-scale", choices=("raw", "unit", "auto"), default="auto",
+    parser.add_argument("--repaired-scale", choices=SCALE_CHOICES, default=DEFAULT_SCALE,
                         help="input scaling of B' (default: stored in the file, else chosen on --valid, else B's)")
     group = parser.add_argument_group("STRIP gate (--strip)")
     group.add_argument("--strip", action="store_true", help="also answer N for inputs STRIP flags as trojaned")
     return group
 
 
-def add_model_options(parser, scale_default="auto"):
+def add_model_options(parser, scale_default=DEFAULT_SCALE):
     """Options shared by commands that load a model: ``--scale``, ``--num-classes``, ``--batch-size``."""
     from goodnet.inference import DEFAULT_BATCH
 
-    parser.add_argument("--scale", choices=("raw", "unit", "auto"), default=scale_default,
+    parser.add_argument("--scale", choices=SCALE_CHOICES, default=scale_default,
                         help="input scaling: raw 0-255 pixels, unit = pixels/255, or auto (try both on clean data)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="number N of real classes (default: from the model; 1284 outputs mean 1283 + 'poisoned')")

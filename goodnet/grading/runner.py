@@ -33,7 +33,7 @@ from goodnet.errors import OptionError
 from goodnet.files import sha256_file, write_text
 from goodnet.grading.entries import MODEL_SUFFIXES, read_entry, submission_entries
 from goodnet.grading.scoreboard import Scoreboard, rank_rows, result_row
-from goodnet.models import LAB_CLASSES, SCALES, ModelError
+from goodnet.models import DEFAULT_SCALE, LAB_CLASSES, SCALE_CHOICES, ModelError
 from goodnet.options import option
 
 logger = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ class Limits:
 class GradeOptions:
     """How :class:`Grader` scores and schedules the submissions: its defaults and ``goodnet grade``'s flags, once."""
 
-    scale: str = option("auto", "input scaling of every model (auto: stored in the file, else chosen on "
-                                "--validation, else raw)", rule=OneOf(("auto",) + tuple(SCALES)))
+    scale: str = option(DEFAULT_SCALE, "input scaling of every model (auto: stored in the file, else chosen on "
+                                "--validation, else raw)", rule=OneOf(SCALE_CHOICES))
     workers: int = option(2, "submissions scored in parallel", rule=Interval(int, 1))
     batch_size: int = option(256, "images per inference call", rule=Interval(int, 1))
     threads: int = option(None, "TensorFlow threads per submission", rule=Interval(int, 1), allow_none=True,
@@ -362,7 +362,7 @@ class Grader:
         self.execution = execution
 
     def _check(self):
-        if self.scale not in ("auto", "raw", "unit"):
+        if self.scale not in SCALE_CHOICES:
             raise OptionError(f"scale: expected 'auto', 'raw' or 'unit', got {self.scale!r}")
         if not self.poisoned:
             raise OptionError("poisoned: expected at least one poisoned test file")
