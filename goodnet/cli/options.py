@@ -151,16 +151,6 @@ def options_from_args(args, cls, **overrides):
     return (cls if instance is None else type(instance))(**values)
 
 
-def nonnegative_or_none(text):
-    """argparse type for "a number, or none"."""
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or none, got {text}") from None
-
-
 def check_options(options, fields=None):
     """Check an option dataclass instance (and nested ones) against its rules, naming the flag of a bad value.
 
