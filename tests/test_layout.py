@@ -9,7 +9,6 @@ orchestrators (``repair``, ``demo``, ``export``); ``goodnet.cli`` on top. Every
 """
 
 import ast
-import pathlib
 
 import pytest
 

@@ -417,7 +417,6 @@ class _Slots:
         import tensorflow as tf
 
         v = self.variables
-        p = self.params
         height, width, channels = self.shape
         gather = {name: tf.gather(v[name], slots) for name in v}
         count = tf.shape(slots)[0]
