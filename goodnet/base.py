@@ -199,6 +199,11 @@ class Defense:
             setattr(self, name, value)
         return self
 
+    @classmethod
+    def from_options(cls, options, **extra):
+        """The defense whose parameters are the fields of an option dataclass (``StripOptions``), plus ``extra``."""
+        return cls(**{field.name: getattr(options, field.name) for field in dataclasses.fields(options)}, **extra)
+
     def _validate_params(self):
         validate_params(self.get_params(), self._parameter_constraints, type(self).__name__)
 

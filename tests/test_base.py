@@ -149,3 +149,13 @@ def test_check_options_names_the_flag_of_a_bad_value():
     with pytest.raises(OptionError, match=r"^--drops: expected a non-empty sequence, each a number > 0, got \(\)$"):
         check_options(Outer(drops=()))
     check_options(Outer(drops=()), fields=("copies",))      # only the named fields
+
+
+def test_from_options_takes_the_fields_of_an_option_dataclass():
+    @dataclasses.dataclass(frozen=True)
+    class ToyOptions:
+        k: int = option(4, "k")
+        mode: str = option("b", "mode")
+
+    toy = Toy.from_options(ToyOptions(), sizes=(3,))
+    assert toy.get_params() == {"k": 4, "mode": "b", "sizes": (3,)}

@@ -795,11 +795,6 @@ class NeuralCleanse(Defense):
         self.jit_compile = jit_compile
         self.progress = progress
 
-    @classmethod
-    def from_options(cls, options, **extra):
-        """A NeuralCleanse with the fields of a :class:`CleanseOptions` (and ``extra`` parameters)."""
-        return cls(**dataclasses.asdict(options), **extra)
-
     # -- fitting
 
     def _images(self, classifier, clean):

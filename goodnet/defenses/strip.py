@@ -213,11 +213,6 @@ class STRIP(Defense):
         self.precision = precision
         self.progress = progress
 
-    @classmethod
-    def from_options(cls, options, progress=None):
-        """A STRIP with the parameters of ``options`` (a :class:`StripOptions`)."""
-        return cls(progress=progress, **dataclasses.asdict(options))
-
     # -- fit ------------------------------------------------------------------------
     def bank_size_for(self, count):
         """Clean images :meth:`fit` holds out as the bank from ``count`` images when no bank is given."""
