@@ -3,9 +3,24 @@
 The lab's HDF5 files hold two datasets: ``data`` of shape (N, 3, 55, 47)
 (channels first, pixels 0-255, float64, float32 or uint8) and ``label`` of
 shape (N,). goodnet works on (N, 55, 47, 3) float32 images and int64 labels.
+
+A *poisoned training file* (``goodnet attack`` writes the set it trained on)
+is a lab-layout file whose ``label`` holds the labels trained on, plus its
+ground truth, one entry per image (see :class:`PoisonTruth`):
+
+- ``poisoned`` (uint8 0/1): the image carries a trigger;
+- ``poison_trigger`` (int16): -1 for an image without trigger, else the index
+  of its trigger in the file attribute ``goodnet_triggers`` (a JSON list of
+  trigger names);
+- ``flipped`` (uint8 0/1): the label was flipped (label-flipping attack);
+- ``clean_label`` (int64): the label before poisoning and flipping.
+
+The readers of images and labels (:class:`LabFile`, :func:`load_h5`) ignore
+these datasets; :func:`load_poison_truth` reads them.
 """
 
 import dataclasses
+import json
 import logging
 import os
 
@@ -320,7 +335,8 @@ def load_h5(path, num_classes=None, chunk_size=DEFAULT_CHUNK, image_shape=IMAGE_
         return lab.read(chunk_size)
 
 
-def save_h5(path, images, labels, dtype="uint8", layout="channels_first", compression=None, overwrite=False):
+def save_h5(path, images, labels, dtype="uint8", layout="channels_first", compression=None, overwrite=False,
+            extra=None, attributes=None):
     """Write images and labels as a lab-layout HDF5 file, atomically.
 
     Args:
@@ -332,12 +348,16 @@ def save_h5(path, images, labels, dtype="uint8", layout="channels_first", compre
         layout: "channels_first" (the lab's) or "channels_last".
         compression: None or "gzip".
         overwrite: replace an existing file (default: refuse).
+        extra: optional ``{name: array}`` of further per-image datasets (first
+            dimension N), stored as given (e.g. :meth:`PoisonTruth.datasets`).
+        attributes: optional ``{name: value}`` of file attributes (str or number).
 
     Returns:
         str: ``path``.
 
     Example:
         >>> save_h5("data/tiny.h5", np.zeros((2, 55, 47, 3)), [0, 1])
+        >>> save_h5("data/train_poisoned.h5", images, labels, **truth.datasets())
     """
     import h5py
 
@@ -349,6 +369,12 @@ def save_h5(path, images, labels, dtype="uint8", layout="channels_first", compre
         raise DataError(f"{path}: label: expected shape ({images.shape[0]},), got {labels.shape}")
     if layout not in ("channels_first", "channels_last"):
         raise DataError(f"{path}: layout: expected 'channels_first' or 'channels_last', got {layout!r}")
+    extra = {name: np.asarray(value) for name, value in (extra or {}).items()}
+    for name, value in extra.items():
+        if name in ("data", "label"):
+            raise DataError(f"{path}: {name}: an extra dataset may not replace the lab layout's own")
+        if value.ndim == 0 or value.shape[0] != images.shape[0]:
+            raise DataError(f"{path}: {name}: expected one entry per image ({images.shape[0]},...), got shape {value.shape}")
     if np.dtype(dtype) == np.uint8:
         images = np.clip(np.rint(images), 0, 255)
     stored = images.astype(dtype)
@@ -358,7 +384,196 @@ def save_h5(path, images, labels, dtype="uint8", layout="channels_first", compre
         with h5py.File(temporary, "w") as handle:
             handle.create_dataset("data", data=stored, compression=compression)
             handle.create_dataset("label", data=labels.astype(np.float64 if np.dtype(dtype).kind == "f" else np.int64))
+            for name, value in extra.items():
+                handle.create_dataset(name, data=value, compression=compression)
+            for name, value in (attributes or {}).items():
+                handle.attrs[name] = value
     return os.fspath(path)
+
+
+TRUTH_FIELDS = ("poisoned", "poison_trigger", "flipped", "clean_label")
+TRIGGERS_ATTRIBUTE = "goodnet_triggers"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PoisonTruth:
+    """Which images of a training set were poisoned or flipped, and how (the ground truth of an attack).
+
+    Attributes:
+        poisoned: bool array (N,): the image carries a trigger.
+        trigger: int array (N,): -1 where not poisoned, else the index into ``trigger_names``.
+        trigger_names: tuple of the triggers' names.
+        flipped: bool array (N,): the label was flipped.
+        clean_labels: int64 array (N,): the labels before poisoning and flipping.
+
+    Build one with :meth:`from_indices`; read one with :func:`load_poison_truth`;
+    write one with ``save_h5(path, images, labels, **truth.datasets())``.
+    """
+
+    poisoned: np.ndarray
+    trigger: np.ndarray
+    trigger_names: tuple
+    flipped: np.ndarray
+    clean_labels: np.ndarray
+
+    def __post_init__(self):
+        for name, dtype in (("poisoned", bool), ("trigger", np.int64), ("flipped", bool), ("clean_labels", np.int64)):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype))
+        object.__setattr__(self, "trigger_names", tuple(self.trigger_names))
+        _check_truth("PoisonTruth", self.poisoned, self.trigger, self.trigger_names, self.flipped, self.clean_labels)
+
+    def __len__(self):
+        return len(self.poisoned)
+
+    @property
+    def poisoned_indices(self):
+        """Indices of the poisoned images (sorted)."""
+        return np.flatnonzero(self.poisoned)
+
+    @property
+    def flipped_indices(self):
+        """Indices of the images whose label was flipped (sorted)."""
+        return np.flatnonzero(self.flipped)
+
+    def counts(self):
+        """``{"images", "poisoned", "flipped", "per_trigger": {name: count}}`` (a card's summary)."""
+        return {"images": len(self), "poisoned": int(self.poisoned.sum()), "flipped": int(self.flipped.sum()),
+                "per_trigger": {name: int(np.sum(self.trigger == index))
+                                for index, name in enumerate(self.trigger_names)}}
+
+    def subset(self, indices):
+        """The ground truth of the images ``indices`` (a slice, index or boolean array), e.g. of a cleaned set."""
+        return PoisonTruth(self.poisoned[indices], self.trigger[indices], self.trigger_names, self.flipped[indices],
+                           self.clean_labels[indices])
+
+    @classmethod
+    def from_indices(cls, clean_labels, poisoned_indices=(), poisoned_triggers=(), trigger_names=(),
+                     flipped_indices=()):
+        """Build the ground truth of N = len(clean_labels) images from index lists.
+
+        Args:
+            clean_labels: (N,) labels before poisoning and flipping.
+            poisoned_indices: indices of the poisoned images.
+            poisoned_triggers: per poisoned index, the index of its trigger in ``trigger_names``.
+            trigger_names: the triggers' names.
+            flipped_indices: indices of the flipped labels.
+        """
+        clean_labels = np.asarray(clean_labels, np.int64)
+        poisoned_indices = np.asarray(poisoned_indices, np.int64)
+        poisoned_triggers = np.asarray(poisoned_triggers, np.int64)
+        if poisoned_triggers.shape != poisoned_indices.shape:
+            raise ValueError(f"expected one trigger per poisoned index ({poisoned_indices.shape}), "
+                             f"got {poisoned_triggers.shape}")
+        poisoned = np.zeros(len(clean_labels), bool)
+        poisoned[poisoned_indices] = True
+        trigger = np.full(len(clean_labels), -1, np.int64)
+        trigger[poisoned_indices] = poisoned_triggers
+        flipped = np.zeros(len(clean_labels), bool)
+        flipped[np.asarray(flipped_indices, np.int64)] = True
+        return cls(poisoned, trigger, tuple(str(name) for name in trigger_names), flipped, clean_labels)
+
+    def datasets(self):
+        """The ``extra`` and ``attributes`` arguments of :func:`save_h5` that store this ground truth."""
+        return {"extra": {"poisoned": self.poisoned.astype(np.uint8), "poison_trigger": self.trigger.astype(np.int16),
+                          "flipped": self.flipped.astype(np.uint8), "clean_label": self.clean_labels.astype(np.int64)},
+                "attributes": {TRIGGERS_ATTRIBUTE: json.dumps(list(self.trigger_names))}}
+
+
+def _check_truth(path, poisoned, trigger, trigger_names, flipped, clean_labels, labels=None):
+    """Raise DataError (naming ``path`` and the field) unless the ground-truth arrays are consistent."""
+    count = len(poisoned)
+    for field, value in zip(TRUTH_FIELDS, (poisoned, trigger, flipped, clean_labels)):
+        if np.ndim(value) != 1 or len(value) != count:
+            _fail(path, field, f"expected one entry per image ({count},), got shape {np.shape(value)}")
+    if not isinstance(trigger_names, tuple) or not all(isinstance(name, str) for name in trigger_names):
+        _fail(path, TRIGGERS_ATTRIBUTE, f"expected a list of trigger names, got {trigger_names!r}")
+    bad = np.flatnonzero(trigger != np.where(poisoned, trigger, -1))
+    if len(bad):
+        _fail(path, "poison_trigger", f"expected -1 for an image that is not poisoned, found {plain(trigger[bad[0]])} "
+              f"(image {int(bad[0])})")
+    bad = np.flatnonzero(poisoned & ((trigger < 0) | (trigger >= len(trigger_names))))
+    if len(bad):
+        _fail(path, "poison_trigger", f"expected a trigger index in 0..{len(trigger_names) - 1} (the "
+              f"{len(trigger_names)} names of {TRIGGERS_ATTRIBUTE}) for a poisoned image, found "
+              f"{plain(trigger[bad[0]])} (image {int(bad[0])})")
+    if len(clean_labels) and clean_labels.min() < 0:
+        _fail(path, "clean_label", f"expected class labels >= 0, found {plain(clean_labels.min())}")
+    if labels is not None:
+        bad = np.flatnonzero(~poisoned & ~flipped & (labels != clean_labels))
+        if len(bad):
+            _fail(path, "clean_label", f"expected the label of an image neither poisoned nor flipped, found "
+                  f"{plain(clean_labels[bad[0]])} for label {plain(labels[bad[0]])} (image {int(bad[0])})")
+
+
+def _read_flags(path, handle, field, count):
+    """A 0/1 per-image dataset as a bool array."""
+    raw = _read_vector(path, handle, field, count)
+    if raw.dtype != np.bool_ and not np.all((raw == 0) | (raw == 1)):
+        index = int(np.flatnonzero((raw != 0) & (raw != 1))[0])
+        _fail(path, field, f"expected 0 or 1 per image, found {plain(raw[index])} (image {index})")
+    return raw.astype(bool)
+
+
+def _read_vector(path, handle, field, count, integer=False):
+    import h5py
+
+    if field not in handle or not isinstance(handle[field], h5py.Dataset):
+        _fail(path, field, f"missing dataset '{field}' (a file with 'poisoned' holds {', '.join(TRUTH_FIELDS)})")
+    dataset = handle[field]
+    _check_numeric(path, field, dataset.dtype)
+    check_fits(path, field, f"reading its {dataset.size:,} entries", dataset.size * dataset.dtype.itemsize)
+    try:
+        raw = np.asarray(dataset[()])
+    except OSError:
+        _fail(path, field, "could not be read (file truncated or corrupt)")
+    if raw.shape != (count,):
+        _fail(path, field, f"expected one entry per image ({count},), got shape {raw.shape}")
+    if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+        index = int(np.flatnonzero(~(np.isfinite(raw) & (raw == np.round(raw))))[0])
+        _fail(path, field, f"expected whole numbers, found {plain(raw[index])} (image {index})")
+    return raw.astype(np.int64) if integer else raw
+
+
+def load_poison_truth(path):
+    """Read the ground truth of a poisoned training file (see the module's description of the format).
+
+    Args:
+        path: a lab-layout .h5 file.
+
+    Returns:
+        PoisonTruth or None: None when the file has no ``poisoned`` dataset.
+
+    Raises:
+        DataError: not a lab-layout file, or ground truth of the wrong shape or values (one line
+            naming the file and the field).
+
+    Example:
+        >>> truth = load_poison_truth("models/badnet_train_poisoned.h5")
+        >>> truth.counts()["poisoned"]
+    """
+    with LabFile(path) as lab:
+        handle = lab._file
+        if "poisoned" not in handle:
+            return None
+        count = len(lab)
+        poisoned = _read_flags(lab.path, handle, "poisoned", count)
+        trigger = _read_vector(lab.path, handle, "poison_trigger", count, integer=True)
+        flipped = _read_flags(lab.path, handle, "flipped", count)
+        clean_labels = _read_vector(lab.path, handle, "clean_label", count, integer=True)
+        raw_names = handle.attrs.get(TRIGGERS_ATTRIBUTE)
+        if raw_names is None:
+            if poisoned.any():
+                _fail(lab.path, TRIGGERS_ATTRIBUTE, "missing file attribute (a JSON list of trigger names)")
+            names = []
+        else:
+            try:
+                names = json.loads(raw_names.decode() if isinstance(raw_names, bytes) else str(raw_names))
+            except (ValueError, UnicodeDecodeError):
+                _fail(lab.path, TRIGGERS_ATTRIBUTE, f"expected a JSON list of trigger names, got {str(raw_names)[:60]!r}")
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                _fail(lab.path, TRIGGERS_ATTRIBUTE, f"expected a JSON list of trigger names, got {str(raw_names)[:60]!r}")
+        _check_truth(lab.path, poisoned, trigger, tuple(names), flipped, clean_labels, labels=lab.labels)
+        return PoisonTruth(poisoned, trigger, tuple(names), flipped, clean_labels)
 
 
 def load_image(path, resize=False, image_shape=IMAGE_SHAPE):

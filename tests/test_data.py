@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from goodnet.data import DataError, LabFile, load_h5, load_image, save_h5
+from goodnet.data import DataError, LabFile, PoisonTruth, load_h5, load_image, load_poison_truth, save_h5
 from goodnet.files import MANIFEST
 
 
@@ -204,3 +204,101 @@ def test_sample_draws_the_same_images_in_memory_and_from_an_open_file(make_lab_f
     positions = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in in_memory.images]
     assert len(set(positions)) == 12 and positions == sorted(positions)      # distinct, in file order
     assert len(load_h5(path).sample(100)) == 40
+
+
+def example_truth():
+    """Six images: 1 and 4 poisoned (triggers 1 and 0), 2 flipped, 4 also flipped before poisoning."""
+    return PoisonTruth.from_indices([3, 1, 4, 1, 5, 9], poisoned_indices=[1, 4], poisoned_triggers=[1, 0],
+                                    trigger_names=("patch", "sunglasses"), flipped_indices=[2, 4])
+
+
+def test_poison_truth_round_trip_and_readers_ignore_it(tmp_path):
+    truth = example_truth()
+    images = np.random.default_rng(0).integers(0, 256, (6, 55, 47, 3))
+    trained = np.array([3, 7, 0, 1, 7, 9])
+    path = save_h5(tmp_path / "train_poisoned.h5", images, trained, **truth.datasets())
+    loaded = load_h5(path)
+    np.testing.assert_array_equal(loaded.labels, trained)
+    np.testing.assert_array_equal(loaded.images, images.astype(np.float32))
+    with LabFile(path) as lab:
+        assert len(lab) == 6
+    read = load_poison_truth(path)
+    np.testing.assert_array_equal(read.poisoned, [0, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(read.trigger, [-1, 1, -1, -1, 0, -1])
+    np.testing.assert_array_equal(read.flipped, [0, 0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(read.clean_labels, [3, 1, 4, 1, 5, 9])
+    assert read.trigger_names == ("patch", "sunglasses")
+    assert read.poisoned.dtype == bool and read.flipped.dtype == bool
+    assert read.counts() == {"images": 6, "poisoned": 2, "flipped": 2, "per_trigger": {"patch": 1, "sunglasses": 1}}
+    np.testing.assert_array_equal(read.subset([1, 2]).trigger, [1, -1])
+    with h5py.File(path, "r") as handle:
+        assert handle["poisoned"].dtype == np.uint8 and handle["poison_trigger"].dtype == np.int16
+        assert handle["flipped"].dtype == np.uint8
+    plain_file = save_h5(tmp_path / "clean.h5", images, trained)
+    assert load_poison_truth(plain_file) is None
+
+
+def test_save_h5_extra_datasets_are_checked(tmp_path):
+    with pytest.raises(DataError, match="poisoned: expected one entry per image"):
+        save_h5(tmp_path / "x.h5", np.zeros((3, 55, 47, 3)), [0, 1, 2], extra={"poisoned": np.zeros(2)})
+    with pytest.raises(DataError, match="label: an extra dataset"):
+        save_h5(tmp_path / "x.h5", np.zeros((3, 55, 47, 3)), [0, 1, 2], extra={"label": np.zeros(3)})
+    assert not (tmp_path / "x.h5").exists()
+
+
+def _truth_file(tmp_path, name, change):
+    """A valid poisoned training file with one dataset or attribute changed by ``change(handle)``."""
+    truth = example_truth()
+    path = save_h5(tmp_path / name, np.zeros((6, 55, 47, 3)), [3, 7, 0, 1, 7, 9], **truth.datasets())
+    with h5py.File(path, "a") as handle:
+        change(handle)
+    return path
+
+
+def _replace(name, value):
+    def change(handle):
+        del handle[name]
+        handle.create_dataset(name, data=value)
+    return change
+
+
+def _set_attribute(value):
+    def change(handle):
+        if value is None:
+            del handle.attrs["goodnet_triggers"]
+        else:
+            handle.attrs["goodnet_triggers"] = value
+    return change
+
+
+@pytest.mark.parametrize("change, field, fragment", [
+    (_replace("poisoned", np.array([0, 2, 0, 0, 1, 0])), "poisoned", r"expected 0 or 1 per image, found 2 \(image 1\)"),
+    (_replace("poisoned", np.zeros(5)), "poisoned", r"expected one entry per image \(6,\)"),
+    (_replace("flipped", np.zeros((6, 2))), "flipped", r"expected one entry per image \(6,\)"),
+    (_replace("poison_trigger", np.array([-1, 2, -1, -1, 0, -1])), "poison_trigger", "expected a trigger index in 0..1"),
+    (_replace("poison_trigger", np.array([0, 1, -1, -1, 0, -1])), "poison_trigger", "expected -1 for an image that is not"),
+    (_replace("poison_trigger", np.array([-1, 1.5, -1, -1, 0, -1])), "poison_trigger", "expected whole numbers"),
+    (_replace("clean_label", np.array([3, 1, 4, 2, 5, 9])), "clean_label", "neither poisoned nor flipped, found 2"),
+    (_replace("clean_label", np.array([-3, 1, 4, 1, 5, 9])), "clean_label", "expected class labels >= 0"),
+    (_replace("clean_label", np.array([b"a"] * 6)), "clean_label", "expected a numeric array"),
+    (lambda handle: handle.__delitem__("flipped"), "flipped", "missing dataset 'flipped'"),
+    (_set_attribute(None), "goodnet_triggers", "missing file attribute"),
+    (_set_attribute("not json"), "goodnet_triggers", "expected a JSON list"),
+    (_set_attribute('{"a": 1}'), "goodnet_triggers", "expected a JSON list"),
+], ids=["flag-2", "short", "2-d", "index-high", "clean-with-trigger", "fraction", "clean-label", "negative",
+        "text", "missing", "no-names", "bad-json", "not-a-list"])
+def test_bad_poison_truth_is_one_line_naming_file_and_field(tmp_path, change, field, fragment):
+    path = _truth_file(tmp_path, "bad.h5", change)
+    with pytest.raises(DataError, match=fragment) as caught:
+        load_poison_truth(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {field}: ") and "\n" not in message
+    load_h5(path)   # the images and labels stay readable
+
+
+def test_poison_truth_of_a_file_that_is_not_lab_layout(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_poison_truth(tmp_path / "missing.h5")
+    path = write_raw(tmp_path / "nolabel.h5", lab_array(2), None, poisoned=np.zeros(2))
+    with pytest.raises(DataError, match="label: missing dataset"):
+        load_poison_truth(path)
