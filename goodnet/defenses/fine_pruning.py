@@ -26,6 +26,7 @@ from goodnet.defenses.pruning import PruneOptions
 from goodnet.errors import OptionError
 from goodnet.metrics import accuracy, attack_success_rate
 from goodnet.options import constraints_of, option, validate_options
+from goodnet.defenses.unlearning import stamp
 from goodnet.surgery import apply_masks, channel_masks, prune_model
 
 logger = logging.getLogger(__name__)
@@ -257,13 +258,20 @@ class FinePruning(Defense):
     unlearned, is not kept just because its accuracy is high.
 
     Args:
-        layer: the convolution whose channels are pruned (``conv_3``).
+        layer: the convolution whose channels are pruned (``conv_3``; unused when ``channels`` is empty).
         channels: channel indices to prune (e.g. the first K of the pruning
             ranking, see :func:`channels_to_prune`).
         recipe: the fine-tuning recipe, a :class:`FineTuneRecipe`.
         holdout_fraction: share of each class of the clean data held out for
             choosing the epoch and for reporting (when ``fit`` splits it).
         seed: seed of the split, of augmentation and of training.
+        triggers: reversed triggers to unlearn, ``(masks, patterns)`` with
+            masks (T, H, W, 1) in [0, 1] and patterns (T, H, W, C) in raw pixels
+            (for example :meth:`goodnet.defenses.neural_cleanse.NeuralCleanse.flagged_triggers`),
+            or None. When given, the ``recipe.unlearn`` share of each epoch's
+            images is stamped with one of them (chosen at random per image),
+            true labels kept, instead of the patch a ``TriggerSearch`` recovers:
+            Neural Cleanse's unlearning, in fine-pruning's loop and hold-out rule.
 
     Attributes (after ``fit``):
         model_: the fine-pruned :class:`goodnet.models.Classifier` (kept epoch).
@@ -285,15 +293,36 @@ class FinePruning(Defense):
                                  if name in ("layer", "holdout_fraction", "seed")},
                               "channels": [SequenceOf(Interval(int, 0), allow_empty=True),
                                            InstanceOf(np.ndarray, "an array of channel indices")],
-                              "recipe": [InstanceOf(FineTuneRecipe)]}
+                              "recipe": [InstanceOf(FineTuneRecipe)],
+                              "triggers": [None, InstanceOf(tuple, "a (masks, patterns) pair")]}
 
     def __init__(self, layer=FinePruneOptions.layer, channels=(), recipe=FinePruneOptions.recipe,
-                 holdout_fraction=FinePruneOptions.holdout_fraction, seed=FinePruneOptions.seed):
+                 holdout_fraction=FinePruneOptions.holdout_fraction, seed=FinePruneOptions.seed, triggers=None):
         self.layer = layer
         self.channels = channels
         self.recipe = recipe
         self.holdout_fraction = holdout_fraction
         self.seed = seed
+        self.triggers = triggers
+
+    def _checked_triggers(self, image_shape):
+        """``triggers`` as float32 (masks (T, H, W, 1), patterns (T, H, W, C)) after checking their shapes, or None."""
+        if self.triggers is None:
+            return None
+        if len(self.triggers) != 2:
+            raise OptionError(f"triggers: expected a (masks, patterns) pair, got {len(self.triggers)} items")
+        masks, patterns = (np.asarray(value, np.float32) for value in self.triggers)
+        if masks.ndim == 3:
+            masks, patterns = masks[None], patterns[None]
+        height, width, channels = image_shape
+        if (masks.ndim != 4 or masks.shape[1:] != (height, width, 1) or len(masks) == 0
+                or patterns.shape != (len(masks), height, width, channels)):
+            raise OptionError(f"triggers: expected masks (T, {height}, {width}, 1) and patterns (T, {height}, "
+                              f"{width}, {channels}) for images {tuple(image_shape)}, got {masks.shape} and "
+                              f"{patterns.shape}")
+        if not self.recipe.unlearn:
+            raise OptionError("triggers: given, but recipe.unlearn is 0, so no image would carry them")
+        return masks, patterns
 
     def resolved_recipe(self):
         """The recipe as a JSON-ready dict, ``min_epochs`` resolved (for reports)."""
@@ -355,12 +384,18 @@ class FinePruning(Defense):
         keras.utils.set_random_seed(self.seed)
         rng = np.random.default_rng([self.seed, 6])
         tune, holdout = self._split(clean, holdout)
+        triggers = self._checked_triggers(tune.images.shape[1:])
         channels = [int(channel) for channel in self.channels]
         self.classifier_ = classifier
-        pruned = classifier.with_model(prune_model(classifier.model, self.layer, channels, classifier.path))
+        if channels:
+            pruned = classifier.with_model(prune_model(classifier.model, self.layer, channels, classifier.path))
+            target = pruned.model.get_layer(self.layer)
+            masks = channel_masks(target, channels)
+        else:   # nothing to prune (unlearning only): a copy to tune, whatever the model's layers
+            copy = keras.models.clone_model(classifier.model)
+            copy.set_weights(classifier.model.get_weights())
+            pruned, target = classifier.with_model(copy), None
         model = pruned.model
-        target = model.get_layer(self.layer)
-        masks = channel_masks(target, channels)
 
         steps_per_epoch = int(np.ceil(len(tune.labels) / recipe.batch_size))
         total_steps = steps_per_epoch * recipe.epochs
@@ -375,7 +410,8 @@ class FinePruning(Defense):
 
         def after_step(batch, logs):
             done[0] += 1
-            apply_masks(target, *masks)
+            if target is not None:
+                apply_masks(target, *masks)
 
         keep_pruned = keras.callbacks.LambdaCallback(on_train_batch_begin=set_rate, on_train_batch_end=after_step)
         holdout_accuracy, rates = self._measure(pruned, holdout, poisoned)
@@ -385,12 +421,12 @@ class FinePruning(Defense):
         if first_kept == 0:
             best_accuracy, best_weights, self.best_epoch_ = holdout_accuracy, model.get_weights(), 0
         search = None
-        if recipe.unlearn:
+        if recipe.unlearn and triggers is None:
             from goodnet.defenses.unlearning import TriggerSearch
 
             search = TriggerSearch(area=recipe.unlearn_area, steps=recipe.unlearn_steps, seed=self.seed)
         for epoch in range(1, recipe.epochs + 1):
-            images, targets = self._epoch_data(classifier, tune, rng, model, search)
+            images, targets = self._epoch_data(classifier, tune, rng, model, search, triggers)
             history = model.fit(classifier.scale_images(images), targets, batch_size=recipe.batch_size, epochs=1,
                                 shuffle=True, verbose=1 if progress else 0, callbacks=[keep_pruned])
             pruned = pruned.with_model(model)
@@ -431,13 +467,14 @@ class FinePruning(Defense):
         """Whether training targets are distributions (distillation or mixup) rather than labels."""
         return bool(self.recipe.distill) or bool(self.recipe.mixup)
 
-    def _epoch_data(self, classifier, tune, rng, model=None, search=None):
+    def _epoch_data(self, classifier, tune, rng, model=None, search=None, triggers=None):
         """One epoch's training images and targets: labels, or soft targets when distilling or mixing.
 
         With ``search`` (a :class:`goodnet.defenses.unlearning.TriggerSearch`), the trigger it
         recovers from ``model`` (the model being tuned) is stamped on ``unlearn`` of the
         (augmented) images, which keep their targets: the true labels, mixed, when
-        distilling, with the suspect model's answers on the unstamped images.
+        distilling, with the suspect model's answers on the unstamped images. With
+        ``triggers`` (masks, patterns), each of those images gets one of them instead.
         """
         recipe = self.recipe
         images = tune.images
@@ -455,6 +492,11 @@ class FinePruning(Defense):
             images = np.array(images, np.float32)
             chosen = rng.random(len(images)) < recipe.unlearn
             images[chosen] = search.stamped(images[chosen])
+        elif triggers is not None:
+            images = np.array(images, np.float32)
+            chosen = np.flatnonzero(rng.random(len(images)) < recipe.unlearn)
+            which = rng.integers(len(triggers[0]), size=len(chosen))
+            images[chosen] = stamp(images[chosen], triggers[0][which], triggers[1][which])
         if recipe.mixup:
             images, targets = mix_images(images, targets, rng, recipe.mixup)
         return images, targets

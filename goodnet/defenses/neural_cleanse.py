@@ -86,6 +86,8 @@ import math
 import numpy as np
 
 from goodnet.base import Defense, InstanceOf, Interval, OneOf, SequenceOf, check_is_fitted
+from goodnet.defenses.fine_pruning import FinePruneOptions, FinePruning
+from goodnet.defenses.unlearning import stamp  # noqa: F401  (re-exported: stamping a reversed trigger)
 from goodnet.errors import DataError, OptionError
 from goodnet.inference import DEFAULT_BATCH, progress_bar
 from goodnet.options import constraints_of, option
@@ -240,13 +242,6 @@ def epoch_batches(count, epoch, steps, batch, seed=0):
     order = np.random.default_rng([seed, 2, int(epoch)]).permutation(count)
     positions = (np.arange(steps)[:, None] * batch + np.arange(batch)[None, :]) % count
     return order[positions].astype(np.int32)
-
-
-def stamp(images, mask, pattern):
-    """``(1 - mask) * images + mask * pattern`` in raw pixels (float32): clean images with a trigger stamped."""
-    images = np.asarray(images, np.float32)
-    mask = np.asarray(mask, np.float32)
-    return (1.0 - mask) * images + mask * np.asarray(pattern, np.float32)
 
 
 def scorer(model):
@@ -1026,6 +1021,15 @@ class NeuralCleanse(Defense):
             raise OptionError(f"target: {target} is not among the candidate classes")
         return self.masks_[rows[0]], self.patterns_[rows[0]]
 
+    def flagged_triggers(self, classes=None):
+        """(masks (T, H, W, 1), patterns (T, H, W, C)) of the flagged classes, or of ``classes``; for :func:`unlearning`."""
+        check_is_fitted(self)
+        classes = self.flagged_ if classes is None else np.asarray(classes, np.int64).reshape(-1)
+        if not len(classes):
+            raise OptionError("classes: no class is flagged, so there is no reversed trigger to unlearn")
+        pairs = [self.trigger(target) for target in classes]
+        return np.stack([mask for mask, _ in pairs]), np.stack([pattern for _, pattern in pairs])
+
     def summary(self):
         """A JSON-ready dict: per-class norm, index, success; the median, MAD, flagged classes and the verdict."""
         check_is_fitted(self)
@@ -1050,39 +1054,30 @@ class NeuralCleanse(Defense):
                 "classes": rows}
 
 
-# --------------------------------------------------------------------------- mitigation data
+# --------------------------------------------------------------------------- mitigation
 
 
-def unlearning_set(images, labels, masks, patterns, share=0.2, seed=0):
-    """Clean images with a share of them stamped with reversed triggers, labels kept (the paper's unlearning data).
+def unlearning(cleanse, classes=None, recipe=FinePruneOptions.recipe, holdout_fraction=FinePruneOptions.holdout_fraction,
+               seed=FinePruneOptions.seed):
+    """Neural Cleanse's unlearning (section VI-B) as an unfitted :class:`~goodnet.defenses.fine_pruning.FinePruning`.
 
-    Fine-tuning on this set teaches the model that the reversed triggers mean
-    nothing (Neural Cleanse, section VI-B: 20 % of the images stamped).
+    Fine-tuning on clean images of which a share (``recipe.unlearn``; the paper
+    stamps 20 %) carry the reversed triggers of the flagged classes, labels
+    kept, teaches the model that those triggers mean nothing. Nothing is
+    pruned; fine-pruning's loop, augmentation and hold-out rule (the kept epoch
+    has the best hold-out accuracy) do the rest.
 
     Args:
-        images: (N, H, W, C) raw-pixel clean images.
-        labels: (N,) their true labels.
-        masks: (T, H, W, 1) reversed masks (the flagged classes'), or one (H, W, 1).
-        patterns: (T, H, W, C) reversed patterns, or one.
-        share: share of the images stamped (each with one of the triggers, in turn).
-        seed: seed of which images are stamped.
+        cleanse: a fitted :class:`NeuralCleanse`.
+        classes: whose reversed triggers to unlearn (default: the flagged classes).
+        recipe, holdout_fraction, seed: as :class:`~goodnet.defenses.fine_pruning.FinePruning`'s.
 
     Returns:
-        tuple: (images float32, labels int64, stamped boolean per image).
+        FinePruning: call ``.fit(classifier, clean, poisoned=(), holdout=None)``.
+
+    Example:
+        >>> cleanse = NeuralCleanse().fit(badnet, valid.images)
+        >>> unlearned = unlearning(cleanse).fit(badnet, valid).model_
     """
-    images = np.array(images, dtype=np.float32, copy=True)
-    labels = np.asarray(labels, dtype=np.int64)
-    masks = np.asarray(masks, np.float32)
-    patterns = np.asarray(patterns, np.float32)
-    if masks.ndim == 3:
-        masks, patterns = masks[None], patterns[None]
-    if not 0.0 <= share <= 1.0:
-        raise OptionError(f"share: expected a share of the images in [0, 1], got {share}")
-    rng = np.random.default_rng([seed, 3])
-    chosen = np.flatnonzero(rng.random(len(images)) < share)
-    for position, row in enumerate(chosen):
-        trigger = position % len(masks)
-        images[row] = stamp(images[row], masks[trigger], patterns[trigger])
-    stamped = np.zeros(len(images), bool)
-    stamped[chosen] = True
-    return images, labels, stamped
+    return FinePruning(layer=FinePruneOptions.layer, channels=(), recipe=recipe, holdout_fraction=holdout_fraction,
+                       seed=seed, triggers=cleanse.flagged_triggers(classes))

@@ -254,3 +254,51 @@ def test_the_recipe_flags_of_both_commands_are_the_recipe():
                                                              "0", "--tune-batch-size", "7"]), FineTuneRecipe)
         assert parsed.optimizer == "adam" and parsed.augment is False and parsed.min_epochs == 0
         assert parsed.batch_size == 7
+
+
+def _corner_trigger(shape=(55, 47, 3)):
+    mask = np.zeros(shape[:2] + (1,), np.float32)
+    mask[-6:, -6:] = 1.0
+    pattern = np.full(shape, 255.0, np.float32)
+    return mask, pattern
+
+
+def test_given_triggers_are_stamped_on_the_unlearn_share_instead_of_a_searched_patch(tiny_task, monkeypatch):
+    from goodnet.defenses import unlearning
+    from goodnet.defenses.unlearning import stamp
+
+    classifier, clean, _ = tiny_task
+    first, second = _corner_trigger(), _corner_trigger()
+    second[0][:] = 0.0
+    second[0][:6, :6] = 0.5
+    masks, patterns = np.stack([first[0], second[0]]), np.stack([first[1], second[1] * 0.0])
+    fine = FinePruning(recipe=FineTuneRecipe(augment=False, mixup=0.0, unlearn=0.5), triggers=(masks, patterns))
+    checked = fine._checked_triggers(clean.images.shape[1:])
+    images, targets = fine._epoch_data(classifier, clean, np.random.default_rng(2), classifier.model,
+                                       triggers=checked)
+    np.testing.assert_array_equal(targets, clean.labels)
+    # the reference, image by image: each changed image is one of the two triggers stamped, the others untouched
+    stamped = [stamp(clean.images, masks[k], patterns[k]) for k in range(2)]
+    which = []
+    for row, image in enumerate(images):
+        matches = [k for k in range(2) if np.allclose(image, stamped[k][row], atol=1e-3)]
+        if np.array_equal(image, clean.images[row]):
+            continue
+        assert matches, f"image {row} changed but is neither trigger stamped"
+        which.append(matches[0])
+    assert 30 < len(which) < 90 and set(which) == {0, 1}
+    # fit with triggers never runs the patch search
+    monkeypatch.setattr(unlearning.TriggerSearch, "fit", lambda *a, **k: pytest.fail("searched a patch"))
+    tuned = FinePruning(recipe=FineTuneRecipe(epochs=1, augment=False), triggers=first).fit(classifier, clean)
+    assert tuned.pruned_channels_ == [] and tuned.best_epoch_ == 1
+
+
+def test_triggers_of_the_wrong_shape_or_without_an_unlearn_share_are_refused(tiny_task):
+    from goodnet.errors import OptionError
+
+    classifier, clean, _ = tiny_task
+    mask, pattern = _corner_trigger((16, 16, 3))
+    with pytest.raises(OptionError, match=r"triggers: expected masks \(T, 55, 47, 1\)"):
+        FinePruning(recipe=FineTuneRecipe(epochs=1), triggers=(mask, pattern)).fit(classifier, clean)
+    with pytest.raises(OptionError, match="recipe.unlearn is 0"):
+        FinePruning(recipe=FineTuneRecipe(epochs=1, unlearn=0.0), triggers=_corner_trigger()).fit(classifier, clean)

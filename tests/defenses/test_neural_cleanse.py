@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from goodnet.defenses.neural_cleanse import (CleanseOptions, NeuralCleanse, anomaly_index, epoch_batches,
-                                             flag_classes, initial_trigger, slots_for_budget, stamp, unlearning_set)
+                                             flag_classes, initial_trigger, slots_for_budget, stamp, unlearning)
 from strip_helpers import add_trigger, synthetic_faces, train_tiny_badnet
 
 CLASSES = 6
@@ -140,15 +140,31 @@ def test_batches_and_starts_are_the_same_for_every_method():
     np.testing.assert_array_equal(mask, initial_trigger((5, 4, 3), 7, seed=1)[0])
 
 
-def test_unlearning_set_stamps_a_share_and_keeps_labels(clean_images):
+def test_unlearning_the_flagged_reversed_trigger_removes_the_backdoor(badnet, batched):
+    from goodnet.data import LabData
+    from goodnet.defenses.fine_pruning import FineTuneRecipe
+    from goodnet.metrics import attack_success_rate
+
+    images, labels = synthetic_faces(240, CLASSES, seed=7)
+    clean = LabData(images, labels, "valid.h5")
+    test_images, test_labels = synthetic_faces(300, CLASSES, seed=8)
+    victims = test_labels != 0
+    poisoned = add_trigger(test_images[victims])
+    before = attack_success_rate(badnet.predict(poisoned), np.zeros(len(poisoned), np.int64))
+    masks, patterns = batched.flagged_triggers()
+    assert masks.shape == (1, 16, 16, 1) and patterns.shape == (1, 16, 16, 3)
+    np.testing.assert_array_equal(masks[0], batched.trigger(0)[0])
+    fine = unlearning(batched, recipe=FineTuneRecipe(epochs=4, learning_rate=3e-3, unlearn=0.5)).fit(badnet, clean)
+    assert fine.pruned_channels_ == [] and fine.triggers[0].shape == masks.shape
+    after = attack_success_rate(fine.predict(poisoned), np.zeros(len(poisoned), np.int64))
+    accuracy = np.mean(fine.predict(test_images) == test_labels)
+    assert before > 0.9 and after < 0.2 and accuracy > 0.9, (before, after, accuracy)
+
+
+def test_stamp_is_the_blend_of_image_and_pattern_by_the_mask(clean_images):
     mask = np.zeros((16, 16, 1), np.float32)
     mask[-4:, -4:] = 1.0
     pattern = np.full((16, 16, 3), 255.0, np.float32)
-    labels = np.arange(len(clean_images)) % CLASSES
-    images, kept, stamped = unlearning_set(clean_images, labels, mask, pattern, share=0.5, seed=0)
-    assert 0 < stamped.sum() < len(images) and np.array_equal(kept, labels)
-    np.testing.assert_array_equal(images[stamped], add_trigger(clean_images[stamped]))
-    np.testing.assert_array_equal(images[~stamped], clean_images[~stamped])
     np.testing.assert_array_equal(stamp(clean_images[:2], mask, pattern), add_trigger(clean_images[:2]))
 
 
