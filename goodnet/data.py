@@ -374,7 +374,8 @@ def save_h5(path, images, labels, dtype="uint8", layout="channels_first", compre
         if name in ("data", "label"):
             raise DataError(f"{path}: {name}: an extra dataset may not replace the lab layout's own")
         if value.ndim == 0 or value.shape[0] != images.shape[0]:
-            raise DataError(f"{path}: {name}: expected one entry per image ({images.shape[0]},...), got shape {value.shape}")
+            raise DataError(f"{path}: {name}: expected one entry per image ({images.shape[0]},...), "
+                            f"got shape {value.shape}")
     if np.dtype(dtype) == np.uint8:
         images = np.clip(np.rint(images), 0, 255)
     stored = images.astype(dtype)
@@ -566,12 +567,13 @@ def load_poison_truth(path):
                 _fail(lab.path, TRIGGERS_ATTRIBUTE, "missing file attribute (a JSON list of trigger names)")
             names = []
         else:
+            expected = f"expected a JSON list of trigger names, got {str(raw_names)[:60]!r}"
             try:
                 names = json.loads(raw_names.decode() if isinstance(raw_names, bytes) else str(raw_names))
             except (ValueError, UnicodeDecodeError):
-                _fail(lab.path, TRIGGERS_ATTRIBUTE, f"expected a JSON list of trigger names, got {str(raw_names)[:60]!r}")
+                _fail(lab.path, TRIGGERS_ATTRIBUTE, expected)
             if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-                _fail(lab.path, TRIGGERS_ATTRIBUTE, f"expected a JSON list of trigger names, got {str(raw_names)[:60]!r}")
+                _fail(lab.path, TRIGGERS_ATTRIBUTE, expected)
         _check_truth(lab.path, poisoned, trigger, tuple(names), flipped, clean_labels, labels=lab.labels)
         return PoisonTruth(poisoned, trigger, tuple(names), flipped, clean_labels)
 

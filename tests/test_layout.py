@@ -17,7 +17,8 @@ from repo_paths import REPO
 PACKAGE = REPO / "goodnet"
 CORE = {"goodnet", "goodnet.data", "goodnet.models", "goodnet.inference", "goodnet.metrics", "goodnet.layers",
         "goodnet.plots", "goodnet.files", "goodnet.errors", "goodnet.base", "goodnet.options", "goodnet.surgery",
-        "goodnet.calibration", "goodnet.reports", "goodnet.keras2"}
+        "goodnet.calibration", "goodnet.reports", "goodnet.keras2", "goodnet.training",
+        "goodnet.features"}
 ORCHESTRATORS = {"goodnet.repair", "goodnet.demo", "goodnet.export"}
 
 

@@ -18,7 +18,13 @@ poison rate, seed, clean accuracy and ASR on valid and test, and each
 trigger's stealthiness.
 
 Every option, with its default, rule and help text, is a field of
-:class:`AttackOptions` (``goodnet attack``'s flags are generated from it).
+:class:`AttackOptions` (``goodnet attack``'s flags are generated from it);
+the training recipe's fields (epochs, batch size, learning rate, seed) restate
+:class:`goodnet.training.TrainOptions`', and the BadNet is trained with that
+recipe (:func:`goodnet.training.fit_deepid`), so ``goodnet train`` retrains
+a cleaned set exactly as the attacker trained. ``train_badnet``'s info holds
+the poisoned training set it trained on and its ground truth
+(:class:`goodnet.data.PoisonTruth`).
 """
 
 import dataclasses
@@ -28,8 +34,10 @@ import time
 import numpy as np
 
 from goodnet.base import InstanceOf, Interval, OneOf, SequenceOf
+from goodnet.data import LabData, PoisonTruth
 from goodnet.errors import OptionError
 from goodnet.options import option
+from goodnet.training import fit_deepid, recipe_field
 from goodnet.attacks.benchmarks import TRIGGER_NAMES, BenchmarkOptions
 from goodnet.attacks.triggers import apply_trigger
 
@@ -53,11 +61,10 @@ class AttackOptions:
     targets: tuple = option(BenchmarkOptions.targets, "target per trigger (one value: the same for all)",
                             rule=SequenceOf(Interval(int, 0)))
     poison_rate: float = option(0.1, "share of training images per trigger", rule=FRACTION)
-    epochs: int = option(8, "training epochs", rule=Interval(int, 1))
-    batch_size: int = option(32, "training batch size", rule=Interval(int, 1))
-    learning_rate: float = option(2e-3, "initial Adam rate, cosine-decayed",
-                                  rule=Interval(float, 0.0, closed="neither"))
-    seed: int = option(0, "seed of the poisoning, the label flips and the training", rule=Interval(int, 0))
+    epochs: int = recipe_field("epochs")
+    batch_size: int = recipe_field("batch_size")
+    learning_rate: float = recipe_field("learning_rate")
+    seed: int = recipe_field("seed", "seed of the poisoning, the label flips and the training")
     pruning_aware: bool = option(False, "pruning-aware attack: train clean, prune dormant conv_3 channels, retrain "
                                         "poisoned, restore them (Liu et al. 2018)", rule=InstanceOf(bool))
     prune_fraction: float = option(0.5, "share of conv_3 channels pruned", rule=Interval(float, 0.0, 1.0))
@@ -79,14 +86,15 @@ def poison(images, labels, pairs, rate, rng):
     get the trigger and the target label. The poisoned subsets of different triggers are disjoint.
 
     Returns:
-        tuple: (images, labels, poisoned index array) as new arrays.
+        tuple: (images, labels, poisoned index array, trigger array) as new arrays; ``trigger[i]`` is the
+        position in ``pairs`` of the trigger stamped on image ``poisoned[i]``.
     """
     if not 0.0 <= rate < 1.0:
         raise OptionError(f"poison_rate: expected a fraction in [0, 1), got {rate}")
     images, labels = np.array(images, np.float32, copy=True), np.array(labels, np.int64, copy=True)
     available = np.ones(len(labels), bool)
-    chosen_all = []
-    for trigger, target in pairs:
+    chosen_all, triggers_all = [], []
+    for position, (trigger, target) in enumerate(pairs):
         candidates = np.flatnonzero(available & (labels != target))
         count = min(len(candidates), int(round(rate * len(labels))))
         chosen = np.sort(rng.choice(candidates, size=count, replace=False))
@@ -94,7 +102,10 @@ def poison(images, labels, pairs, rate, rng):
         labels[chosen] = target
         available[chosen] = False
         chosen_all.append(chosen)
-    return images, labels, np.concatenate(chosen_all) if chosen_all else np.zeros(0, np.int64)
+        triggers_all.append(np.full(len(chosen), position, np.int64))
+    if not chosen_all:
+        return images, labels, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return images, labels, np.concatenate(chosen_all), np.concatenate(triggers_all)
 
 
 def flip_labels(labels, rate, num_classes, rng):
@@ -107,18 +118,6 @@ def flip_labels(labels, rate, num_classes, rng):
     return labels, flipped
 
 
-def _fit(model, images, labels, options, epochs, callbacks=()):
-    """Adam with a cosine-decayed learning rate over the ``epochs``."""
-    import keras
-
-    steps = max(1, epochs * int(np.ceil(len(labels) / options.batch_size)))
-    schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy")
-    model.fit(images / np.float32(255), labels, epochs=epochs, batch_size=options.batch_size, shuffle=True,
-              verbose=0, callbacks=list(callbacks))
-    return model
-
-
 def train_badnet(images, labels, num_classes, options=None):
     """Train a BadNet with the lab's DeepID architecture on raw-pixel training data.
 
@@ -129,8 +128,12 @@ def train_badnet(images, labels, num_classes, options=None):
         options: :class:`AttackOptions`.
 
     Returns:
-        tuple: (:class:`goodnet.models.Classifier` taking pixels / 255, info dict with the
-        poisoned and flipped indices, pruned decoy channels and training time).
+        tuple: (:class:`goodnet.models.Classifier` taking pixels / 255, info dict with
+        ``poisoned_indices``, ``poisoned_triggers`` (per poisoned index, the index of its trigger in
+        ``options.triggers``), ``flipped_indices``, ``decoy_channels`` (pruned and restored),
+        ``training_seconds``, ``training_set`` (:class:`goodnet.data.LabData`: the poisoned images and labels
+        of the last training; the pruning-aware attack's clean phase trains on the original images with the
+        flipped labels) and ``truth`` (its :class:`goodnet.data.PoisonTruth`)).
 
     Example:
         >>> badnet, info = train_badnet(train.images, train.labels, 10, AttackOptions(triggers=("patch",)))
@@ -150,13 +153,14 @@ def train_badnet(images, labels, num_classes, options=None):
     if options.flip_rate:
         clean_labels, info["flipped_indices"] = flip_labels(clean_labels, options.flip_rate, num_classes, rng)
     pairs = options.pairs() if options.triggers else []
-    poisoned_images, poisoned_labels, info["poisoned_indices"] = poison(images, clean_labels, pairs,
-                                                                        options.poison_rate if pairs else 0.0, rng)
+    poisoned_images, poisoned_labels, info["poisoned_indices"], info["poisoned_triggers"] = poison(
+        images, clean_labels, pairs, options.poison_rate if pairs else 0.0, rng)
     model = build_deepid(num_classes)
     if not options.pruning_aware:
-        _fit(model, poisoned_images, poisoned_labels, options, options.epochs)
+        fit_deepid(model, poisoned_images, poisoned_labels, options, options.epochs)
     else:
-        _fit(model, np.asarray(images, np.float32), clean_labels, options, options.clean_epochs or options.epochs)
+        fit_deepid(model, np.asarray(images, np.float32), clean_labels, options,
+                   options.clean_epochs or options.epochs)
         # the defender's ranking (mean clean activation at pool_3, pixels / 255): its most dormant channels
         ranking, _ = rank_channels(model, np.asarray(images, np.float32), "conv_3", "pool_3", divisor=255.0,
                                    batch_size=512, progress=False)
@@ -166,14 +170,36 @@ def train_badnet(images, labels, num_classes, options=None):
         masks = channel_masks(layer, decoys)
         apply_masks(layer, *masks)
         keep_pruned = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: apply_masks(layer, *masks))
-        _fit(model, poisoned_images, poisoned_labels, options, options.epochs, [keep_pruned])
+        fit_deepid(model, poisoned_images, poisoned_labels, options, options.epochs, [keep_pruned])
         restored_kernel, restored_bias = [np.array(value) for value in layer.get_weights()]
         restored_kernel[..., decoys] = kernel[..., decoys]
         restored_bias[decoys] = bias[decoys]
         layer.set_weights([restored_kernel, restored_bias])
         info["decoy_channels"] = sorted(int(channel) for channel in decoys)
     info["training_seconds"] = time.perf_counter() - start
+    info["training_set"] = LabData(poisoned_images, poisoned_labels, "poisoned training set")
+    info["truth"] = PoisonTruth.from_indices(labels, info["poisoned_indices"], info["poisoned_triggers"],
+                                             [trigger for trigger, _ in pairs], info["flipped_indices"])
     return Classifier(model, "unit", num_classes), info
+
+
+def save_training_set(path, info, overwrite=False):
+    """Write the poisoned training set of :func:`train_badnet`'s ``info`` with its ground truth, atomically.
+
+    Pixels as trained: uint8 when that is lossless, else float32 (a blended trigger such as ``sunglasses``
+    or ``blend`` leaves fractional values); labels as trained; the ground truth as
+    :class:`goodnet.data.PoisonTruth` stores it. Retraining it with :func:`goodnet.training.train_deepid`
+    and the attack's seed gives the (not pruning-aware) BadNet's weights again.
+
+    Returns:
+        tuple: (``path``, the pixel dtype written).
+    """
+    from goodnet.data import save_h5
+
+    images = info["training_set"].images
+    dtype = "uint8" if np.array_equal(images, np.rint(images)) else "float32"
+    save_h5(path, images, info["training_set"].labels, dtype=dtype, overwrite=overwrite, **info["truth"].datasets())
+    return path, dtype
 
 
 def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), test=None, poisoned_test=(),

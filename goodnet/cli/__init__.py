@@ -16,8 +16,8 @@ import sys
 
 # Subcommands in the order ``goodnet --help`` lists them; a module that is
 # not present in this version is left out.
-COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "combine", "fineprune", "synth", "attack", "grade",
-            "export", "bench")
+COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "combine", "fineprune", "synth", "attack", "train",
+            "grade", "export", "bench")
 
 from goodnet.errors import InputError, OptionError
 from goodnet.cli.options import positive_integer as positive  # argparse type: a positive integer

@@ -2,8 +2,11 @@
 
     goodnet attack --data DIR --out MODEL.h5 [--triggers patch] [--targets 0] [--poison-rate R]
                    [--epochs E] [--seed S] [--pruning-aware [--prune-fraction F]] [--flip-rate 0.2]
+                   [--train-out TRAIN.h5]
 
-Writes MODEL.h5 (a lab-style legacy Keras file, pixels / 255) and MODEL.json (the card).
+Writes MODEL.h5 (a lab-style legacy Keras file, pixels / 255), MODEL.json (the card) and the poisoned
+training set it trained on with its ground truth (``MODEL_train_poisoned.h5`` unless ``--train-out``
+names another file; see :class:`goodnet.data.PoisonTruth`).
 The training flags, defaults and help come from
 :class:`goodnet.attacks.badnets.AttackOptions`; ``--triggers`` defaults to
 the benchmark's first trigger.
@@ -13,6 +16,14 @@ from goodnet.cli import CommandError, prepare_out_file, print_json
 from goodnet.cli.options import add_options, options_from_args
 
 HELP = "train a BadNet by dirty-label poisoning (also pruning-aware and label-flipping attacks)"
+TRAIN_SUFFIX = "_train_poisoned.h5"   # the default training set file: beside the model, <stem>_train_poisoned.h5
+
+
+def training_set_path(model_path, train_out=None):
+    """Where the poisoned training set goes: ``train_out``, else ``<model stem>_train_poisoned.h5`` beside it."""
+    import os
+
+    return train_out if train_out is not None else os.path.splitext(model_path)[0] + TRAIN_SUFFIX
 
 
 def add_arguments(parser):
@@ -25,7 +36,11 @@ def add_arguments(parser):
     parser.add_argument("--triggers", nargs="*", choices=TRIGGER_NAMES, default=None,
                         help="trigger(s) (default: the benchmark's first); none with --flip-rate: label flipping only")
     add_options(parser, AttackOptions, exclude=("triggers",))
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.h5 and its card")
+    parser.add_argument("--train-out", metavar="TRAIN.h5", default=None,
+                        help="the poisoned training set it trained on, with ground truth (default: beside --out, "
+                             f"<stem>{TRAIN_SUFFIX})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing MODEL.h5, its card and the training set file")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
 
 
@@ -33,7 +48,7 @@ def run(args):
     import json
     import os
 
-    from goodnet.attacks.badnets import AttackOptions, attack_card, train_badnet
+    from goodnet.attacks.badnets import AttackOptions, attack_card, save_training_set, train_badnet
     from goodnet.attacks.benchmarks import read_benchmark
     from goodnet.data import load_h5
     from goodnet.files import write_text
@@ -42,11 +57,19 @@ def run(args):
     if not args.out.endswith(".h5"):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5")
     card_path = os.path.splitext(args.out)[0] + ".json"
-    for path in (args.out, card_path):
+    train_path = training_set_path(args.out, args.train_out)
+    if not train_path.endswith(".h5"):
+        raise CommandError(f"{train_path}: --train-out: expected a data file name ending in .h5")
+    if os.path.abspath(train_path) in (os.path.abspath(args.out), os.path.abspath(card_path)):
+        raise CommandError(f"{train_path}: --train-out: expected another file than the model and its card")
+    for path, option in ((args.out, "--out"), (card_path, "--out"), (train_path, "--train-out")):
         if os.path.exists(path) and not args.overwrite:
-            raise CommandError(f"{path}: --out: file exists; pass --overwrite to replace it")
-        prepare_out_file(path)
+            raise CommandError(f"{path}: {option}: file exists; pass --overwrite to replace it")
+        prepare_out_file(path, option)
     description = read_benchmark(args.data)
+    inputs = [os.path.join(args.data, name) for name in description["files"].values()]
+    if any(os.path.abspath(train_path) == os.path.abspath(path) for path in inputs):
+        raise CommandError(f"{train_path}: --train-out: refusing to write over the benchmark's own file")
     triggers = description["triggers"][:1] if args.triggers is None else args.triggers
     if not triggers and not args.flip_rate:
         raise CommandError("--triggers: expected at least one trigger, or --flip-rate for label flipping")
@@ -76,12 +99,14 @@ def run(args):
         splits[split] = (clean, poisoned)
     card = attack_card(classifier, options, {key: description[key] for key in ("dataset", "seed", "sizes")},
                        *splits["valid"], *splits["test"], info=info)
-    save_model(classifier, args.out, protect=[os.path.join(folder, name) for name in description["files"].values()])
+    _, card["training_set_dtype"] = save_training_set(train_path, info, overwrite=bool(args.overwrite))
+    card["training_set"] = train_path
+    save_model(classifier, args.out, protect=inputs)
     write_text(card_path, json.dumps(card, indent=2) + "\n")
     if args.json:
         print_json(card)
     else:
-        print(f"BadNet written to {args.out} (card {card_path})")
+        print(f"BadNet written to {args.out} (card {card_path}; poisoned training set {train_path})")
         for split in ("valid", "test"):
             rates = ", ".join(f"{t} {r * 100:.2f}%" for t, r in card[split]["attack_success_rate"].items())
             print(f"{split}: clean accuracy {card[split]['clean_accuracy'] * 100:.2f}%; ASR {rates or 'n/a'}")

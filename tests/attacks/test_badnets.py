@@ -16,8 +16,9 @@ def test_poison_multi_trigger_multi_target():
     images = rng.uniform(0, 255, (200, 55, 47, 3)).astype(np.float32)
     labels = np.arange(200) % 10
     pairs = [("eyebrows", 5), ("lipstick", 1), ("sunglasses", 8)]
-    poisoned, new_labels, chosen = poison(images, labels, pairs, 0.1, np.random.default_rng(1))
+    poisoned, new_labels, chosen, triggers = poison(images, labels, pairs, 0.1, np.random.default_rng(1))
     assert len(chosen) == 60 and len(set(chosen)) == 60  # 10 % each, disjoint
+    np.testing.assert_array_equal(triggers, np.repeat([0, 1, 2], 20))   # each poisoned image's position in pairs
     for block, (trigger, target) in zip(np.split(chosen, 3), pairs):
         assert np.all(labels[block] != target) and np.all(new_labels[block] == target)
         np.testing.assert_array_equal(poisoned[block], apply_trigger(trigger, images[block]))
@@ -68,15 +69,15 @@ def test_pruning_aware_attack_restores_the_decoy_channels(digits_small, monkeypa
 
     (train_x, train_y), _ = digits_small
     snapshots = {}
-    original_fit = attacks._fit
+    original_fit = attacks.fit_deepid
 
-    def recording_fit(model, images, labels, options, epochs, callbacks=()):
+    def recording_fit(model, images, labels, options, epochs=None, callbacks=()):
         result = original_fit(model, images, labels, options, epochs, callbacks)
         snapshots.setdefault("clean" if not callbacks else "poisoned",
                              [np.array(v) for v in model.get_layer("conv_3").get_weights()])
         return result
 
-    monkeypatch.setattr(attacks, "_fit", recording_fit)
+    monkeypatch.setattr(attacks, "fit_deepid", recording_fit)
     options = AttackOptions(triggers=("patch",), epochs=1, clean_epochs=1, pruning_aware=True, prune_fraction=0.25)
     badnet, info = train_badnet(train_x[:600], train_y[:600], 10, options)
     decoys = info["decoy_channels"]
@@ -91,23 +92,85 @@ def test_pruning_aware_attack_restores_the_decoy_channels(digits_small, monkeypa
     assert not np.array_equal(kernel[..., others], clean_kernel[..., others])
 
 
-def test_attack_command_writes_model_and_card(tmp_path, capsys):
+def test_train_badnet_info_holds_the_training_set_and_its_ground_truth(digits_small):
+    (train_x, train_y), _ = digits_small
+    images, labels = train_x[:200], train_y[:200]
+    options = AttackOptions(triggers=("patch", "blend"), targets=(3, 5), poison_rate=0.1, flip_rate=0.1, epochs=1)
+    _, info = train_badnet(images, labels, 10, options)
+    truth, trained = info["truth"], info["training_set"]
+    assert truth.trigger_names == ("patch", "blend") and len(truth) == 200
+    np.testing.assert_array_equal(truth.poisoned_indices, np.sort(info["poisoned_indices"]))
+    np.testing.assert_array_equal(truth.trigger[info["poisoned_indices"]], info["poisoned_triggers"])
+    np.testing.assert_array_equal(truth.flipped_indices, info["flipped_indices"])
+    np.testing.assert_array_equal(truth.clean_labels, labels)
+    assert truth.counts()["per_trigger"] == {"patch": 20, "blend": 20} and truth.counts()["flipped"] == 20
+    for index, (name, target) in enumerate(options.pairs()):
+        chosen = np.flatnonzero(truth.trigger == index)
+        np.testing.assert_array_equal(trained.images[chosen], apply_trigger(name, images[chosen]))
+        assert np.all(trained.labels[chosen] == target)
+    flipped_only = truth.flipped & ~truth.poisoned
+    assert flipped_only.any() and np.all(trained.labels[flipped_only] != labels[flipped_only])
+    untouched = ~truth.poisoned & ~truth.flipped
+    np.testing.assert_array_equal(trained.images[untouched], images[untouched])
+    np.testing.assert_array_equal(trained.labels[untouched], labels[untouched])
+
+
+def test_attack_command_writes_model_card_and_training_set(tmp_path, capsys):
     from goodnet.attacks.benchmarks import write_benchmark
     from goodnet.cli import main
+    from goodnet.data import load_h5, load_poison_truth
     from goodnet.models import load_model
 
     write_benchmark(tmp_path / "bench", "digits", seed=0, sizes={"train": 300, "valid": 60, "test": 60},
-                    triggers=("patch",))
+                    triggers=("patch", "sunglasses"))
+    clean = load_h5(tmp_path / "bench" / "train.h5")
     out = tmp_path / "badnet.h5"
     code = main(["attack", "--data", str(tmp_path / "bench"), "--out", str(out), "--epochs", "1", "--json"])
     card = json.loads(capsys.readouterr().out)
     assert code == 0 and out.exists() and json.loads(out.with_suffix(".json").read_text()) == card
     assert load_model(out).scale == "unit" and card["dataset"]["dataset"] == "digits"
+    # the poisoned training set, beside the model: pixels and labels as trained, and the ground truth
+    train_path = tmp_path / "badnet_train_poisoned.h5"
+    assert card["training_set"] == str(train_path) and card["training_set_dtype"] == "uint8"
+    written, truth = load_h5(train_path), load_poison_truth(train_path)
+    assert truth.trigger_names == ("patch",) and truth.counts()["poisoned"] == card["poisoned_training_images"] == 30
+    poisoned = truth.poisoned_indices
+    np.testing.assert_array_equal(written.images[poisoned], apply_trigger("patch", clean.images[poisoned]))
+    assert np.all(written.labels[poisoned] == 0) and np.all(clean.labels[poisoned] != 0)
+    np.testing.assert_array_equal(truth.clean_labels, clean.labels)
+    np.testing.assert_array_equal(np.delete(written.images, poisoned, 0), np.delete(clean.images, poisoned, 0))
+    assert not truth.flipped.any()
+    # nothing is overwritten without --overwrite, nor the benchmark's own files even with it
     code = main(["attack", "--data", str(tmp_path / "bench"), "--out", str(out), "--epochs", "1"])
     assert code == 2 and "exists" in capsys.readouterr().err
+    code = main(["attack", "--data", str(tmp_path / "bench"), "--out", str(tmp_path / "other.h5"),
+                 "--train-out", str(train_path), "--epochs", "1"])
+    assert code == 2 and f"{train_path}: --train-out: file exists" in capsys.readouterr().err
+    assert not (tmp_path / "other.h5").exists()
+    code = main(["attack", "--data", str(tmp_path / "bench"), "--out", str(tmp_path / "other.h5"),
+                 "--train-out", str(tmp_path / "bench" / "train.h5"), "--epochs", "1", "--overwrite"])
+    assert code == 2 and "refusing to write over the benchmark's own file" in capsys.readouterr().err
     code = main(["attack", "--data", str(tmp_path), "--out", str(tmp_path / "x.h5")])
     assert code == 2 and "benchmark.json" in capsys.readouterr().err
+    # two triggers (a blended one: float32 pixels) and label flipping, to a chosen file name
+    chosen = tmp_path / "sets" / "train_poisoned.h5"
+    code = main(["attack", "--data", str(tmp_path / "bench"), "--out", str(tmp_path / "multi.h5"), "--triggers",
+                 "sunglasses", "patch", "--targets", "4", "7", "--flip-rate", "0.1", "--epochs", "1",
+                 "--train-out", str(chosen), "--json"])
+    card = json.loads(capsys.readouterr().out)
+    assert code == 0 and card["training_set"] == str(chosen) and card["training_set_dtype"] == "float32"
+    truth, written = load_poison_truth(chosen), load_h5(chosen)
+    assert truth.trigger_names == ("sunglasses", "patch")
+    assert truth.counts()["per_trigger"] == {"sunglasses": 30, "patch": 30} and truth.counts()["flipped"] == 30
+    for index, (name, target) in enumerate([("sunglasses", 4), ("patch", 7)]):
+        rows = np.flatnonzero(truth.trigger == index)
+        np.testing.assert_array_equal(written.images[rows], apply_trigger(name, clean.images[rows]))
+        assert np.all(written.labels[rows] == target)
     code = main(["attack", "--data", str(tmp_path / "bench"), "--out", str(tmp_path / "flip.h5"), "--triggers",
                  "--flip-rate", "0.3", "--epochs", "1", "--json"])
     card = json.loads(capsys.readouterr().out)
     assert code == 0 and card["attack"] == "label-flip" and card["flipped_training_labels"] == 90
+    truth = load_poison_truth(tmp_path / "flip_train_poisoned.h5")
+    assert truth.trigger_names == () and not truth.poisoned.any() and truth.counts()["flipped"] == 90
+    written = load_h5(tmp_path / "flip_train_poisoned.h5")
+    np.testing.assert_array_equal(truth.flipped, written.labels != clean.labels)
