@@ -20,7 +20,11 @@ so a long run keeps what it measured):
    the default scan, about 5.5 min each on a 2-core machine.
 
 Neural Cleanse sees only clean images: for the built-in cases the valid.h5
-split (its default subset of at most 256 images). Models with at most
+split (its default subset of at most 256 images). When it flags classes on a
+built-in case, the flagged reversed triggers are unlearned
+(``unlearning(cleanse)``: the default fine-tuning recipe on valid.h5, its
+hold-out rule) and the unlearned model's clean accuracy and ASR are measured
+on test.h5 and every bd_test_*.h5 (``--no-unlearn`` skips it). Models with at most
 ``--batched-below`` classes (default 152, the scan's default tail + reference)
 get ``method="batched"`` (the full schedule on every class); others the default
 scan. Reported per case: flagged classes, each known target's anomaly index,
@@ -28,7 +32,7 @@ its rank by norm (classes with a smaller norm) and suspicion rank
 (``ranking()``), the verdict, the median and MAD, and the wall time.
 
 ``--quick``: small built-in data (digits 1500 training images, faces 40
-identities x 20), 4 training epochs and at most 100 Neural Cleanse epochs per class; the lab cases
+identities x 20), 4 training epochs, at most 100 Neural Cleanse epochs per class and 10 unlearning epochs; the lab cases
 are left out unless named with ``--cases``.
 
 Usage: python bench/bench_neural_cleanse_quality.py [--quick] [--cases NAME ...] [--workdir DIR] [--json OUT]
@@ -142,6 +146,8 @@ def run_case(name, args):
     settings = {"progress": False}
     if args.nc_epochs:
         settings["epochs"] = args.nc_epochs
+    if args.steps_per_epoch:
+        settings["steps_per_epoch"] = args.steps_per_epoch
     if name in BUILTIN:
         from goodnet.data import load_h5
 
@@ -166,7 +172,32 @@ def run_case(name, args):
     wall, cpu = time.perf_counter(), time.process_time()
     cleanse = NeuralCleanse(**settings).fit(classifier, clean)
     result.update(measure(cleanse, targets), wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu)
+    if name in BUILTIN and cleanse.backdoored_ and not args.no_unlearn:
+        result["unlearning"] = unlearn(classifier, cleanse, clean, valid_path.parent, args)
     return result
+
+
+def unlearn(classifier, cleanse, clean, folder, args):
+    """Unlearn the flagged reversed triggers on the valid split; clean accuracy and ASR on the test files."""
+    from goodnet.data import load_h5
+    from goodnet.defenses.fine_pruning import FineTuneRecipe
+    from goodnet.defenses.neural_cleanse import unlearning
+    from goodnet.metrics import accuracy, attack_success_rate
+
+    recipe = FineTuneRecipe(epochs=args.unlearn_epochs) if args.unlearn_epochs else FineTuneRecipe()
+    started = time.perf_counter()
+    fine = unlearning(cleanse, recipe=recipe).fit(classifier, clean)
+    test = load_h5(folder / "test.h5", num_classes=classifier.num_classes)
+    entry = {"epochs": recipe.epochs, "best_epoch": fine.best_epoch_, "seconds": time.perf_counter() - started,
+             "clean_accuracy_before": accuracy(classifier.predict(test.images), test.labels),
+             "clean_accuracy_after": accuracy(fine.predict(test.images), test.labels), "asr_before": {},
+             "asr_after": {}}
+    for path in sorted(folder.glob("bd_test_*.h5")):
+        data = load_h5(path, num_classes=classifier.num_classes)
+        name = path.stem[len("bd_test_"):]
+        entry["asr_before"][name] = attack_success_rate(classifier.predict(data.images), data.labels)
+        entry["asr_after"][name] = attack_success_rate(fine.predict(data.images), data.labels)
+    return entry
 
 
 def table(results):
@@ -187,6 +218,15 @@ def table(results):
                           for entry in result["known"]) or "-"
         lines.append(f"{result['case']:<22} {accuracy} {asr:>13} {result['method']:>7} {result['classes']:>5} "
                      f"{result['verdict']:>11} {flagged or '-':<34} {known}   [{result['wall_s']:.0f} s]")
+    unlearned = [result for result in results if "unlearning" in result]
+    if unlearned:
+        lines += ["", f"{'unlearning (test split)':<24} {'acc% before':>11} {'acc% after':>10}  ASR% before -> after"]
+        for result in unlearned:
+            entry = result["unlearning"]
+            rates = ", ".join(f"{name} {entry['asr_before'][name] * 100:.1f} -> {entry['asr_after'][name] * 100:.1f}"
+                              for name in entry["asr_before"])
+            lines.append(f"{result['case']:<24} {entry['clean_accuracy_before'] * 100:11.1f} "
+                         f"{entry['clean_accuracy_after'] * 100:10.1f}  {rates}   [{entry['seconds']:.0f} s]")
     return "\n".join(lines)
 
 
@@ -200,6 +240,9 @@ def main():
     parser.add_argument("--nc-epochs", type=int, default=None, help="Neural Cleanse epochs per class (default 300)")
     parser.add_argument("--batched-below", type=int, default=152,
                         help="models with at most this many classes get the full schedule on every class")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="Neural Cleanse steps per epoch")
+    parser.add_argument("--no-unlearn", action="store_true", help="skip unlearning the flagged built-in cases")
+    parser.add_argument("--unlearn-epochs", type=int, default=None, help="unlearning epochs (default the recipe's)")
     parser.add_argument("--quick", action="store_true", help="small built-in data, 100 NC epochs, no lab cases")
     parser.add_argument("--json", default=None, help="write the results (a JSON list) here after every case")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -207,6 +250,7 @@ def main():
     if args.quick:
         args.train_epochs = args.train_epochs or 4
         args.nc_epochs = args.nc_epochs or 100
+        args.unlearn_epochs = args.unlearn_epochs or 10
     if args.case:
         from goodnet.inference import quiet_tensorflow
 
@@ -216,11 +260,13 @@ def main():
     cases = args.cases or ([name for name in DEFAULT_CASES if name in BUILTIN] if args.quick else DEFAULT_CASES)
     workdir = args.workdir or tempfile.mkdtemp(prefix="goodnet-nc-quality-")
     argv = ["--workdir", workdir, "--identities", str(args.identities), "--batched-below", str(args.batched_below)]
-    for flag, value in (("--train-epochs", args.train_epochs), ("--nc-epochs", args.nc_epochs)):
+    for flag, value in (("--train-epochs", args.train_epochs), ("--nc-epochs", args.nc_epochs),
+                        ("--steps-per-epoch", args.steps_per_epoch), ("--unlearn-epochs", args.unlearn_epochs)):
         if value:
             argv += [flag, str(value)]
-    if args.quick:
-        argv.append("--quick")
+    for flag, value in (("--quick", args.quick), ("--no-unlearn", args.no_unlearn)):
+        if value:
+            argv.append(flag)
     results = []
     for name in cases:
         command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--case", name] + argv

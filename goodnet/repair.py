@@ -20,7 +20,11 @@ models B'_X (the lab's X points of accuracy lost); the fine-pruned model FP;
 the GoodNets G(B, B'_X) and G(B, FP) (N where B and the repair disagree);
 their STRIP-gated versions (also N where STRIP, run on B, flags the input);
 the STRIP-gated fine-pruned model (FP's class unless STRIP flags); and STRIP
-alone (B's class unless STRIP flags).
+alone (B's class unless STRIP flags). With ``cleanse`` (``--cleanse``), Neural
+Cleanse runs on B with the tune part's images; its verdict is reported and,
+when it flags classes, B fine-tuned to unlearn their reversed triggers (the
+same recipe and hold-out rule as FP, nothing pruned) joins as ``nc_unlearned``
+with its STRIP-gated form ``nc_unlearned_strip``.
 
 Choice rule (:func:`choose`): the repaired model is a STRIP-gated one (a
 GoodNet or model that also answers N where STRIP flags the input: the
@@ -57,22 +61,26 @@ the tests check that they equal what each saved model file answers.
 import dataclasses
 import logging
 import os
+import time
 
 import numpy as np
 
 from goodnet.base import InstanceOf, Interval, OneOf, SequenceOf
 from goodnet.defenses.fine_pruning import FinePruneOptions, FinePruning, FineTuneRecipe, split_holdout
+from goodnet.defenses.neural_cleanse import CleanseOptions
 from goodnet.defenses.pruning import PruneOptions
 from goodnet.defenses.strip import StripOptions
 from goodnet.errors import OptionError
 from goodnet.inference import Execution
 from goodnet.metrics import score_predictions
 from goodnet.options import option, validate_options
-from goodnet.reports import dataset_names, input_paths, percent, write_repair_models, write_repair_report
+from goodnet.reports import (dataset_names, input_paths, percent, write_cleanse_outputs, write_repair_models,
+                             write_repair_report)
 
 logger = logging.getLogger(__name__)
 
-PREFERENCE = ("fine_pruned_strip", "goodnet_strip_fp", "fine_pruned", "goodnet_fp")
+PREFERENCE = ("fine_pruned_strip", "nc_unlearned_strip", "goodnet_strip_fp", "fine_pruned", "nc_unlearned",
+              "goodnet_fp")
 CANDIDATE_KINDS = ("model", "goodnet", "goodnet_strip", "strip")
 STRIP_GATED_KINDS = ("goodnet_strip", "strip")
 GATES = ("strip", "any")
@@ -127,13 +135,19 @@ class Components:
     entropy: np.ndarray = None
 
 
-def build_candidates(selected_drops):
-    """The candidate list for the pruned models at ``selected_drops`` (X values that were reached)."""
+def build_candidates(selected_drops, unlearned=False):
+    """The candidate list for the pruned models at ``selected_drops`` (X values that were reached).
+
+    ``unlearned``: add the Neural Cleanse unlearned model and its STRIP-gated form.
+    """
     candidates = [Candidate("badnet", "model", "badnet", "the suspect model B, unchanged")]
     for drop in selected_drops:
         candidates.append(Candidate(f"pruned_X={drop:g}", "model", f"pruned_X={drop:g}",
                                     f"B with conv channels pruned until accuracy dropped {drop:g} points"))
     candidates.append(Candidate("fine_pruned", "model", "fine_pruned", "fine-pruned: pruned, then fine-tuned"))
+    if unlearned:
+        candidates.append(Candidate("nc_unlearned", "model", "nc_unlearned", "B fine-tuned to unlearn the reversed "
+                                    "triggers of the classes Neural Cleanse flagged"))
     for drop in selected_drops:
         candidates.append(Candidate(f"goodnet_X={drop:g}", "goodnet", f"pruned_X={drop:g}",
                                     f"GoodNet of B and pruned_X={drop:g}"))
@@ -145,6 +159,9 @@ def build_candidates(selected_drops):
                                 "STRIP-gated GoodNet of B and the fine-pruned model"))
     candidates.append(Candidate("fine_pruned_strip", "strip", "fine_pruned",
                                 "the fine-pruned model's answer unless STRIP (on B) flags the input"))
+    if unlearned:
+        candidates.append(Candidate("nc_unlearned_strip", "strip", "nc_unlearned",
+                                    "the NC-unlearned model's answer unless STRIP (on B) flags the input"))
     candidates.append(Candidate("badnet_strip", "strip", "badnet", "STRIP alone: B's answer unless STRIP flags "
                                                                      "the input"))
     return candidates
@@ -267,12 +284,21 @@ class RepairOptions:
                                metavar="POINTS")
     gate: str = option("strip", "which candidates may be chosen: STRIP-gated ones (the others are reported) or any",
                        rule=OneOf(GATES))
+    cleanse: bool = option(False, "also run Neural Cleanse on B (tune part): report its verdict and, when it flags "
+                                  "classes, add B fine-tuned to unlearn their reversed triggers (nc_unlearned) and "
+                                  "its STRIP-gated form (nc_unlearned_strip) as candidates", rule=InstanceOf(bool))
+    nc: CleanseOptions = option(CleanseOptions(), "Neural Cleanse's settings in the repair (its seed is the "
+                                "repair's; library only: the command keeps the defaults)")
     seed: int = option(FinePruneOptions.seed, "seed of the split, of fine-tuning, and of STRIP's bank and draws",
                        rule=Interval(int, 0))
 
     def strip_options(self):
         """The :class:`StripOptions` the repair's STRIP runs with (``strip`` with the repair's ``seed``)."""
         return dataclasses.replace(self.strip, seed=self.seed)
+
+    def cleanse_options(self):
+        """The :class:`CleanseOptions` the repair's Neural Cleanse runs with (``nc`` with the repair's ``seed``)."""
+        return dataclasses.replace(self.nc, seed=self.seed)
 
     def flat(self):
         """The options as one flat dict, the recipe's and STRIP's fields beside the others (``report["options"]``)."""
@@ -281,6 +307,8 @@ class RepairOptions:
             value = getattr(self, field.name)
             if field.name == "strip":
                 flat.update({name: entry for name, entry in dataclasses.asdict(value).items() if name != "seed"})
+            elif field.name == "nc":   # its fields share names with the recipe's: kept apart
+                flat["nc"] = {name: entry for name, entry in dataclasses.asdict(value).items() if name != "seed"}
             elif dataclasses.is_dataclass(value):
                 flat.update(dataclasses.asdict(value))
             else:
@@ -340,8 +368,17 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
     # 3. STRIP on B, calibrated on the tune part (fixed draws: the model files are deterministic).
     strip = STRIP.from_options(options.strip_options(), progress=progress).fit(classifier, tune.images)
 
+    # 3b. Neural Cleanse on B (tune images, labels unused); unlearning of the flagged classes' reversed triggers.
+    cleanse, unlearned = None, None
+    if options.cleanse:
+        started = time.perf_counter()
+        cleanse, unlearned = _cleanse_and_unlearn(classifier, tune, holdout, poisoned, options, progress)
+        cleanse_seconds = time.perf_counter() - started   # Neural Cleanse and the unlearning
+        if unlearned is not None:
+            base_models["nc_unlearned"] = unlearned.model_
+
     # 4. Every candidate's hold-out validation figures, from shared components.
-    candidates = build_candidates(list(pruned_steps))
+    candidates = build_candidates(list(pruned_steps), unlearned=unlearned is not None)
     valid_clean = (holdout.labels, compute_components(base_models, strip, holdout.images, progress, "hold-out"))
     valid_poisoned = [(name, data.labels, compute_components(base_models, strip, data.images, progress, name))
                       for name, data in zip(poisoned_names, poisoned)]
@@ -371,6 +408,8 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                         "poisoned_entropies": {name: components.entropy.tolist()
                                                for name, _, components in valid_poisoned}},
               "candidates": [dataclasses.asdict(c) for c in candidates], "validation": validation}
+    if cleanse is not None:
+        report["neural_cleanse"] = _cleanse_report(cleanse, unlearned, poisoned_names, cleanse_seconds)
 
     # 6. Test data, once, after the choice.
     if test is not None or poisoned_test:
@@ -382,8 +421,45 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                          for name, data in zip(test_names, poisoned_test)]
         report["test"] = {c.name: _test_figures(c, test_clean, test_poisoned, num_classes, strip.threshold_)
                           for c in candidates}
+    if cleanse is not None:
+        summary = {**cleanse.summary(), "inputs": {"model": classifier.path, "scale": classifier.scale}}
+        report["files"]["neural_cleanse"] = write_cleanse_outputs(
+            summary, cleanse.trigger_rows(tune.images[0]), os.path.join(out_dir, "neural_cleanse"), protect)
     write_repair_report(report, out_dir, defense, report_markdown(report), protect)
     return report
+
+
+def _cleanse_and_unlearn(classifier, tune, holdout, poisoned, options, progress):
+    """(fitted NeuralCleanse, fitted unlearning FinePruning or None when nothing is flagged)."""
+    from goodnet.defenses.neural_cleanse import NeuralCleanse, unlearning
+
+    cleanse = NeuralCleanse.from_options(options.cleanse_options(), progress=progress).fit(classifier, tune.images)
+    logger.info("Neural Cleanse on B: %s (flagged %s)", "backdoored" if cleanse.backdoored_ else "not flagged",
+                cleanse.flagged_.tolist())
+    if not cleanse.backdoored_:
+        return cleanse, None
+    unlearned = unlearning(cleanse, recipe=options.recipe, holdout_fraction=options.holdout_fraction,
+                           seed=options.seed).fit(classifier, tune, poisoned, holdout=holdout)
+    return cleanse, unlearned
+
+
+def _cleanse_report(cleanse, unlearned, poisoned_names, seconds):
+    """``report["neural_cleanse"]``: the verdict, the flagged classes and, if any, the unlearning's curve."""
+    rows = {int(target): position for position, target in enumerate(cleanse.classes_)}
+
+    def index(target):
+        value = cleanse.anomaly_index_[rows[target]]
+        return float(value) if np.isfinite(value) else None
+
+    entry = {"verdict": "backdoored" if cleanse.backdoored_ else "not flagged",
+             "flagged": [{"class": int(target), "norm": float(cleanse.norms_[rows[int(target)]]),
+                          "anomaly_index": index(int(target))} for target in cleanse.flagged_],
+             "suspects": [int(target) for target in cleanse.ranking()[:5]], "classes": int(len(cleanse.classes_)),
+             "median": float(cleanse.median_), "mad": float(cleanse.mad_), "method": cleanse.method,
+             "seconds": seconds}
+    if unlearned is not None:
+        entry["unlearning"] = {"best_epoch": unlearned.best_epoch_, "curve": unlearned.curve_rows(poisoned_names)}
+    return entry
 
 
 def _test_figures(candidate, clean, poisoned, num_classes, threshold):
@@ -422,6 +498,19 @@ def _table(figures, candidates, chosen):
     return lines
 
 
+def _cleanse_line(entry):
+    """The report's Neural Cleanse sentence."""
+    text = (f"Neural Cleanse on B ({entry['classes']} classes, tune images): **{entry['verdict']}** (median norm "
+            f"{entry['median']:.2f}, MAD {entry['mad']:.2f})")
+    if not entry["flagged"]:
+        return text + "; nothing to unlearn, so no NC-unlearned candidate. Details: `neural_cleanse/report.md`."
+    flagged = ", ".join(f"class {row['class']} (index "
+                        f"{'inf' if row['anomaly_index'] is None else format(row['anomaly_index'], '.2f')})"
+                        for row in entry["flagged"])
+    return (text + f"; flagged {flagged}: their reversed triggers were unlearned (`nc_unlearned`, kept epoch "
+            f"{entry['unlearning']['best_epoch']}). Details: `neural_cleanse/report.md`.")
+
+
 def report_markdown(report):
     """The Markdown report: what was done, the choice and the figures per candidate."""
     candidates = [Candidate(**entry) for entry in report["candidates"]]
@@ -435,8 +524,10 @@ def report_markdown(report):
              f"STRIP on B: {report['strip']['copies']} copies ({report['strip']['blend']} blend), threshold "
              f"{report['strip']['threshold']:.4f} bits at target FRR {report['options']['frr']:g} "
              f"({report['options']['threshold_method']} threshold: {report['strip']['calibration']['summary']}).",
-             "",
-             "## Candidates", ""]
+             ""]
+    if "neural_cleanse" in report:
+        lines += [_cleanse_line(report["neural_cleanse"]), ""]
+    lines += ["## Candidates", ""]
     lines += [f"- `{c.name}`: {c.description}" for c in candidates]
     lines += ["", "## Validation (hold-out clean part; poisoned validation files)", ""]
     lines += _table(report["validation"], candidates, report["chosen"])

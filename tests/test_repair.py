@@ -291,6 +291,11 @@ def test_repair_command_end_to_end(badnet, tmp_path, capsys):
     defaults = repair_options(build_parser().parse_args(["repair", str(model), "--valid", paths["valid"], "--out", "x"]))
     assert defaults.strip.frr == StripOptions().frr == 0.01 and defaults.gate == "strip"
     assert defaults.strip.threshold_method == "certified"
+    assert defaults.cleanse is False and defaults.nc == RepairOptions.nc
+    # --cleanse turns Neural Cleanse on with its own defaults: the recipe's --epochs / --learning-rate stay the recipe's
+    cleansing = repair_options(build_parser().parse_args(["repair", str(model), "--valid", paths["valid"], "--out",
+                                                          "x", "--cleanse", "--epochs", "7", "--learning-rate", "0.5"]))
+    assert cleansing.cleanse is True and cleansing.nc == RepairOptions.nc and cleansing.recipe.epochs == 7
     assert report["options"]["frr"] == SMALL_SCALE_FRR == report["strip"]["calibration"]["target_frr"]
     assert report["options"]["gate"] == "strip"
     assert report["options"]["threshold_method"] == "certified" == report["strip"]["calibration"]["method"]
@@ -347,3 +352,46 @@ def test_repair_command_on_the_real_lab_badnet(shared, make_lab_file, tmp_path, 
     chosen = report["validation"][payload["chosen"]]
     assert payload["validation"]["clean_accuracy"] == chosen["clean_accuracy"]
     assert payload["validation"]["false_rejection_rate"] == chosen["false_rejection_rate"]
+
+
+def test_repair_with_neural_cleanse_adds_the_unlearned_candidates(badnet, tmp_path):
+    """``cleanse``: NC's verdict in the report, its outputs, and the NC-unlearned candidates that remove the patch."""
+    from goodnet.defenses.neural_cleanse import CleanseOptions
+    from goodnet.metrics import evaluate
+    from goodnet.models import load_model
+
+    clean, poisoned = lab_sets(2)
+    test, poisoned_test = lab_sets(3)
+    options = dataclasses.replace(OPTIONS, cleanse=True, nc=CleanseOptions(method="batched", samples=48,
+                                                                           batch_size=16, epochs=150))
+    report = repair(badnet, clean, [poisoned], tmp_path, options, test=test, poisoned_test=[poisoned_test])
+    nc = report["neural_cleanse"]
+    assert nc["verdict"] == "backdoored" and [row["class"] for row in nc["flagged"]] == [0]
+    assert nc["flagged"][0]["anomaly_index"] > 2 and nc["unlearning"]["best_epoch"] >= 0
+    names = [candidate["name"] for candidate in report["candidates"]]
+    assert "nc_unlearned" in names and "nc_unlearned_strip" in names
+    for name in ("cleanse.json", "report.md", "norms.png", "triggers.png"):
+        assert (tmp_path / "neural_cleanse" / name).exists(), name
+    assert "Neural Cleanse on B (6 classes, tune images): **backdoored**" in (tmp_path / "report.md").read_text()
+    assert report["options"]["nc"]["epochs"] == 150 and report["options"]["epochs"] == OPTIONS.recipe.epochs
+    # the unlearned model removes the backdoor on test data and its file answers as the fast figures say
+    badnet_asr = report["test"]["badnet"]["mean_attack_success_rate"]
+    unlearned = report["test"]["nc_unlearned"]
+    assert badnet_asr > 0.9 and unlearned["mean_attack_success_rate"] < 0.2
+    assert unlearned["clean_accuracy"] > report["test"]["badnet"]["clean_accuracy"] - 0.05
+    for name in ("nc_unlearned", "nc_unlearned_strip"):
+        whole = evaluate(load_model(tmp_path / "candidates" / f"{name}.h5"), test, [poisoned_test])
+        for key in ("clean_accuracy", "attack_success_rate"):
+            assert whole.get(key) == report["test"][name].get(key), (name, key)
+
+
+def test_repair_cleanse_reports_a_clean_verdict_without_unlearned_candidates(tmp_path):
+    """A model NC does not flag: the verdict is reported and no NC candidate is added (nothing to unlearn)."""
+    from goodnet.defenses.neural_cleanse import CleanseOptions
+    from goodnet.repair import _cleanse_line
+
+    entry = {"classes": 6, "verdict": "not flagged", "median": 30.0, "mad": 2.0, "flagged": []}
+    assert "nothing to unlearn, so no NC-unlearned candidate" in _cleanse_line(entry)
+    assert [c.name for c in build_candidates([2])] == [c.name for c in build_candidates([2], unlearned=False)]
+    assert {"nc_unlearned", "nc_unlearned_strip"} <= {c.name for c in build_candidates([2], unlearned=True)}
+    assert RepairOptions().cleanse is False and RepairOptions().nc == CleanseOptions()

@@ -104,23 +104,6 @@ def _clean_images(args, image_shape):
     return images, valid, paths
 
 
-def _triggers(cleanse, image, count):
-    """Rows of triggers.png: the ``count`` most suspicious classes (mask, pattern, a stamped clean image)."""
-    from goodnet.defenses.neural_cleanse import stamp
-
-    rows = []
-    flagged = set(cleanse.flagged_.tolist())
-    for target in cleanse.ranking()[:count]:
-        mask, pattern = cleanse.trigger(target)
-        position = int(list(cleanse.classes_).index(target))
-        index = cleanse.anomaly_index_[position]
-        label = (f"class {target}{' FLAGGED' if target in flagged else ''}\nnorm {cleanse.norms_[position]:.1f}, "
-                 f"index {'n/a' if index != index else f'{index:.2f}'}")
-        rows.append({"class": int(target), "label": label, "mask": mask, "pattern": pattern,
-                     "stamped": stamp(image[None], mask, pattern)[0]})
-    return rows
-
-
 def run(args):
     from goodnet.cli.options import check_options, options_from_args
     from goodnet.defenses.neural_cleanse import CleanseOptions, NeuralCleanse
@@ -147,7 +130,7 @@ def run(args):
         summary["inputs"] = {"model": args.model, "clean": paths, "scale": classifier.scale,
                              "scale_report": getattr(classifier, "scale_report", "")}
         summary["execution"] = execution.describe()
-        files = write_cleanse_outputs(summary, _triggers(cleanse, images[0], args.show), args.out,
+        files = write_cleanse_outputs(summary, cleanse.trigger_rows(images[0], args.show), args.out,
                                       protect=input_paths(protect=[args.model] + paths))
     summary["files"] = files
     if args.json:

@@ -21,7 +21,10 @@ this command hands its arguments to ``goodnet combine`` (:mod:`goodnet.cli.combi
 The end-to-end form's flags, defaults and help come from
 :class:`goodnet.repair.RepairOptions` (its ``recipe`` from
 :class:`goodnet.defenses.fine_pruning.FineTuneRecipe`, its ``strip`` from
-:class:`goodnet.defenses.strip.StripOptions`).
+:class:`goodnet.defenses.strip.StripOptions`). ``--cleanse`` adds Neural Cleanse
+(:class:`goodnet.defenses.neural_cleanse.CleanseOptions` defaults): its verdict in the
+report, its outputs in ``DIR/neural_cleanse/`` and, when it flags classes, the
+``nc_unlearned`` and ``nc_unlearned_strip`` candidates.
 """
 
 from goodnet.cli import (CommandError, add_combine_options, add_model_options, configure_execution,
@@ -55,14 +58,14 @@ def add_arguments(parser):
     end.add_argument("--poisoned-test", nargs="*", default=[], metavar="BT", help="poisoned test files (report only)")
     add_options(end, RepairOptions, only=("layer", "drops", "fineprune_drop", "holdout_fraction"))
     add_options(parser, RepairOptions.recipe, group="fine-tuning recipe (end-to-end form)")
-    add_options(end, RepairOptions, only=("max_accuracy_drop", "max_frr", "tie_margin", "gate"))
+    add_options(end, RepairOptions, only=("max_accuracy_drop", "max_frr", "tie_margin", "gate", "cleanse"))
     strip = add_combine_options(parser)
     add_options(strip, RepairOptions.strip, only=STRIP_FLAGS)
     strip.add_argument("--blend", choices=BLENDS, default=None,
                        help=f"superimposition (default: {StripOptions.blend} in the combine form, as in the paper; "
                             f"{RepairOptions.strip.blend} in the end-to-end form, since adding saturates face "
                             "images to white)")
-    add_options(strip, RepairOptions, only=("seed",), exclude=("recipe", "strip"))   # one seed for the repair
+    add_options(strip, RepairOptions, only=("seed",), exclude=("recipe", "strip", "nc"))   # one seed for the repair
     add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -94,8 +97,9 @@ def repair_options(args):
     # --bank-size is the combine form's: the end-to-end STRIP keeps its default bank.
     strip = options_from_args(args, RepairOptions.strip, blend=args.blend or RepairOptions.strip.blend,
                               bank_size=RepairOptions.strip.bank_size)
+    # Neural Cleanse keeps its defaults: its fields share names (--epochs, --learning-rate) with the recipe's flags.
     return options_from_args(args, RepairOptions, drops=tuple(_whole(d) for d in args.drops),
-                             fineprune_drop=_whole(args.fineprune_drop), strip=strip)
+                             fineprune_drop=_whole(args.fineprune_drop), strip=strip, nc=RepairOptions.nc)
 
 
 def _whole(value):

@@ -1021,6 +1021,22 @@ class NeuralCleanse(Defense):
             raise OptionError(f"target: {target} is not among the candidate classes")
         return self.masks_[rows[0]], self.patterns_[rows[0]]
 
+    def trigger_rows(self, image, count=6):
+        """Rows for :func:`goodnet.plots.plot_cleanse_triggers`: the ``count`` most suspicious classes' mask,
+        pattern and ``image`` (one raw-pixel clean image) stamped with their trigger."""
+        check_is_fitted(self)
+        rows = []
+        flagged = set(self.flagged_.tolist())
+        for target in self.ranking()[:count]:
+            mask, pattern = self.trigger(target)
+            position = int(np.flatnonzero(self.classes_ == target)[0])
+            index = self.anomaly_index_[position]
+            label = (f"class {target}{' FLAGGED' if target in flagged else ''}\nnorm {self.norms_[position]:.1f}, "
+                     f"index {'n/a' if np.isnan(index) else f'{index:.2f}'}")
+            rows.append({"class": int(target), "label": label, "mask": mask, "pattern": pattern,
+                         "stamped": stamp(np.asarray(image)[None], mask, pattern)[0]})
+        return rows
+
     def flagged_triggers(self, classes=None):
         """(masks (T, H, W, 1), patterns (T, H, W, C)) of the flagged classes, or of ``classes``; for :func:`unlearning`."""
         check_is_fitted(self)
