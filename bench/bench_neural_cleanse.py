@@ -16,7 +16,13 @@ so that its peak memory (maximum resident set size) is its own:
    the same batches and starts: wall time and CPU time of each, the ratio (the
    issue asks >= 20), and their agreement (same epochs per class, largest mask
    and trigger difference, same flagged set);
-2. ``scan``: the default method over every class (1283), its wall time (goal
+2. ``ceiling``: what batching can gain on this machine at all: one compiled
+   forward and backward pass of the model (the gradient with respect to its
+   input, as every Neural Cleanse step needs) on B images against one on
+   K x B images (B the clean images per step, K the batched method's classes
+   per call on the ratio part), per image; the batched method's ratio cannot
+   exceed it, since both methods do the same network passes;
+3. ``scan``: the default method over every class (1283), its wall time (goal
    under 10 minutes on this 2-core machine), CPU time, peak memory, epochs
    optimised in all, its stages, the flagged classes, and class 0's (the
    target's) norm, anomaly index and rank.
@@ -26,7 +32,7 @@ first 128 classes with tail and reference 12. ``--compare-full`` also runs the
 full schedule on every class of the scan ("batched") and compares the flagged
 sets, medians and MADs (on all 1283 classes that takes about half an hour here).
 
-Usage: python bench/bench_neural_cleanse.py [--quick] [--classes 32] [--model M] [--clean-set clean|identity]
+Usage: python bench/bench_neural_cleanse.py [--quick] [--classes 32] [--model M] [--clean-set clean|identity] [--skip PART]
 """
 
 import argparse
@@ -100,6 +106,46 @@ def part_ratio(args):
             "flagged": batched.flagged_.tolist(), "peak_memory_mb": peak_memory_mb()}
 
 
+def part_ceiling(args):
+    import tensorflow as tf
+
+    from goodnet.defenses.neural_cleanse import NeuralCleanse, scorer, slots_for_budget
+    from goodnet.models import load_model
+
+    classifier = load_model(args.model, scale=args.scale)
+    images, _ = real_clean_images(args.clean_set)
+    batch = min(NeuralCleanse().batch_size, len(images))
+    slots = min(slots_for_budget(classifier.model, batch, NeuralCleanse().memory_mb, args.classes), args.classes)
+    logits, from_logits = scorer(classifier.model)
+
+    def per_image_seconds(count, repeats):
+        inputs = tf.Variable(np.resize(images, (count,) + images.shape[1:]) / np.float32(classifier.divisor))
+        targets = tf.zeros(count, tf.int64)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                scores = logits(inputs)
+                if from_logits:
+                    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, scores)
+                else:
+                    loss = -tf.math.log(tf.clip_by_value(scores[:, 0], 1e-7, 1.0))
+                loss = tf.reduce_mean(loss)
+            return tape.gradient(loss, inputs)
+
+        step()   # trace
+        wall = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        return (time.perf_counter() - wall) / repeats / count
+
+    small = per_image_seconds(batch, args.ceiling_repeats * 8)
+    large = per_image_seconds(batch * slots, args.ceiling_repeats)
+    return {"part": "ceiling", "images_per_step": batch, "slots": slots,
+            "per_image_ms_at_B": small * 1e3, "per_image_ms_at_KxB": large * 1e3, "ceiling": small / large,
+            "threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}
+
+
 def part_scan(args):
     from goodnet.defenses.neural_cleanse import NeuralCleanse
     from goodnet.models import load_model
@@ -145,6 +191,9 @@ def part_scan(args):
     return result
 
 
+PARTS = ("ratio", "ceiling", "scan")
+
+
 def run_part(name, argv):
     """Run one part in a fresh process; return its JSON result."""
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--part", name] + argv
@@ -168,9 +217,10 @@ def main():
     parser.add_argument("--compare-full", action="store_true",
                         help="also run the full schedule on every class of the scan and compare (1283 classes: "
                              "about 32 min here)")
-    parser.add_argument("--part", choices=("ratio", "scan"), help=argparse.SUPPRESS)
-    parser.add_argument("--skip", choices=("ratio", "scan"), action="append", default=[],
-                        help="leave a part out")
+    parser.add_argument("--ceiling-repeats", type=int, default=20,
+                        help="timed K x B passes of the ceiling part (8x as many B passes)")
+    parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
+    parser.add_argument("--skip", choices=PARTS, action="append", default=[], help="leave a part out")
     args = parser.parse_args()
     if args.quick:
         args.classes = args.classes or 8
@@ -182,7 +232,7 @@ def main():
         from goodnet.inference import quiet_tensorflow
 
         quiet_tensorflow()
-        result = part_ratio(args) if args.part == "ratio" else part_scan(args)
+        result = {"ratio": part_ratio, "ceiling": part_ceiling, "scan": part_scan}[args.part](args)
         print(json.dumps(result))
         return
     argv = ["--model", args.model, "--scale", args.scale, "--clean-set", args.clean_set, "--classes", str(args.classes)]
@@ -192,7 +242,8 @@ def main():
     if args.compare_full:
         argv.append("--compare-full")
     results = {}
-    for name in ("ratio", "scan"):
+    argv += ["--ceiling-repeats", str(args.ceiling_repeats)]
+    for name in PARTS:
         if name in args.skip:
             continue
         results[name] = run_part(name, argv)
@@ -204,6 +255,11 @@ def main():
               f"same epochs {ratio['same_epochs']}, largest mask difference {ratio['max_mask_difference']:.2e}, "
               f"norms differ by {ratio['median_norm_relative_difference'] * 100:.2f} % (median), "
               f"{ratio['max_norm_relative_difference'] * 100:.2f} % (largest)")
+    if "ceiling" in results:
+        ceiling = results["ceiling"]
+        print(f"network passes per image: {ceiling['per_image_ms_at_B']:.3f} ms at {ceiling['images_per_step']} "
+              f"images, {ceiling['per_image_ms_at_KxB']:.3f} ms at {ceiling['slots']} x {ceiling['images_per_step']}: "
+              f"batching gains at most x{ceiling['ceiling']:.2f} here")
     if "scan" in results:
         scan = results["scan"]
         target = scan["target_0"]
