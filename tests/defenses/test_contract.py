@@ -18,9 +18,12 @@ import pytest
 
 import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
+from goodnet.defenses.activation_clustering import ActivationClustering
 from goodnet.defenses.fine_pruning import FinePruning, FineTuneRecipe
 from goodnet.defenses.neural_cleanse import NeuralCleanse
 from goodnet.defenses.pruning import PruningDefense
+from goodnet.defenses.sanitisation import IsolationSanitiser
+from goodnet.defenses.spectral_signatures import SpectralSignatures
 from goodnet.defenses.strip import STRIP
 from goodnet.defenses.unlearning import TriggerSearch
 from square_task import coloured_squares
@@ -85,6 +88,24 @@ _row(TriggerSearch,
                                             divisor=world.classifier.divisor),
      result=lambda defense: {"mask": defense.mask_, "pattern": defense.pattern_},
      use=lambda defense, world: defense.stamped(world.clean.images[:4]))
+
+_row(ActivationClustering,
+     make=lambda: ActivationClustering(min_class_size=4, n_init=3, progress=False),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean),
+     result=lambda defense: {"scores": defense.scores_, "flagged": defense.flagged_, "clusters": defense.clusters_},
+     use=lambda defense, world: defense.poisoned_classes())
+
+_row(SpectralSignatures,
+     make=lambda: SpectralSignatures(poison_rate=0.2, progress=False),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean),
+     result=lambda defense: {"scores": defense.scores_, "flagged": defense.flagged_},
+     use=lambda defense, world: defense.suspicious_classes())
+
+_row(IsolationSanitiser,
+     make=lambda: IsolationSanitiser(n_estimators=10, per_class=True, progress=False),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean),
+     result=lambda defense: {"scores": defense.scores_, "flagged": defense.flagged_},
+     use=lambda defense, world: defense.suspicious_classes())
 
 
 def _defense_classes():
