@@ -16,8 +16,9 @@ import sys
 
 # Subcommands in the order ``goodnet --help`` lists them; a module that is
 # not present in this version is left out.
+# A dash in a name is an underscore in its module's (inspect-data: goodnet.cli.inspect_data).
 COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "combine", "fineprune", "synth", "attack", "train",
-            "grade", "export", "bench")
+            "inspect-data", "grade", "export", "bench")
 
 from goodnet.errors import InputError, OptionError
 from goodnet.cli.options import positive_integer as positive  # argparse type: a positive integer
@@ -49,14 +50,19 @@ def user_error_message(error):
     return None
 
 
+def command_module(name):
+    """The module of subcommand ``name`` (a dash in a command name is an underscore in its module's)."""
+    return f"goodnet.cli.{name.replace('-', '_')}"
+
+
 def available_commands():
     """Return ``{name: module}`` for the subcommands present in this install."""
     found = {}
     for name in COMMANDS:
         try:
-            found[name] = importlib.import_module(f"goodnet.cli.{name}")
+            found[name] = importlib.import_module(command_module(name))
         except ModuleNotFoundError as error:
-            if error.name != f"goodnet.cli.{name}":
+            if error.name != command_module(name):
                 raise
     return found
 
@@ -143,7 +149,7 @@ def run_command(name, args):
     ``args`` must hold every option the subcommand reads; command modules
     delegate through here instead of importing each other.
     """
-    return importlib.import_module(f"goodnet.cli.{name}").run(args)
+    return importlib.import_module(command_module(name)).run(args)
 
 
 def prepare_out_dir(args, names=()):

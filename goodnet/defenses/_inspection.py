@@ -116,8 +116,8 @@ def anomaly_index(values):
     median = np.median(values[finite])
     mad = 1.4826 * np.median(np.abs(values[finite] - median))
     if mad <= 0:
-        spread = np.abs(values[finite] - median)
-        result[finite] = np.where(spread > 0, np.inf * np.sign(values[finite] - median), 0.0)
+        difference = values[finite] - median
+        result[finite] = np.where(difference != 0, np.copysign(np.inf, difference), 0.0)
         return result
     result[finite] = (values[finite] - median) / mad
     return result
