@@ -28,6 +28,7 @@ from goodnet.options import option, validate_options
 logger = logging.getLogger(__name__)
 
 UNIT_DIVISOR = np.float32(255)   # the recipe trains on pixels / 255 (the lab's models take that scale)
+RECIPE = "Adam with a cosine-decayed learning rate, on pixels / 255"   # as cards state it
 
 
 @dataclasses.dataclass(frozen=True)

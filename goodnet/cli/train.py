@@ -72,8 +72,9 @@ def training_card(args, options, train, num_classes, truth, seconds, figures, po
     import dataclasses
 
     from goodnet.reports import dataset_names
+    from goodnet.training import RECIPE
 
-    return {"architecture": "DeepID (CSAW-HackML-2020 lab layout)", "recipe": "Adam, cosine-decayed rate, pixels / 255",
+    return {"architecture": "DeepID (CSAW-HackML-2020 lab layout)", "recipe": RECIPE,
             "data": {"train": args.data, "valid": args.valid, "poisoned_valid": list(args.poisoned_valid)},
             "num_classes": num_classes, "scale": "unit", "options": dataclasses.asdict(options),
             "training_images": len(train), "training_seconds": round(seconds, 2),
