@@ -18,7 +18,7 @@ PACKAGE = REPO / "goodnet"
 CORE = {"goodnet", "goodnet.data", "goodnet.models", "goodnet.inference", "goodnet.metrics", "goodnet.layers",
         "goodnet.plots", "goodnet.files", "goodnet.errors", "goodnet.base", "goodnet.options", "goodnet.surgery",
         "goodnet.calibration", "goodnet.reports", "goodnet.keras2", "goodnet.training",
-        "goodnet.features"}
+        "goodnet.features", "goodnet.privacy"}
 ORCHESTRATORS = {"goodnet.repair", "goodnet.demo", "goodnet.export"}
 
 
