@@ -244,7 +244,7 @@ def _summary(args, classifier, features, detectors, truth, timings, execution_re
         entry = {"name": METHOD_NAMES[method], "flagged": int(masks[method].sum()),
                  "suspicious_classes": suspicious[method], "params": detector.summary()["params"]}
         if method == "ac":
-            entry["silhouette_threshold"] = detector.silhouette_threshold_
+            entry["silhouette_thresholds"] = detector.silhouette_threshold_by_reduction()
         if truth is not None:
             entry["detection"] = detection_figures(masks[method], truth.poisoned, detector.scores_)
         summary["methods"][method] = entry
@@ -459,8 +459,8 @@ def _markdown(summary, detectors, plots):
         f" (precision {_figure(union['detection']['precision'])}, recall {_figure(union['detection']['recall'])}, "
         f"F1 {_figure(union['detection']['f1'])})." if "detection" in union else "."), ""]
     lines += ["How each method decides:", "",
-              "- activation clustering: per class, PCA (or ICA) of the activations to 10 dimensions, k-means with "
-              "k = 2; a class is poisoned when its smaller cluster is small and the clusters separated "
+              "- activation clustering: per class, ICA (classes of at least 100 samples) or PCA of the activations to "
+              "10 dimensions, k-means with k = 2; a class is poisoned when its smaller cluster is small and the clusters separated "
               "(relative size and silhouette); only the smaller clusters of poisoned classes are flagged;",
               "- spectral signatures: per class, score ((r - mean) . v)^2 on the centred representations (v: top "
               "singular vector); the 1.5 x epsilon x n highest of each class are flagged; a class is suspicious when "
@@ -471,10 +471,12 @@ def _markdown(summary, detectors, plots):
         poisoned = [row for row in detectors["ac"].class_verdict_ if row["poisoned"]]
         lines += ["## Activation clustering: classes judged poisoned", ""]
         if poisoned:
-            lines += ["| class | samples | smaller cluster | relative size | silhouette |", "|---:|---:|---:|---:|---:|"]
+            lines += ["| class | samples | smaller cluster | relative size | reduction | silhouette (threshold) |",
+                      "|---:|---:|---:|---:|---|---:|"]
             for row in poisoned:
                 lines.append(f"| {row['class']} | {row['samples']} | {row['smaller_cluster']} | "
-                             f"{row['relative_size'] * 100:.1f} % | {row['silhouette']:.3f} |")
+                             f"{row['relative_size'] * 100:.1f} % | {row['reduction']} | {row['silhouette']:.3f} "
+                             f"({row['silhouette_threshold']:g}) |")
         else:
             lines.append("None: no class has a small, well-separated cluster.")
         lines.append("")

@@ -6,15 +6,19 @@ trained on. For every class (by training label):
 
 1. the activations of the model's last hidden layer for the class's
    samples (:mod:`goodnet.features`), flattened;
-2. reduced to ``dims`` = 10 dimensions: PCA of the centred activations
-   (``reduce="pca"``, what most tools use) or ICA (``"ica"``, the paper's
-   FastICA, run on the PCA coordinates), or not at all (``"none"``);
-3. split in two by k-means (k = 2; ``n_init`` k-means++ starts drawn from
+2. reduced to ``dims`` = 10 dimensions: ICA (``reduce="ica"``, the paper's
+   FastICA, run on the PCA coordinates), PCA of the centred activations
+   (``"pca"``, what most tools use), or not at all (``"none"``); by default
+   (``"auto"``) ICA for classes of at least ``ica_min_samples`` (100)
+   samples and PCA for smaller ones, where ICA's whitening of 10 components
+   from a few dozen samples is mostly noise;
+3. split in two by k-means (k = 2; ``n_init`` greedy k-means++ starts drawn from
    ``seed`` and the class label, Lloyd iterations, the lowest inertia wins);
 4. judged: the class holds poison when its smaller cluster is small
    (relative size at most ``size_threshold``, 0.35) **and** the two
    clusters are well separated (mean silhouette at least
-   ``silhouette_threshold``: by default 0.5 after PCA, 0.2 after ICA) (``decision="size-silhouette"``, the default;
+   ``silhouette_threshold``: by default 0.5 after PCA, 0.2 after ICA, whose
+   whitening lowers every silhouette) (``decision="size-silhouette"``, the default;
    ``"size"`` or ``"silhouette"`` use one test alone). Optionally
    (``exclusionary=True``, with ``fit(..., retrain=...)``) exclusionary
    reclassification confirms it: a model retrained without the suspicious
@@ -60,12 +64,13 @@ from goodnet.options import constraints_of, option
 
 logger = logging.getLogger(__name__)
 
-REDUCTIONS = ("pca", "ica", "none")
+REDUCTIONS = ("auto", "ica", "pca", "none")
 DECISIONS = ("size-silhouette", "size", "silhouette")
 METHODS = ("batched", "reference")
 NOT_CLUSTERED = -1
-# ICA whitens every component to unit variance, which dilutes the two clusters' separation: its silhouettes run lower
-# (on the digits BadNets of bench/bench_inspect_data_art.py, clean classes 0.08-0.17 after ICA, 0.17-0.42 after PCA).
+# ICA whitens every component to unit variance, which dilutes the two clusters' separation: its silhouettes run lower.
+# On the BadNets of bench/bench_inspect_data_art.py: digits (200-400 images a class) after ICA, poisoned classes
+# 0.24-0.35, clean ones at most 0.17; faces (35 a class) after PCA, poisoned 0.58-0.69, clean small clusters at most 0.46.
 SILHOUETTE_DEFAULTS = {"pca": 0.5, "none": 0.5, "ica": 0.2}
 
 
@@ -75,8 +80,11 @@ class ActivationClusteringOptions:
 
     dims: int = option(10, "activation clustering: dimensions the activations are reduced to", rule=Interval(int, 1),
                        flag="--ac-dims")
-    reduce: str = option("pca", "activation clustering: reduction (pca, ica: the paper's FastICA, none)",
+    reduce: str = option("auto", "activation clustering: reduction (ica: the paper's FastICA, pca, none; auto: ica "
+                                 "for classes of at least --ac-ica-min samples, pca for smaller ones)",
                          rule=OneOf(REDUCTIONS), flag="--ac-reduce")
+    ica_min_samples: int = option(100, "activation clustering: smallest class reduced by ICA under --ac-reduce auto",
+                                  rule=Interval(int, 2), flag="--ac-ica-min")
     decision: str = option("size-silhouette", "activation clustering: a class holds poison when its smaller cluster "
                                               "is small and the clusters are separated (size-silhouette), or by one "
                                               "test alone", rule=OneOf(DECISIONS), flag="--ac-decision")
@@ -95,7 +103,8 @@ class ActivationClusteringOptions:
     exclusionary_threshold: float = option(1.0, "activation clustering: a cluster is poison when l / p is below this "
                                                 "(l: its images given their label, p: the most given another class)",
                                            rule=Interval(float, 0.0, closed="neither"), flag="--ac-exclusionary-ratio")
-    n_init: int = option(10, "activation clustering: k-means++ starts per class", rule=Interval(int, 1),
+    n_init: int = option(30, "activation clustering: greedy k-means++ starts per class (after ICA's whitening a "
+                             "trigger's cluster is one of several local optima of k-means)", rule=Interval(int, 1),
                          flag="--ac-starts")
     max_iter: int = option(100, "activation clustering: Lloyd iterations per start at most", rule=Interval(int, 1),
                            cli=False)
@@ -110,25 +119,36 @@ class ActivationClusteringOptions:
 # -- the steps, one class at a time (the reference) and batched --------------------------------------------------
 
 
-def kmeans_starts(points, n_init, seed, label):
-    """k-means++ starting centres for k = 2 (G = 1): ``(n_init, 2, m)``, drawn from ``seed`` and the class label.
+LOCAL_TRIALS = 8   # candidates for the second k-means++ centre (greedy k-means++, as scikit-learn's KMeans)
 
-    The first centre is a uniformly drawn sample, the second a sample drawn
-    with probability proportional to its squared distance to the first (the
-    first again when every sample sits on it). Both paths use these draws.
+
+def kmeans_starts(points, n_init, seed, label, trials=LOCAL_TRIALS):
+    """Greedy k-means++ starting centres for k = 2: ``(n_init, 2, m)``, drawn from ``seed`` and the class label.
+
+    The first centre is a uniformly drawn sample; ``trials`` candidates for
+    the second are drawn with probability proportional to their squared
+    distance to it, and the one leaving the smallest potential (the sum of
+    every sample's squared distance to its nearer centre) is kept: a small
+    far-off cluster (a trigger's) then gets a centre of its own. When every
+    sample sits on the first centre, the second is the first again. Both
+    paths use these draws.
     """
     points = np.asarray(points, np.float64)
     count = len(points)
-    draws = np.random.default_rng([int(seed), int(label) & 0x7FFFFFFF]).random((n_init, 2))
+    draws = np.random.default_rng([int(seed), int(label) & 0x7FFFFFFF]).random((n_init, 1 + trials))
     first = np.minimum((draws[:, 0] * count).astype(np.int64), count - 1)
     squared = ((points[None, :, :] - points[first][:, None, :]) ** 2).sum(-1)
     cumulative = np.cumsum(squared, axis=1)
     total = cumulative[:, -1]
     second = first.copy()
     for start in range(n_init):
-        if total[start] > 0:
-            found = int(np.searchsorted(cumulative[start], draws[start, 1] * total[start], side="right"))
-            second[start] = min(found, count - 1)
+        if total[start] <= 0:
+            continue
+        candidates = np.minimum(np.searchsorted(cumulative[start], draws[start, 1:] * total[start], side="right"),
+                                count - 1)
+        potentials = [np.minimum(squared[start], ((points - points[candidate]) ** 2).sum(-1)).sum()
+                      for candidate in candidates]
+        second[start] = candidates[int(np.argmin(potentials))]
     return np.stack([points[first], points[second]], axis=1)
 
 
@@ -337,19 +357,22 @@ class ActivationClustering(Defense):
         flagged_: sorted sample indices (into the file) of the smaller clusters of classes judged poisoned.
         relative_size_: (C,) smaller cluster's share of its class (NaN: not clustered).
         silhouette_: (C,) mean silhouette of the two clusters (NaN: not clustered or one cluster).
-        silhouette_threshold_: the silhouette threshold used (``silhouette_threshold``, or the reduction's default).
+        reductions_: (C,) the reduction each class got ("ica", "pca", "none"; "" when not clustered).
+        silhouette_thresholds_: (C,) the silhouette threshold each class was judged by
+            (``silhouette_threshold``, or its reduction's default).
         poisoned_: (C,) booleans: the class's verdict.
         class_verdict_: one JSON-ready dict per class (sizes, silhouette, verdict and its reason).
 
     Example:
-        >>> ac = ActivationClustering(reduce="ica").fit(features)
+        >>> ac = ActivationClustering(reduce="pca").fit(features)
         >>> [row for row in ac.class_verdict_ if row["poisoned"]]
     """
 
     _parameter_constraints = {**constraints_of(ActivationClusteringOptions), "layer": [InstanceOf(str), None],
                               "batch_size": [Interval(int, 1)], "progress": [InstanceOf(bool), None]}
 
-    def __init__(self, dims=_DEFAULTS.dims, reduce=_DEFAULTS.reduce, decision=_DEFAULTS.decision,
+    def __init__(self, dims=_DEFAULTS.dims, reduce=_DEFAULTS.reduce, ica_min_samples=_DEFAULTS.ica_min_samples,
+                 decision=_DEFAULTS.decision,
                  size_threshold=_DEFAULTS.size_threshold, silhouette_threshold=_DEFAULTS.silhouette_threshold,
                  min_class_size=_DEFAULTS.min_class_size, exclusionary=_DEFAULTS.exclusionary,
                  exclusionary_threshold=_DEFAULTS.exclusionary_threshold, n_init=_DEFAULTS.n_init,
@@ -357,6 +380,7 @@ class ActivationClustering(Defense):
                  method=_DEFAULTS.method, layer=None, batch_size=DEFAULT_BATCH, progress=None):
         self.dims = dims
         self.reduce = reduce
+        self.ica_min_samples = ica_min_samples
         self.decision = decision
         self.size_threshold = size_threshold
         self.silhouette_threshold = silhouette_threshold
@@ -385,8 +409,15 @@ class ActivationClustering(Defense):
                                batch_size=self.batch_size, progress=self.progress)
         groups = features.groups()
         count = len(groups)
-        self.silhouette_threshold_ = (SILHOUETTE_DEFAULTS[self.reduce] if self.silhouette_threshold is None
-                                      else self.silhouette_threshold)
+        eligible_mask = groups.counts >= self.min_class_size
+        if self.reduce == "auto":
+            reductions = np.where(groups.counts >= self.ica_min_samples, "ica", "pca")
+        else:
+            reductions = np.full(count, self.reduce)
+        self.reductions_ = np.where(eligible_mask, reductions, "").astype(str)
+        self.silhouette_thresholds_ = np.array([
+            np.nan if not name else SILHOUETTE_DEFAULTS[name] if self.silhouette_threshold is None
+            else float(self.silhouette_threshold) for name in self.reductions_])
         scores = np.full(len(features), np.nan)
         clusters = np.full(len(features), NOT_CLUSTERED, np.int8)
         relative = np.full(count, np.nan)
@@ -400,7 +431,9 @@ class ActivationClustering(Defense):
         verdicts = [{"class": int(groups.classes[position]), "samples": int(groups.counts[position]),
                      "clustered": bool(np.isfinite(relative[position])),
                      "smaller_cluster": int(np.sum(clusters[groups.indices(position)] == 1)),
+                     "reduction": str(self.reductions_[position]) or None,
                      "relative_size": _finite(relative[position]), "silhouette": _finite(separation[position]),
+                     "silhouette_threshold": _finite(self.silhouette_thresholds_[position]),
                      "poisoned": bool(poisoned[position]), "reason": reasons[position]} for position in range(count)]
         if self.exclusionary:
             self._exclusionary(features, groups, clusters, poisoned, verdicts,
@@ -422,10 +455,10 @@ class ActivationClustering(Defense):
 
     # -- the two paths ---------------------------------------------------------------------------------------
 
-    def _reduce_reference(self, rows):
-        if self.reduce == "pca":
+    def _reduce_reference(self, rows, reduction):
+        if reduction == "pca":
             return pca_reference(rows, self.dims)
-        if self.reduce == "ica":
+        if reduction == "ica":
             return ica_reduce(pca_reference(rows, self.dims), self.dims, self.seed)
         return rows - rows.mean(axis=0)
 
@@ -434,7 +467,7 @@ class ActivationClustering(Defense):
         for position in eligible:
             indices = groups.indices(position)
             label = groups.classes[position]
-            points = self._reduce_reference(features.rows(indices))
+            points = self._reduce_reference(features.rows(indices), self.reductions_[position])
             starts = kmeans_starts(points, self.n_init, self.seed, label)
             in_smaller, centres = kmeans_reference(points, starts, self.max_iter)
             subset = silhouette_subset(len(points), self.silhouette_samples, self.seed, label)
@@ -448,13 +481,13 @@ class ActivationClustering(Defense):
         extra = self.n_init * dims * 8 * 4
         for positions, padded, counts in _inspection.class_blocks(features, eligible, extra=extra):
             mask = _inspection.valid_mask(counts, padded.shape[1])
-            if self.reduce in ("pca", "ica"):
+            if self.reduce != "none":
                 _, centred, _, vectors = _inspection.centred_svd_batched(padded, counts)
                 top = np.stack([_rank_limited(_pad_rows(vectors[slot, :self.dims], self.dims), counts[slot])
                                 for slot in range(len(positions))])
                 points = np.einsum("gnd,gkd->gnk", centred, top)
-                if self.reduce == "ica":   # FastICA is one class at a time in both paths
-                    for slot in range(len(positions)):
+                for slot, position in enumerate(positions):   # FastICA is one class at a time in both paths
+                    if self.reductions_[position] == "ica":
                         points[slot, :counts[slot]] = ica_reduce(points[slot, :counts[slot]], dims, self.seed)
             else:
                 points = (padded - (padded.sum(axis=1) / counts[:, None])[:, None, :]) * mask[:, :, None]
@@ -489,11 +522,13 @@ class ActivationClustering(Defense):
                 reasons.append("one cluster: every sample alike")
                 continue
             small = size <= self.size_threshold
-            apart = value >= self.silhouette_threshold_
+            threshold = self.silhouette_thresholds_[position]
+            apart = value >= threshold
             verdict = {"size-silhouette": small and apart, "size": small, "silhouette": apart}[self.decision]
             poisoned[position] = verdict
             words = [f"smaller cluster {size * 100:.1f} % {'<=' if small else '>'} {self.size_threshold * 100:g} %",
-                     f"silhouette {value:.3f} {'>=' if apart else '<'} {self.silhouette_threshold_:g}"]
+                     f"silhouette {value:.3f} {'>=' if apart else '<'} {threshold:g} "
+                     f"({self.reductions_[position]})"]
             if self.decision == "size":
                 words = words[:1]
             elif self.decision == "silhouette":
@@ -538,6 +573,12 @@ class ActivationClustering(Defense):
 
     # -- results ---------------------------------------------------------------------------------------------
 
+    def silhouette_threshold_by_reduction(self):
+        """``{reduction: silhouette threshold}`` for the reductions the classes got."""
+        check_is_fitted(self)
+        return {str(name): float(threshold) for name, threshold in zip(self.reductions_, self.silhouette_thresholds_)
+                if name}
+
     def poisoned_classes(self):
         """The classes judged to hold poison."""
         check_is_fitted(self)
@@ -548,7 +589,7 @@ class ActivationClustering(Defense):
         check_is_fitted(self)
         result = super().summary()
         result.update({"method": "ac", "layer": self.layer_, "samples": int(len(self.scores_)),
-                       "silhouette_threshold": self.silhouette_threshold_,
+                       "silhouette_thresholds": self.silhouette_threshold_by_reduction(),
                        "flagged": int(len(self.flagged_)),
                        "poisoned_classes": [int(label) for label in self.poisoned_classes()],
                        "classes": self.class_verdict_})

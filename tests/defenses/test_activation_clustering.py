@@ -55,7 +55,7 @@ def test_scores_are_positive_in_the_smaller_cluster():
 
 def test_batched_and_reference_agree_on_every_reduction():
     values, labels, _ = _world(seed=4, sizes=(80, 75, 300, 21, 5), labels_of=(0, 1, 2, 3, 4))
-    for reduce in ("pca", "ica", "none"):
+    for reduce in ("auto", "pca", "ica", "none"):
         batched = ActivationClustering(reduce=reduce).fit(values, labels=labels)
         reference = ActivationClustering(reduce=reduce, method="reference").fit(values, labels=labels)
         np.testing.assert_array_equal(batched.clusters_, reference.clusters_)
@@ -164,4 +164,19 @@ def test_small_classes_are_not_clustered_and_parameters_are_checked():
     with pytest.raises(OptionError, match="reduce"):
         ActivationClustering(reduce="tsne").fit(values, labels=labels)
     summary = ac.summary()
-    assert summary["silhouette_threshold"] == 0.5 and summary["poisoned_classes"] == [5]
+    assert summary["silhouette_thresholds"] == {"pca": 0.5} and summary["poisoned_classes"] == [5]
+    assert row["reduction"] is None and ac.class_verdict_[0]["reduction"] == "pca"   # under 100 samples: PCA
+    big = ActivationClustering(ica_min_samples=80).fit(values, labels=labels)
+    assert set(big.reductions_.tolist()) == {"ica", "pca", ""} and big.summary()["silhouette_thresholds"] == {
+        "ica": 0.2, "pca": 0.5}
+    assert ActivationClustering(silhouette_threshold=0.3, ica_min_samples=80).fit(
+        values, labels=labels).summary()["silhouette_thresholds"] == {"ica": 0.3, "pca": 0.3}
+
+
+def test_large_classes_are_reduced_by_ica_and_judged_by_its_threshold():
+    values, labels, poisoned = _world(seed=1, sizes=(150, 120, 200, 110), poison=(2, 20))
+    ac = ActivationClustering().fit(values, labels=labels)
+    assert set(ac.reductions_.tolist()) == {"ica"}
+    np.testing.assert_array_equal(ac.flagged_, np.flatnonzero(poisoned))
+    clean_values, clean_labels, _ = _world(seed=1, sizes=(150, 120, 200, 110), poison=None)
+    assert ActivationClustering().fit(clean_values, labels=clean_labels).flagged_.size == 0
