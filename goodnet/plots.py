@@ -233,3 +233,40 @@ def plot_cleanse_triggers(triggers, path, title="reversed triggers"):
                 axes.set_title(caption, fontsize=8)
     figure.suptitle(title, fontsize=9)
     return save_figure(figure, path)
+
+
+def plot_certified_accuracy(curves, path, title="DPA certified accuracy"):
+    """Certified accuracy against the certified radius (poisoned training samples withstood), a step curve.
+
+    Args:
+        curves: ``{name: curve}`` with each curve a
+            :func:`goodnet.defenses.partition_aggregation.certified_accuracy_curve` result (its ``rows``:
+            radius r and the share of inputs answered correctly with certificate >= r), or one such curve.
+        path: destination PNG.
+        title: the figure's title.
+
+    Returns:
+        str: ``path``.
+
+    Example:
+        >>> plot_certified_accuracy({"valid": dpa.certified_accuracy(valid.images, valid.labels)}, "out/dpa.png")
+    """
+    if "rows" in curves:
+        curves = {"": curves}
+    figure, axes = new_figure()
+    for name, curve in curves.items():
+        radii = [row["radius"] for row in curve["rows"]]
+        rates = [row["certified_accuracy"] * 100.0 for row in curve["rows"]]
+        median = curve.get("median_certified_radius")
+        label = f"{name + ': ' if name else ''}clean {rates[0]:.1f}%, median radius " \
+                f"{'n/a' if median is None else median}"
+        axes.step(radii + [radii[-1] + 1], rates + [0.0], where="post", marker=".", label=label)
+    axes.axhline(50.0, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("certified radius r (poisoned training samples)")
+    axes.set_ylabel("certified accuracy (%)")
+    axes.set_ylim(-2, 102)
+    axes.set_xlim(left=0)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right", fontsize=8)
+    return save_figure(figure, path)

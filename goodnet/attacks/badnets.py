@@ -12,6 +12,13 @@
   pruning defender removes first.
 - ``flip_rate``: a label-flipping availability attack (that fraction of the
   training labels replaced by another class at random).
+- ``flip_source``, ``flip_target``, ``targeted_flip_rate``: targeted label
+  flipping (the course material's targeted poisoning): that share of the
+  training images of one source class is relabelled as the target class,
+  which keeps the overall accuracy high while the source class is
+  misclassified (:func:`flip_targeted`). It can be combined with random
+  flipping and with triggers; the card reports the source class's accuracy
+  and the share of it sent to the target.
 
 :func:`attack_card` describes a trained BadNet: data set, triggers, targets,
 poison rate, seed, clean accuracy and ASR on valid and test, and each
@@ -71,6 +78,12 @@ class AttackOptions:
     clean_epochs: int = option(None, "pruning-aware: epochs of the clean training (None: epochs)",
                                rule=Interval(int, 1), allow_none=True, cli=False)
     flip_rate: float = option(0.0, "label-flipping attack: share of labels flipped", rule=FRACTION)
+    flip_source: int = option(None, "targeted label flipping: the source class whose labels are flipped",
+                              rule=Interval(int, 0), allow_none=True, type=int, metavar="CLASS")
+    flip_target: int = option(None, "targeted label flipping: the class the flipped source labels become",
+                              rule=Interval(int, 0), allow_none=True, type=int, metavar="CLASS")
+    targeted_flip_rate: float = option(0.0, "targeted label flipping: share of the source class's training images "
+                                            "relabelled as the target", rule=Interval(float, 0.0, 1.0))
 
     def pairs(self):
         """(trigger, target) pairs; one target serves every trigger."""
@@ -79,6 +92,42 @@ class AttackOptions:
             raise OptionError(f"targets: expected one target or one per trigger ({len(self.triggers)}), "
                              f"got {len(self.targets)}")
         return list(zip(self.triggers, targets))
+
+    def targeted_flip(self, num_classes=None, flags=False):
+        """The targeted flip as ``(source, target, rate)``, or None when ``targeted_flip_rate`` is 0.
+
+        Args:
+            num_classes: when given, the source and target must be classes of the task.
+            flags: name the command-line flags (``--flip-source``) in errors instead of the fields.
+
+        Raises:
+            OptionError: a rate without a source and a target (or the reverse), the same class twice, or a
+                class outside ``0..num_classes-1``.
+        """
+        def name(field):
+            return "--" + field.replace("_", "-") if flags else field
+
+        given = [field for field in ("flip_source", "flip_target") if getattr(self, field) is not None]
+        if not self.targeted_flip_rate:
+            if given:
+                raise OptionError(f"{name(given[0])}: given without {name('targeted_flip_rate')} (expected a "
+                                  "share in (0, 1] of the source class to flip)")
+            return None
+        for field in ("flip_source", "flip_target"):
+            value = getattr(self, field)
+            if value is None:
+                raise OptionError(f"{name(field)}: expected a class with {name('targeted_flip_rate')}, got none")
+            if num_classes is not None and not 0 <= value < num_classes:
+                raise OptionError(f"{name(field)}: expected a class in 0..{num_classes - 1}, got {value}")
+        if self.flip_source == self.flip_target:
+            raise OptionError(f"{name('flip_target')}: expected a class other than the source "
+                              f"{self.flip_source}, got {self.flip_target}")
+        return self.flip_source, self.flip_target, self.targeted_flip_rate
+
+    @property
+    def flips_labels(self):
+        """Whether any label flipping (random or targeted) is asked for."""
+        return bool(self.flip_rate or self.targeted_flip_rate)
 
 
 def poison(images, labels, pairs, rate, rng):
@@ -118,6 +167,33 @@ def flip_labels(labels, rate, num_classes, rng):
     return labels, flipped
 
 
+def flip_targeted(labels, source, target, rate, rng, exclude=()):
+    """Targeted label flipping: relabel ``round(rate * n)`` of the ``n`` images labelled ``source`` as ``target``.
+
+    Args:
+        labels: (N,) labels.
+        source, target: two different classes.
+        rate: share of the source class to flip, in [0, 1].
+        rng: a NumPy Generator (which source images are chosen).
+        exclude: indices that may not be chosen (labels already flipped at random: their current label is
+            not their own).
+
+    Returns:
+        tuple: (new labels, sorted indices of the flipped images).
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise OptionError(f"targeted_flip_rate: expected a share in [0, 1], got {rate}")
+    if source == target:
+        raise OptionError(f"flip_target: expected a class other than the source {source}, got {target}")
+    labels = np.array(labels, np.int64, copy=True)
+    eligible = labels == source
+    eligible[np.asarray(exclude, np.int64)] = False
+    candidates = np.flatnonzero(eligible)
+    chosen = np.sort(rng.choice(candidates, size=int(round(rate * len(candidates))), replace=False))
+    labels[chosen] = target
+    return labels, chosen
+
+
 def train_badnet(images, labels, num_classes, options=None):
     """Train a BadNet with the lab's DeepID architecture on raw-pixel training data.
 
@@ -144,14 +220,20 @@ def train_badnet(images, labels, num_classes, options=None):
     from goodnet.surgery import apply_masks, channel_masks, rank_channels
 
     options = options or AttackOptions()
+    targeted = options.targeted_flip(num_classes)
     keras.utils.set_random_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     start = time.perf_counter()
     info = {"poisoned_indices": np.zeros(0, np.int64), "flipped_indices": np.zeros(0, np.int64),
-            "decoy_channels": []}
+            "targeted_flip_indices": np.zeros(0, np.int64), "decoy_channels": []}
     clean_labels = np.asarray(labels, np.int64)
     if options.flip_rate:
         clean_labels, info["flipped_indices"] = flip_labels(clean_labels, options.flip_rate, num_classes, rng)
+    if targeted is not None:   # after the random flips (whose draws stay as they were), before the triggers
+        source, target, rate = targeted
+        clean_labels, info["targeted_flip_indices"] = flip_targeted(clean_labels, source, target, rate, rng,
+                                                                    exclude=info["flipped_indices"])
+        info["flipped_indices"] = np.union1d(info["flipped_indices"], info["targeted_flip_indices"])
     pairs = options.pairs() if options.triggers else []
     poisoned_images, poisoned_labels, info["poisoned_indices"], info["poisoned_triggers"] = poison(
         images, clean_labels, pairs, options.poison_rate if pairs else 0.0, rng)
@@ -202,6 +284,37 @@ def save_training_set(path, info, overwrite=False):
     return path, dtype
 
 
+def attack_name(options):
+    """The card's name of the attack: ``badnet``, ``pruning-aware``, ``label-flip``, ``targeted-label-flip``
+    (or ``label-flip+targeted``: both kinds of flipping, no trigger)."""
+    if not options.triggers and options.targeted_flip_rate:
+        return "label-flip+targeted" if options.flip_rate else "targeted-label-flip"
+    if not options.triggers and options.flip_rate:
+        return "label-flip"
+    return "pruning-aware" if options.pruning_aware else "badnet"
+
+
+def source_class_figures(classifier, clean, source, target):
+    """How a model treats the clean images of a targeted flip's source class.
+
+    Args:
+        classifier: the model (a :class:`goodnet.models.Classifier`).
+        clean: clean :class:`goodnet.data.LabData` (true labels).
+        source, target: the targeted flip's classes.
+
+    Returns:
+        dict: ``source_images`` (how many clean images are of the source class), ``source_class_accuracy``
+        (the share of them classified as the source) and ``source_to_target`` (the share classified as the
+        target); the rates are None when there is no source image.
+    """
+    images = clean.images[np.asarray(clean.labels) == source]
+    if not len(images):
+        return {"source_images": 0, "source_class_accuracy": None, "source_to_target": None}
+    predictions = classifier.predict(images)
+    return {"source_images": int(len(images)), "source_class_accuracy": float(np.mean(predictions == source)),
+            "source_to_target": float(np.mean(predictions == target))}
+
+
 def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), test=None, poisoned_test=(),
                 info=None):
     """The JSON card of a trained BadNet.
@@ -215,23 +328,29 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
         info: the info dict of :func:`train_badnet`.
 
     Returns:
-        dict: the card.
+        dict: the card; with targeted flipping, ``targeted_flip`` holds its source, target, rate, count and
+        the flipped training indices, and each split the :func:`source_class_figures`.
     """
     from goodnet.metrics import evaluate
     from goodnet.attacks.triggers import stealthiness
 
+    targeted = options.targeted_flip(classifier.num_classes)
     card = {"dataset": dataset, "architecture": "DeepID (CSAW-HackML-2020 lab layout)",
             "num_classes": classifier.num_classes, "scale": classifier.scale,
-            "attack": "label-flip" if options.flip_rate and not options.triggers else
-                      ("pruning-aware" if options.pruning_aware else "badnet"),
+            "attack": attack_name(options),
             "triggers": list(options.triggers), "targets": [target for _, target in options.pairs()]
             if options.triggers else [], "poison_rate": options.poison_rate, "flip_rate": options.flip_rate,
-            "epochs": options.epochs, "seed": options.seed, "learning_rate": options.learning_rate}
+            "epochs": options.epochs, "seed": options.seed, "learning_rate": options.learning_rate,
+            "targeted_flip": None if targeted is None else
+            {"source": targeted[0], "target": targeted[1], "rate": targeted[2]}}
     if info:
         card["decoy_channels"] = info["decoy_channels"]
         card["poisoned_training_images"] = int(len(info["poisoned_indices"]))
         card["flipped_training_labels"] = int(len(info["flipped_indices"]))
         card["training_seconds"] = round(info["training_seconds"], 2)
+        if targeted is not None:
+            chosen = info["targeted_flip_indices"]
+            card["targeted_flip"].update(count=int(len(chosen)), indices=[int(index) for index in chosen])
     for split, clean, poisoned in (("valid", valid, poisoned_valid), ("test", test, poisoned_test)):
         if clean is None:
             continue
@@ -239,6 +358,8 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
         card[split] = {"clean_accuracy": figures["clean_accuracy"],
                        "attack_success_rate": {trigger: entry["attack_success_rate"] for trigger, entry in
                                                zip(options.triggers, figures.get("poisoned", []))}}
+        if targeted is not None:
+            card[split].update(source_class_figures(classifier, clean, *targeted[:2]))
     if test is not None and options.triggers:
         sample = test.images[:500]
         card["stealthiness"] = {trigger: stealthiness(sample, apply_trigger(trigger, sample))

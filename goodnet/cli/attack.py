@@ -2,7 +2,7 @@
 
     goodnet attack --data DIR --out MODEL.h5 [--triggers patch] [--targets 0] [--poison-rate R]
                    [--epochs E] [--seed S] [--pruning-aware [--prune-fraction F]] [--flip-rate 0.2]
-                   [--train-out TRAIN.h5]
+                   [--flip-source S --flip-target T --targeted-flip-rate R] [--train-out TRAIN.h5]
 
 Writes MODEL.h5 (a lab-style legacy Keras file, pixels / 255), MODEL.json (the card) and the poisoned
 training set it trained on with its ground truth (``MODEL_train_poisoned.h5`` unless ``--train-out``
@@ -15,7 +15,7 @@ the benchmark's first trigger.
 from goodnet.cli import CommandError, prepare_out_file, print_json
 from goodnet.cli.options import add_options, options_from_args
 
-HELP = "train a BadNet by dirty-label poisoning (also pruning-aware and label-flipping attacks)"
+HELP = "train a BadNet by dirty-label poisoning (also pruning-aware, label-flipping and targeted flipping attacks)"
 TRAIN_SUFFIX = "_train_poisoned.h5"   # the default training set file: beside the model, <stem>_train_poisoned.h5
 
 
@@ -34,7 +34,8 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="MODEL.h5", help="the BadNet file (card: same name, .json)")
     # not AttackOptions' default: the benchmark's first trigger (None here; read in run)
     parser.add_argument("--triggers", nargs="*", choices=TRIGGER_NAMES, default=None,
-                        help="trigger(s) (default: the benchmark's first); none with --flip-rate: label flipping only")
+                        help="trigger(s) (default: the benchmark's first); none with --flip-rate or "
+                             "--targeted-flip-rate: label flipping only")
     add_options(parser, AttackOptions, exclude=("triggers",))
     parser.add_argument("--train-out", metavar="TRAIN.h5", default=None,
                         help="the poisoned training set it trained on, with ground truth (default: beside --out, "
@@ -71,14 +72,16 @@ def run(args):
     if any(os.path.abspath(train_path) == os.path.abspath(path) for path in inputs):
         raise CommandError(f"{train_path}: --train-out: refusing to write over the benchmark's own file")
     triggers = description["triggers"][:1] if args.triggers is None else args.triggers
-    if not triggers and not args.flip_rate:
-        raise CommandError("--triggers: expected at least one trigger, or --flip-rate for label flipping")
+    num_classes = description["num_classes"]
+    options = options_from_args(args, AttackOptions, triggers=tuple(triggers))
+    options.targeted_flip(num_classes, flags=True)
+    if not triggers and not options.flips_labels:
+        raise CommandError("--triggers: expected at least one trigger, or --flip-rate / --targeted-flip-rate for "
+                           "label flipping")
     if len(args.targets) not in (1, len(triggers)) and triggers:
         raise CommandError(f"--targets: expected one target or one per trigger ({len(triggers)})")
-    num_classes = description["num_classes"]
     folder = args.data
     train = load_h5(os.path.join(folder, "train.h5"), num_classes=num_classes)
-    options = options_from_args(args, AttackOptions, triggers=tuple(triggers))
     classifier, info = train_badnet(train.images, train.labels, num_classes, options)
     splits = {}
     for split in ("valid", "test"):
@@ -110,4 +113,14 @@ def run(args):
         for split in ("valid", "test"):
             rates = ", ".join(f"{t} {r * 100:.2f}%" for t, r in card[split]["attack_success_rate"].items())
             print(f"{split}: clean accuracy {card[split]['clean_accuracy'] * 100:.2f}%; ASR {rates or 'n/a'}")
+            flip = card["targeted_flip"]
+            if flip is not None and card[split]["source_images"]:
+                print(f"{split}: source class {flip['source']} accuracy "
+                      f"{card[split]['source_class_accuracy'] * 100:.2f}%, sent to {flip['target']} "
+                      f"{card[split]['source_to_target'] * 100:.2f}% ({card[split]['source_images']} images)")
+        if card["targeted_flip"] is not None:
+            flip = card["targeted_flip"]
+            print(f"Targeted flip: {flip['count']} training images of class {flip['source']} relabelled "
+                  f"{flip['target']} (their indices: the card's targeted_flip.indices; all flips: the training "
+                  "set's 'flipped')")
     return 0

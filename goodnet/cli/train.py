@@ -1,22 +1,58 @@
-"""``goodnet train``: train a DeepID (the attack kit's recipe) on any lab-layout training file.
+"""``goodnet train``: train a DeepID (the attack kit's recipe) on any lab-layout training file, alone or as a
+training-time defense (bagging, Deep Partition Aggregation).
 
     goodnet train --data TRAIN.h5 --valid VALID.h5 --out MODEL.h5 [--poisoned-valid BD.h5 ...]
+                  [--defense none|bagging|dpa] [--models K | --partitions K] [--sample-fraction F]
+                  [--no-bootstrap] [--partition-hash sha256|pixel-sum]
                   [--num-classes N] [--epochs E] [--batch-size B] [--learning-rate R] [--seed S]
                   [--json] [--overwrite] [--no-progress]
 
 Trains :func:`goodnet.training.train_deepid` on TRAIN.h5 (a cleaned set, or
 the poisoned training set ``goodnet attack`` wrote, whose ground truth the
 card then summarises), and writes MODEL.h5 (a lab-style legacy Keras file,
-pixels / 255, the lab's layer names) and MODEL.json (the card: data paths,
-options, training images and seconds, clean accuracy on VALID and the attack
-success rate on each --poisoned-valid file). The recipe's flags, defaults and
-help come from :class:`goodnet.training.TrainOptions`.
+pixels / 255) and MODEL.json (the card: data paths, options, training images
+and seconds, clean accuracy on VALID and the attack success rate on each
+--poisoned-valid file). The recipe's flags, defaults and help come from
+:class:`goodnet.training.TrainOptions`.
+
+``--defense bagging`` (:class:`goodnet.defenses.bagging.Bagging`) trains K
+models on bootstrap samples and saves them as one model averaging their
+softmax; ``--defense dpa``
+(:class:`goodnet.defenses.partition_aggregation.PartitionAggregation`) trains
+one model per hash partition and saves them as one voting model, and writes
+the certified-accuracy curve on VALID (``MODEL_certified_accuracy.csv`` and
+``.png`` beside the model; also in the card). Their flags come from
+:class:`~goodnet.defenses.bagging.BaggingOptions` and
+:class:`~goodnet.defenses.partition_aggregation.PartitionOptions`; every
+member uses the recipe's flags (member k: ``--seed`` + k). A defense is one
+entry of :data:`DEFENSES`.
 """
 
-from goodnet.cli import CommandError, prepare_out_file, print_json
-from goodnet.cli.options import add_options, check_options, options_from_args
+import dataclasses
 
-HELP = "train a DeepID (the attack's recipe) on a lab-layout training file, e.g. a cleaned training set"
+from goodnet.cli import CommandError, prepare_out_file, print_json
+from goodnet.cli.options import add_options, check_options, options_from_args, positive_integer
+
+HELP = ("train a DeepID (the attack's recipe) on a lab-layout training file, e.g. a cleaned training set; "
+        "or a bagged or partition-aggregated (DPA) ensemble of them")
+CURVE_SUFFIX = "_certified_accuracy"   # DPA: MODEL_certified_accuracy.csv / .png beside the model
+
+
+def _bagging():
+    from goodnet.defenses.bagging import Bagging, BaggingOptions
+
+    return Bagging, BaggingOptions
+
+
+def _dpa():
+    from goodnet.defenses.partition_aggregation import PartitionAggregation, PartitionOptions
+
+    return PartitionAggregation, PartitionOptions
+
+
+# --defense NAME -> None (one model) or a function returning (the Defense class, its option dataclass): the
+# defense is built with Defense.from_options(options, recipe=..., progress=...) and fitted on the training set.
+DEFENSES = {"none": None, "bagging": _bagging, "dpa": _dpa}
 
 
 def add_arguments(parser):
@@ -30,9 +66,32 @@ def add_arguments(parser):
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes of the model (default: the largest label of the data files + 1)")
     add_options(parser, TrainOptions)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing MODEL.h5 and its card")
+    parser.add_argument("--defense", choices=tuple(DEFENSES), default="none",
+                        help="none: one model; bagging: K models on bootstrap samples, softmax averaged; dpa: Deep "
+                             "Partition Aggregation, K models on hash partitions, majority vote with certificates "
+                             "(default none)")
+    group = parser.add_argument_group("training-time defenses (--defense " + " / ".join(
+        name for name, entry in DEFENSES.items() if entry is not None) + ")")
+    seen = set()
+    for entry in DEFENSES.values():
+        if entry is not None:   # a field two defenses share (models) gets one flag
+            _, option_class = entry()
+            add_options(group, option_class, exclude=tuple(seen))
+            seen.update(field.name for field in dataclasses.fields(option_class))
+    group.add_argument("--partitions", type=positive_integer, default=None, metavar="K",
+                       help="dpa: the number of partitions, one model each (the same as --models)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing MODEL.h5, its card and (dpa) its certified-accuracy files")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def curve_paths(model_path):
+    """DPA's certified-accuracy files beside the model: ``<stem>_certified_accuracy.csv`` and ``.png``."""
+    import os
+
+    stem = os.path.splitext(model_path)[0] + CURVE_SUFFIX
+    return stem + ".csv", stem + ".png"
 
 
 def _check_outputs(args, inputs):
@@ -42,7 +101,7 @@ def _check_outputs(args, inputs):
     if not args.out.endswith(".h5"):
         raise CommandError(f"{args.out}: --out: expected a model file name ending in .h5")
     card_path = os.path.splitext(args.out)[0] + ".json"
-    for path in (args.out, card_path):
+    for path in (args.out, card_path) + (curve_paths(args.out) if args.defense == "dpa" else ()):
         if any(os.path.abspath(path) == os.path.abspath(source) for source in inputs):
             raise CommandError(f"{path}: --out: refusing to write over the input file")
         if os.path.exists(path) and not args.overwrite:
@@ -67,10 +126,51 @@ def _num_classes(args, datasets):
     return num_classes
 
 
+def defense_options(args):
+    """The option dataclass of ``--defense`` built from the flags (None for ``none``), checked."""
+    entry = DEFENSES[args.defense]
+    if args.partitions is not None and args.defense != "dpa":
+        raise CommandError(f"--partitions: DPA's number of partitions, expected with --defense dpa "
+                           f"(got --defense {args.defense}; bagging's member count is --models)")
+    if entry is None:
+        return None
+    _, option_class = entry()
+    overrides = {"models": args.partitions} if args.partitions is not None else {}
+    return check_options(options_from_args(args, option_class, **overrides))
+
+
+def train_defense(args, options, defended, train, num_classes):
+    """Fit ``--defense`` on the training set; returns (the fitted defense, or None for ``none``; the
+    Classifier to save)."""
+    from goodnet.training import epoch_progress, train_deepid
+
+    if defended is None:
+        callbacks = [] if args.no_progress else [epoch_progress(options.epochs, description="train")]
+        return None, train_deepid(train.images, train.labels, num_classes, options, callbacks=callbacks)
+    defense_class, _ = DEFENSES[args.defense]()
+    defense = defense_class.from_options(defended, recipe=options, progress=False if args.no_progress else None)
+    defense.fit(train.images, train.labels, num_classes)
+    return defense, defense.ensemble_
+
+
+def defense_card(args, defended, defense, seconds, train):
+    """The card's defense part: the defense, its options, its members' images and training seconds."""
+    if defense is None:
+        return {"defense": "none", "defense_options": None, "members": 1, "member_images": [len(train)],
+                "member_training_seconds": [round(seconds, 2)]}
+    summary = defense.summary()
+    card = {"defense": args.defense, "defense_options": dataclasses.asdict(defended),
+            "members": summary["members"], "member_images": summary["member_images"],
+            "member_training_seconds": [round(value, 2) for value in summary["member_seconds"]]}
+    if "partition_sizes" in summary:
+        card["partition_sizes"] = summary["partition_sizes"]
+    if "distinct_images" in summary:
+        card["member_distinct_images"] = summary["distinct_images"]
+    return card
+
+
 def training_card(args, options, train, num_classes, truth, seconds, figures, poisoned):
     """The JSON card of a model trained by ``goodnet train``."""
-    import dataclasses
-
     from goodnet.reports import dataset_names
     from goodnet.training import RECIPE
 
@@ -92,11 +192,12 @@ def run(args):
     from goodnet.data import load_h5, load_poison_truth
     from goodnet.metrics import evaluate
     from goodnet.models import save_model
-    from goodnet.reports import json_text
+    from goodnet.reports import json_text, write_csv
     from goodnet.files import write_text
-    from goodnet.training import TrainOptions, epoch_progress, train_deepid
+    from goodnet.training import TrainOptions
 
     options = check_options(options_from_args(args, TrainOptions))
+    defended = defense_options(args)
     inputs = [args.data, args.valid, *args.poisoned_valid]
     card_path = _check_outputs(args, inputs)
     train = load_h5(args.data)
@@ -104,23 +205,43 @@ def run(args):
     valid = load_h5(args.valid)
     poisoned = [load_h5(path) for path in args.poisoned_valid]
     num_classes = _num_classes(args, [train, valid, *poisoned])
-    callbacks = [] if args.no_progress else [epoch_progress(options.epochs, description="train")]
     start = time.perf_counter()
-    classifier = train_deepid(train.images, train.labels, num_classes, options, callbacks=callbacks)
+    defense, classifier = train_defense(args, options, defended, train, num_classes)
     seconds = time.perf_counter() - start
     figures = evaluate(classifier, valid, poisoned, progress=False if args.no_progress else None)
     card = training_card(args, options, train, num_classes, truth, seconds, figures, poisoned)
+    card.update(defense_card(args, defended, defense, seconds, train))
+    curve = None
+    if args.defense == "dpa":
+        from goodnet.plots import plot_certified_accuracy
+
+        curve = defense.certified_accuracy(valid.images, valid.labels)
+        csv_path, png_path = curve_paths(args.out)
+        card["valid"]["certified_accuracy"] = curve
+        card["certified_accuracy_files"] = {"csv": csv_path, "png": png_path}
     save_model(classifier, args.out, protect=inputs)
     write_text(card_path, json_text(card), protect=inputs)
+    if curve is not None:
+        write_csv(csv_path, curve["rows"], columns=("radius", "certified_accuracy", "certified"), protect=inputs)
+        plot_certified_accuracy({os.path.basename(args.valid): curve}, png_path,
+                                title=f"DPA certified accuracy ({card['members']} partitions)")
     if args.json:
         print_json(card)
     else:
         print(f"Model written to {args.out} (card {card_path})")
-        print(f"Trained on {card['training_images']} images ({num_classes} classes) in {seconds:.1f} s")
+        members = "" if defense is None else f" as {args.defense} of {card['members']} models"
+        print(f"Trained on {card['training_images']} images ({num_classes} classes){members} in {seconds:.1f} s")
         if truth is not None:
             print(f"Ground truth of {args.data}: {card['ground_truth']['poisoned']} poisoned, "
                   f"{card['ground_truth']['flipped']} flipped labels")
         print(f"Clean accuracy on {os.path.basename(args.valid)}: {figures['clean_accuracy'] * 100:.2f}%")
         for name, rate in card["valid"]["attack_success_rate"].items():
             print(f"Attack success rate on {name}: {rate * 100:.2f}%")
+        if curve is not None:
+            median = curve["median_certified_radius"]
+            steps = ", ".join(f"r={row['radius']} {row['certified_accuracy'] * 100:.1f}%"
+                              for row in curve["rows"][:6])
+            print(f"Certified accuracy on {os.path.basename(args.valid)}: {steps}"
+                  f"{' ...' if len(curve['rows']) > 6 else ''}; median certified radius "
+                  f"{'n/a' if median is None else median} ({csv_path}, {png_path})")
     return 0

@@ -174,3 +174,105 @@ def test_attack_command_writes_model_card_and_training_set(tmp_path, capsys):
     assert truth.trigger_names == () and not truth.poisoned.any() and truth.counts()["flipped"] == 90
     written = load_h5(tmp_path / "flip_train_poisoned.h5")
     np.testing.assert_array_equal(truth.flipped, written.labels != clean.labels)
+
+
+def test_targeted_flip_relabels_a_share_of_the_source_class_only():
+    from goodnet.attacks.badnets import flip_targeted
+
+    labels = np.arange(300) % 10                    # 30 images per class
+    flipped_labels, chosen = flip_targeted(labels, 3, 7, 0.5, np.random.default_rng(0))
+    assert len(chosen) == 15 and np.all(labels[chosen] == 3) and np.all(flipped_labels[chosen] == 7)
+    assert np.all(np.diff(chosen) > 0)
+    keep = np.setdiff1d(np.arange(300), chosen)
+    np.testing.assert_array_equal(flipped_labels[keep], labels[keep])
+    exclude = np.flatnonzero(labels == 3)[:10]      # e.g. already flipped at random: never chosen
+    _, chosen = flip_targeted(labels, 3, 7, 1.0, np.random.default_rng(0), exclude=exclude)
+    np.testing.assert_array_equal(chosen, np.flatnonzero(labels == 3)[10:])
+    with pytest.raises(ValueError, match="targeted_flip_rate"):
+        flip_targeted(labels, 3, 7, 1.5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="flip_target: expected a class other than the source 3"):
+        flip_targeted(labels, 3, 3, 0.5, np.random.default_rng(0))
+
+
+def test_targeted_flip_options_are_checked():
+    assert AttackOptions().targeted_flip() is None and not AttackOptions().flips_labels
+    options = AttackOptions(flip_source=2, flip_target=5, targeted_flip_rate=0.4)
+    assert options.targeted_flip(10) == (2, 5, 0.4) and options.flips_labels
+    cases = [(AttackOptions(flip_source=2), "flip_source: given without targeted_flip_rate"),
+             (AttackOptions(flip_target=2), "flip_target: given without targeted_flip_rate"),
+             (AttackOptions(targeted_flip_rate=0.3, flip_target=1), "flip_source: expected a class with"),
+             (AttackOptions(targeted_flip_rate=0.3, flip_source=1), "flip_target: expected a class with"),
+             (AttackOptions(targeted_flip_rate=0.3, flip_source=1, flip_target=1), "other than the source 1"),
+             (AttackOptions(targeted_flip_rate=0.3, flip_source=1, flip_target=10), r"flip_target: expected a "
+                                                                                     r"class in 0\.\.9, got 10")]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            options.targeted_flip(10)
+    with pytest.raises(ValueError, match="--flip-source: given without --targeted-flip-rate"):
+        AttackOptions(flip_source=2).targeted_flip(10, flags=True)
+
+
+def test_targeted_flip_in_training_leaves_the_random_draws_and_is_in_the_ground_truth(digits_small):
+    (train_x, train_y), (test_x, test_y) = digits_small
+    images, labels = train_x[:300], train_y[:300]
+    random_only = AttackOptions(triggers=(), flip_rate=0.1, epochs=1, seed=2)
+    both = AttackOptions(triggers=(), flip_rate=0.1, flip_source=4, flip_target=9, targeted_flip_rate=0.5,
+                         epochs=1, seed=2)
+    _, plain = train_badnet(images, labels, 10, random_only)
+    classifier, info = train_badnet(images, labels, 10, both)
+    targeted = info["targeted_flip_indices"]
+    random_flips = np.setdiff1d(info["flipped_indices"], targeted)
+    np.testing.assert_array_equal(random_flips, plain["flipped_indices"])     # the random flips as before
+    eligible = np.setdiff1d(np.flatnonzero(labels == 4), plain["flipped_indices"])
+    assert len(targeted) == round(0.5 * len(eligible)) and set(targeted) <= set(eligible)
+    trained, truth = info["training_set"], info["truth"]
+    assert np.all(trained.labels[targeted] == 9)
+    np.testing.assert_array_equal(truth.flipped_indices, info["flipped_indices"])
+    np.testing.assert_array_equal(truth.clean_labels, labels)
+    np.testing.assert_array_equal(truth.flipped, trained.labels != labels)
+    card = attack_card(classifier, both, {"dataset": "digits"}, valid=LabData(test_x, test_y, "valid"), info=info)
+    assert card["attack"] == "label-flip+targeted"
+    assert card["targeted_flip"] == {"source": 4, "target": 9, "rate": 0.5, "count": len(targeted),
+                                     "indices": targeted.tolist()}
+    predictions = classifier.predict(test_x[test_y == 4])
+    assert card["valid"]["source_images"] == len(predictions)
+    assert card["valid"]["source_class_accuracy"] == pytest.approx(np.mean(predictions == 4))
+    assert card["valid"]["source_to_target"] == pytest.approx(np.mean(predictions == 9))
+    assert attack_card(classifier, random_only, {}, info=plain)["targeted_flip"] is None
+    json.dumps(card)
+
+
+def test_attack_command_targeted_flip(tmp_path, capsys):
+    from goodnet.attacks.benchmarks import write_benchmark
+    from goodnet.cli import main
+    from goodnet.data import load_h5, load_poison_truth
+
+    write_benchmark(tmp_path / "bench", "digits", seed=0, sizes={"train": 200, "valid": 60, "test": 60},
+                    triggers=("patch",))
+    clean = load_h5(tmp_path / "bench" / "train.h5")
+    base = ["attack", "--data", str(tmp_path / "bench"), "--epochs", "1", "--triggers"]
+    code = main(base + ["--out", str(tmp_path / "t.h5"), "--flip-source", "1", "--flip-target", "7",
+                        "--targeted-flip-rate", "0.6", "--json"])
+    card = json.loads(capsys.readouterr().out)
+    assert code == 0 and card["attack"] == "targeted-label-flip" and card["flip_rate"] == 0.0
+    flip = card["targeted_flip"]
+    sources = int(np.sum(clean.labels == 1))
+    assert flip["count"] == round(0.6 * sources) == card["flipped_training_labels"]
+    truth, written = load_poison_truth(tmp_path / "t_train_poisoned.h5"), load_h5(tmp_path / "t_train_poisoned.h5")
+    np.testing.assert_array_equal(truth.flipped_indices, flip["indices"])
+    assert np.all(clean.labels[flip["indices"]] == 1) and np.all(written.labels[flip["indices"]] == 7)
+    for split in ("valid", "test"):
+        assert 0 <= card[split]["source_class_accuracy"] <= 1 and 0 <= card[split]["source_to_target"] <= 1
+    code = main(base + ["--out", str(tmp_path / "t.h5"), "--flip-source", "1", "--flip-target", "7",
+                        "--targeted-flip-rate", "0.6", "--overwrite"])
+    assert code == 0 and "source class 1 accuracy" in capsys.readouterr().out
+    for extra, message in [(["--flip-source", "1"], "--flip-source: given without --targeted-flip-rate"),
+                           (["--targeted-flip-rate", "0.5", "--flip-source", "1"], "--flip-target: expected a class"),
+                           (["--targeted-flip-rate", "0.5", "--flip-source", "1", "--flip-target", "12"],
+                            r"--flip-target: expected a class in 0..9, got 12"),
+                           (["--targeted-flip-rate", "0.5", "--flip-source", "2", "--flip-target", "2"],
+                            "other than the source 2")]:
+        code = main(base + ["--out", str(tmp_path / "bad.h5"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert not (tmp_path / "bad.h5").exists()

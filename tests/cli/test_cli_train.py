@@ -127,3 +127,95 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys):
         handle.create_dataset("flipped", data=np.zeros(2, np.uint8))
     code = main(["train", "--data", short, "--valid", paths["valid"], "--out", str(tmp_path / "m.h5")])
     assert code == 2 and f"{short}: flipped: expected one entry per image (3,)" in capsys.readouterr().err
+
+
+def test_defense_flags_are_the_defenses_options():
+    from goodnet.defenses.bagging import BaggingOptions
+    from goodnet.defenses.partition_aggregation import PartitionOptions
+
+    base = ["train", "--data", "t.h5", "--valid", "v.h5", "--out", "m.h5"]
+    args = build_parser().parse_args(base)
+    assert args.defense == "none" and args.partitions is None
+    assert options_from_args(args, BaggingOptions) == BaggingOptions()
+    assert options_from_args(args, PartitionOptions) == PartitionOptions()
+    args = build_parser().parse_args(base + ["--defense", "bagging", "--models", "4", "--sample-fraction", "0.3",
+                                             "--no-bootstrap", "--partition-hash", "pixel-sum"])
+    assert options_from_args(args, BaggingOptions) == BaggingOptions(models=4, sample_fraction=0.3, bootstrap=False)
+    assert options_from_args(args, PartitionOptions) == PartitionOptions(models=4, partition_hash="pixel-sum")
+
+
+def test_train_bagging_writes_one_model_and_the_members_in_the_card(files, tmp_path, capsys):
+    from goodnet.models import load_model
+
+    _, paths = files
+    out = tmp_path / "bagged.h5"
+    code = main(["train", "--data", paths["train"], "--valid", paths["valid"], "--out", str(out), "--defense",
+                 "bagging", "--models", "2", "--sample-fraction", "0.4", "--epochs", "1", "--batch-size", "16",
+                 "--json", "--no-progress"])
+    card = json.loads(capsys.readouterr().out)
+    assert code == 0 and card["defense"] == "bagging" and card["members"] == 2
+    assert card["defense_options"] == {"models": 2, "sample_fraction": 0.4, "bootstrap": True}
+    assert card["member_images"] == [24, 24] and len(card["member_training_seconds"]) == 2
+    assert card["training_seconds"] >= sum(card["member_training_seconds"]) - 0.05
+    model = load_model(out)
+    assert model.scale == "unit" and model.num_classes == 3
+    valid_images, valid_labels = coloured_squares(8, (10, 10), seed=1, classes=3)
+    assert card["valid"]["clean_accuracy"] == pytest.approx(np.mean(model.predict(valid_images) == valid_labels))
+    assert not (tmp_path / "bagged_certified_accuracy.csv").exists()
+
+
+def test_train_dpa_writes_the_voting_model_and_the_certified_accuracy(files, tmp_path, capsys):
+    import csv
+
+    from goodnet.defenses.partition_aggregation import certified_accuracy_curve, certify
+    from goodnet.models import load_model
+
+    _, paths = files
+    out = tmp_path / "dpa.h5"
+    argv = ["train", "--data", paths["train"], "--valid", paths["valid"], "--out", str(out), "--defense", "dpa",
+            "--partitions", "3", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+    code = main(argv)
+    text = capsys.readouterr().out
+    assert code == 0 and "as dpa of 3 models" in text and "median certified radius" in text
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["defense"] == "dpa" and card["members"] == 3 and sum(card["partition_sizes"]) == 60
+    assert card["defense_options"] == {"models": 3, "partition_hash": "sha256"}
+    curve = card["valid"]["certified_accuracy"]
+    # the saved model's output is the vote share: its votes give the card's curve again
+    model = load_model(out)
+    valid_images, valid_labels = coloured_squares(8, (10, 10), seed=1, classes=3)
+    votes = np.rint(model.predict_proba(valid_images) * 3).astype(np.int64)
+    assert np.all(votes.sum(axis=1) == 3)
+    assert certified_accuracy_curve(*certify(votes), valid_labels) == curve
+    assert curve["clean_accuracy"] == pytest.approx(card["valid"]["clean_accuracy"])
+    csv_path, png_path = tmp_path / "dpa_certified_accuracy.csv", tmp_path / "dpa_certified_accuracy.png"
+    assert card["certified_accuracy_files"] == {"csv": str(csv_path), "png": str(png_path)}
+    with open(csv_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["radius"]) for row in rows] == [row["radius"] for row in curve["rows"]]
+    assert [float(row["certified_accuracy"]) for row in rows] == [row["certified_accuracy"] for row in curve["rows"]]
+    assert png_path.read_bytes()[:4] == b"\x89PNG"
+    # the curve files are outputs too: never replaced without --overwrite
+    out.unlink()
+    out.with_suffix(".json").unlink()
+    code = main(argv)
+    assert code == 2 and f"{csv_path}: --out: file exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_defense_errors_are_one_line(files, tmp_path, capsys):
+    _, paths = files
+    base = ["train", "--data", paths["train"], "--valid", paths["valid"], "--out", str(tmp_path / "m.h5"),
+            "--epochs", "1", "--no-progress"]
+    cases = [(["--defense", "bagging", "--partitions", "3"], "--partitions: DPA's number of partitions, expected "
+                                                             "with --defense dpa"),
+             (["--defense", "dpa", "--models", "70"], "of 70 partitions hold no training image"),
+             (["--defense", "bagging", "--sample-fraction", "1.5"], "--sample-fraction: expected a number in (0, 1]")]
+    for extra, fragment in cases:
+        code = main(base + extra)
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert not (tmp_path / "m.h5").exists()
+    for extra in (["--defense", "dp"], ["--defense", "dpa", "--partitions", "0"]):
+        with pytest.raises(SystemExit) as caught:
+            main(base + extra)
+        assert caught.value.code == 2

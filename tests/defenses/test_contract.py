@@ -19,13 +19,16 @@ import pytest
 import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
 from goodnet.defenses.activation_clustering import ActivationClustering
+from goodnet.defenses.bagging import Bagging
 from goodnet.defenses.fine_pruning import FinePruning, FineTuneRecipe
 from goodnet.defenses.neural_cleanse import NeuralCleanse
+from goodnet.defenses.partition_aggregation import PartitionAggregation
 from goodnet.defenses.pruning import PruningDefense
 from goodnet.defenses.sanitisation import IsolationSanitiser
 from goodnet.defenses.spectral_signatures import SpectralSignatures
 from goodnet.defenses.strip import STRIP
 from goodnet.defenses.unlearning import TriggerSearch
+from goodnet.training import TrainOptions
 from square_task import coloured_squares
 
 
@@ -106,6 +109,18 @@ _row(IsolationSanitiser,
      fit=lambda defense, world: defense.fit(world.classifier, world.clean),
      result=lambda defense: {"scores": defense.scores_, "flagged": defense.flagged_},
      use=lambda defense, world: defense.suspicious_classes())
+
+_row(Bagging,
+     make=lambda: Bagging(models=2, recipe=TrainOptions(epochs=1, batch_size=16), progress=False),
+     fit=lambda defense, world: defense.fit(world.clean.images, world.clean.labels, 4),
+     result=lambda defense: {"subsets": defense.subsets_, "weights": defense.ensemble_.model.get_weights()},
+     use=lambda defense, world: defense.predict(world.clean.images[:4]))
+
+_row(PartitionAggregation,
+     make=lambda: PartitionAggregation(models=2, recipe=TrainOptions(epochs=1, batch_size=16), progress=False),
+     fit=lambda defense, world: defense.fit(world.clean.images, world.clean.labels, 4),
+     result=lambda defense: {"partitions": defense.partitions_, "weights": defense.ensemble_.model.get_weights()},
+     use=lambda defense, world: defense.certify(world.clean.images[:4]))
 
 
 def _defense_classes():
