@@ -12,8 +12,10 @@ both to goodnet's detectors and to ART's (``adversarial-robustness-toolbox``,
 the benchmark-only extra ``pip install -e ".[bench]"``), ART reading them
 through a stand-in classifier whose ``get_activations`` returns them:
 
-- activation clustering: goodnet's :class:`ActivationClustering` (PCA to 10,
-  k-means, size + silhouette verdict) against ART's ``ActivationDefence``
+- activation clustering: goodnet's :class:`ActivationClustering` (its
+  default ``reduce="auto"``: ICA for classes of at least 100 samples, PCA for
+  smaller ones; and PCA or ICA throughout; k-means, size + silhouette
+  verdict) against ART's ``ActivationDefence``
   (PCA to 10, k-means) with its ``cluster_analysis`` rules ``smaller`` (its
   default: the smaller cluster of every class), ``relative-size`` and
   ``silhouette-scores``;
@@ -134,10 +136,13 @@ def compare(features, truth, classes, eps, seed):
 
     values, labels, poisoned = np.asarray(features.values), features.labels, truth.poisoned
     rows = []
-    ac, seconds = _timed(lambda: ActivationClustering(seed=seed).fit(features))
-    rows.append(("goodnet", "activation clustering (pca, size + silhouette)", _figures(ac.flagged_, poisoned, seconds)))
-    ica, seconds = _timed(lambda: ActivationClustering(reduce="ica", seed=seed).fit(features))
-    rows.append(("goodnet", "activation clustering (ica, size + silhouette)", _figures(ica.flagged_, poisoned, seconds)))
+    ac, seconds = _timed(lambda: ActivationClustering(seed=seed, progress=False).fit(features))
+    reduction = "+".join(sorted(set(ac.reductions_.tolist()) - {""}))
+    rows.append(("goodnet", f"activation clustering (default: auto = {reduction})",
+                 _figures(ac.flagged_, poisoned, seconds)))
+    for reduce in ("pca", "ica"):
+        other, seconds = _timed(lambda: ActivationClustering(reduce=reduce, seed=seed, progress=False).fit(features))
+        rows.append(("goodnet", f"activation clustering ({reduce})", _figures(other.flagged_, poisoned, seconds)))
     for analysis in ("smaller", "relative-size", "silhouette-scores"):
         rows.append(_guarded("ART", f"ActivationDefence ({analysis})", poisoned,
                              lambda: art_activation_defence(values, labels, classes, analysis)))
@@ -149,7 +154,7 @@ def compare(features, truth, classes, eps, seed):
                  _figures(scoped.flagged_, poisoned, seconds)))
     rows.append(_guarded("ART", f"SpectralSignatureDefense (eps {eps:g})", poisoned,
                          lambda: art_spectral(values, labels, classes, eps)))
-    isolation, seconds = _timed(lambda: IsolationSanitiser(seed=seed).fit(features))
+    isolation, seconds = _timed(lambda: IsolationSanitiser(seed=seed, progress=False).fit(features))
     rows.append(("goodnet", "isolation forest (global)", _figures(isolation.flagged_, poisoned, seconds)))
     extras = {"ac_poisoned_classes": ac.poisoned_classes().tolist(),
               "spectral_suspicious_classes": spectral.suspicious_classes().tolist()}
@@ -180,7 +185,7 @@ def timing(classes, per_class, eps, seed):
     values, labels = np.asarray(features.values), features.labels
     rows = []
     for method in ("batched", "reference"):
-        ac, seconds = _timed(lambda: ActivationClustering(method=method, seed=seed).fit(features))
+        ac, seconds = _timed(lambda: ActivationClustering(method=method, seed=seed, progress=False).fit(features))
         rows.append(("goodnet", f"activation clustering ({method})", _figures(ac.flagged_, truth.poisoned, seconds)))
     rows.append(_guarded("ART", "ActivationDefence (smaller)", truth.poisoned,
                          lambda: art_activation_defence(values, labels, classes, "smaller")))

@@ -244,7 +244,7 @@ def _summary(args, classifier, features, detectors, truth, timings, execution_re
         entry = {"name": METHOD_NAMES[method], "flagged": int(masks[method].sum()),
                  "suspicious_classes": suspicious[method], "params": detector.summary()["params"]}
         if method == "ac":
-            entry["silhouette_thresholds"] = detector.silhouette_threshold_by_reduction()
+            entry["reductions"] = detector.summary()["reductions"]
         if truth is not None:
             entry["detection"] = detection_figures(masks[method], truth.poisoned, detector.scores_)
         summary["methods"][method] = entry
@@ -461,7 +461,7 @@ def _markdown(summary, detectors, plots):
     lines += ["How each method decides:", "",
               "- activation clustering: per class, ICA (classes of at least 100 samples) or PCA of the activations to "
               "10 dimensions, k-means with k = 2; a class is poisoned when its smaller cluster is small and the clusters separated "
-              "(relative size and silhouette); only the smaller clusters of poisoned classes are flagged;",
+              "(relative size, and silhouette in the PCA or the ICA coordinates); only the smaller clusters of poisoned classes are flagged;",
               "- spectral signatures: per class, score ((r - mean) . v)^2 on the centred representations (v: top "
               "singular vector); the 1.5 x epsilon x n highest of each class are flagged; a class is suspicious when "
               "sigma_1^2 / sigma_2^2 stands out (MAD anomaly index);",
@@ -471,12 +471,12 @@ def _markdown(summary, detectors, plots):
         poisoned = [row for row in detectors["ac"].class_verdict_ if row["poisoned"]]
         lines += ["## Activation clustering: classes judged poisoned", ""]
         if poisoned:
-            lines += ["| class | samples | smaller cluster | relative size | reduction | silhouette (threshold) |",
-                      "|---:|---:|---:|---:|---|---:|"]
+            lines += ["| class | samples | smaller cluster | relative size | reduction | silhouette (PCA) | "
+                      "silhouette (ICA) |", "|---:|---:|---:|---:|---|---:|---:|"]
             for row in poisoned:
                 lines.append(f"| {row['class']} | {row['samples']} | {row['smaller_cluster']} | "
-                             f"{row['relative_size'] * 100:.1f} % | {row['reduction']} | {row['silhouette']:.3f} "
-                             f"({row['silhouette_threshold']:g}) |")
+                             f"{row['relative_size'] * 100:.1f} % | {row['reduction']} | {row['silhouette']:.3f} | "
+                             f"{_figure(row['ica_silhouette'])} |")
         else:
             lines.append("None: no class has a small, well-separated cluster.")
         lines.append("")

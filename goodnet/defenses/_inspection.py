@@ -5,7 +5,9 @@
   so a batched NumPy call serves a whole group while memory stays bounded;
 - :func:`centred_svd_batched` / :func:`centred_svd_reference`: the class
   means and the right singular vectors of the *centred* class matrices,
-  for a padded group at once or for one class;
+  for a padded group at once or for one class; :func:`top_eigen_batched`:
+  the top few of them from the eigen-decomposition of the smaller Gram
+  matrix (spectral signatures' fast path);
 - :func:`anomaly_index`: the MAD anomaly index of per-class statistics;
 - :func:`detection_figures`: precision, recall and F1 of flagged samples
   against ground truth (and the ROC AUC of the scores, :func:`rank_auc`);
@@ -81,6 +83,46 @@ def centred_svd_batched(padded, counts):
     centred = (padded - means[:, None, :]) * mask[:, :, None]
     _, values, vectors = np.linalg.svd(centred, full_matrices=False)
     return means, centred, values, fixed_signs(vectors)
+
+
+def top_eigen_batched(padded, counts, k):
+    """The top ``k`` principal directions of each centred class of a padded group, from the smaller Gram matrix.
+
+    The right singular vectors of the centred matrix C (n x d) are the
+    eigenvectors of C^T C (d x d); when n < d they are C^T u / sigma for the
+    eigenvectors u of C C^T (n x n), with the same eigenvalues sigma^2. A
+    symmetric eigen-decomposition of the smaller of the two costs a fraction
+    of an SVD of C; zero padding rows add zero rows and columns to C C^T,
+    which leave its top eigenpairs alone.
+
+    Returns:
+        tuple: centred (G, n_max, dim) with padding zero, eigenvalues
+        sigma^2 (G, k) decreasing (0 past the rank), directions (G, k, dim)
+        with :func:`fixed_signs` (zero where sigma is 0).
+    """
+    counts = np.asarray(counts)
+    mask = valid_mask(counts, padded.shape[1])
+    means = padded.sum(axis=1) / counts[:, None]
+    centred = (padded - means[:, None, :]) * mask[:, :, None]
+    rows, dim = centred.shape[1:]
+    transposed = np.swapaxes(centred, 1, 2)
+    if rows < dim:
+        values, vectors = np.linalg.eigh(centred @ transposed)          # (G, n, n), increasing
+        values, vectors = values[:, ::-1][:, :k], vectors[:, :, ::-1][:, :, :k]
+        values = np.maximum(values, 0.0)
+        sigma = np.sqrt(values)
+        directions = np.swapaxes(transposed @ vectors, 1, 2)           # C^T u: (G, k, dim), norm sigma
+        directions = directions / np.where(sigma > 0, sigma, 1.0)[:, :, None]
+    else:
+        values, vectors = np.linalg.eigh(transposed @ centred)          # (G, d, d), increasing
+        values = np.maximum(values[:, ::-1][:, :k], 0.0)
+        directions = np.swapaxes(vectors[:, :, ::-1][:, :, :k], 1, 2)
+    width = directions.shape[1]
+    if width < k:   # fewer samples than k directions
+        values = np.concatenate([values, np.zeros((len(values), k - width))], axis=1)
+        directions = np.concatenate([directions, np.zeros((len(values), k - width, dim))], axis=1)
+    directions = np.where((values > 0)[:, :, None], fixed_signs(directions), 0.0)
+    return centred, values, directions
 
 
 def centred_svd_reference(rows):

@@ -16,9 +16,13 @@ trained on. For every class (by training label):
    ``seed`` and the class label, Lloyd iterations, the lowest inertia wins);
 4. judged: the class holds poison when its smaller cluster is small
    (relative size at most ``size_threshold``, 0.35) **and** the two
-   clusters are well separated (mean silhouette at least
-   ``silhouette_threshold``: by default 0.5 after PCA, 0.2 after ICA, whose
-   whitening lowers every silhouette) (``decision="size-silhouette"``, the default;
+   clusters are well separated: the split's mean silhouette in the PCA
+   coordinates (the activations' own geometry; with ``reduce="none"``, the
+   centred activations) is at least ``silhouette_threshold`` (0.5), or, for
+   a class reduced by ICA, its silhouette in the ICA coordinates is at least
+   ``ica_silhouette_threshold`` (0.2: ICA's whitening gives every component
+   unit variance, which bounds the silhouette by the poison's share, not
+   its distance) (``decision="size-silhouette"``, the default;
    ``"size"`` or ``"silhouette"`` use one test alone). Optionally
    (``exclusionary=True``, with ``fit(..., retrain=...)``) exclusionary
    reclassification confirms it: a model retrained without the suspicious
@@ -59,7 +63,7 @@ import numpy as np
 from goodnet.base import Defense, InstanceOf, Interval, OneOf, check_is_fitted
 from goodnet.defenses import _inspection
 from goodnet.errors import OptionError
-from goodnet.inference import DEFAULT_BATCH
+from goodnet.inference import DEFAULT_BATCH, progress_bar
 from goodnet.options import constraints_of, option
 
 logger = logging.getLogger(__name__)
@@ -68,10 +72,10 @@ REDUCTIONS = ("auto", "ica", "pca", "none")
 DECISIONS = ("size-silhouette", "size", "silhouette")
 METHODS = ("batched", "reference")
 NOT_CLUSTERED = -1
-# ICA whitens every component to unit variance, which dilutes the two clusters' separation: its silhouettes run lower.
-# On the BadNets of bench/bench_inspect_data_art.py: digits (200-400 images a class) after ICA, poisoned classes
-# 0.24-0.35, clean ones at most 0.17; faces (35 a class) after PCA, poisoned 0.58-0.69, clean small clusters at most 0.46.
-SILHOUETTE_DEFAULTS = {"pca": 0.5, "none": 0.5, "ica": 0.2}
+# The two silhouette thresholds, measured on the BadNets of bench/bench_inspect_data_art.py: digits (200-400 images a
+# class, ICA): poisoned classes 0.24-0.35 in the ICA coordinates, clean classes with a small cluster at most 0.18;
+# faces (35 a class, PCA): poisoned 0.58-0.69 in the PCA coordinates, clean ones at most 0.46. A far-off 20 % cluster
+# of synthetic activations scores 0.89 in the PCA coordinates but only 0.16 in the whitened ICA ones.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +94,12 @@ class ActivationClusteringOptions:
                                               "test alone", rule=OneOf(DECISIONS), flag="--ac-decision")
     size_threshold: float = option(0.35, "activation clustering: largest relative size of a poison cluster",
                                    rule=Interval(float, 0.0, 0.5, "right"), flag="--ac-size")
-    silhouette_threshold: float = option(None, "activation clustering: smallest mean silhouette of a poisoned "
-                                               "class's two clusters", rule=Interval(float, -1.0, 1.0),
-                                         allow_none=True, flag="--ac-silhouette",
-                                         default_text="0.5 after pca or none, 0.2 after ica")
+    silhouette_threshold: float = option(0.5, "activation clustering: a poisoned class's two clusters have at least "
+                                              "this mean silhouette in the PCA coordinates",
+                                         rule=Interval(float, -1.0, 1.0), flag="--ac-silhouette")
+    ica_silhouette_threshold: float = option(0.2, "activation clustering: ... or, for a class reduced by ICA, at least "
+                                                  "this one in the ICA coordinates", rule=Interval(float, -1.0, 1.0),
+                                             flag="--ac-ica-silhouette")
     min_class_size: int = option(16, "activation clustering: classes with fewer samples are not clustered",
                                  rule=Interval(int, 3), flag="--ac-min-class-size",
                                  dest="ac_min_class_size")
@@ -356,10 +362,10 @@ class ActivationClustering(Defense):
         clusters_: (N,) int8: 1 smaller cluster, 0 larger, -1 not clustered.
         flagged_: sorted sample indices (into the file) of the smaller clusters of classes judged poisoned.
         relative_size_: (C,) smaller cluster's share of its class (NaN: not clustered).
-        silhouette_: (C,) mean silhouette of the two clusters (NaN: not clustered or one cluster).
+        silhouette_: (C,) mean silhouette of the two clusters in the PCA coordinates (NaN: not clustered or
+            one cluster).
+        ica_silhouette_: (C,) the same in the ICA coordinates (NaN for classes not reduced by ICA).
         reductions_: (C,) the reduction each class got ("ica", "pca", "none"; "" when not clustered).
-        silhouette_thresholds_: (C,) the silhouette threshold each class was judged by
-            (``silhouette_threshold``, or its reduction's default).
         poisoned_: (C,) booleans: the class's verdict.
         class_verdict_: one JSON-ready dict per class (sizes, silhouette, verdict and its reason).
 
@@ -374,6 +380,7 @@ class ActivationClustering(Defense):
     def __init__(self, dims=_DEFAULTS.dims, reduce=_DEFAULTS.reduce, ica_min_samples=_DEFAULTS.ica_min_samples,
                  decision=_DEFAULTS.decision,
                  size_threshold=_DEFAULTS.size_threshold, silhouette_threshold=_DEFAULTS.silhouette_threshold,
+                 ica_silhouette_threshold=_DEFAULTS.ica_silhouette_threshold,
                  min_class_size=_DEFAULTS.min_class_size, exclusionary=_DEFAULTS.exclusionary,
                  exclusionary_threshold=_DEFAULTS.exclusionary_threshold, n_init=_DEFAULTS.n_init,
                  max_iter=_DEFAULTS.max_iter, silhouette_samples=_DEFAULTS.silhouette_samples, seed=_DEFAULTS.seed,
@@ -384,6 +391,7 @@ class ActivationClustering(Defense):
         self.decision = decision
         self.size_threshold = size_threshold
         self.silhouette_threshold = silhouette_threshold
+        self.ica_silhouette_threshold = ica_silhouette_threshold
         self.min_class_size = min_class_size
         self.exclusionary = exclusionary
         self.exclusionary_threshold = exclusionary_threshold
@@ -415,25 +423,23 @@ class ActivationClustering(Defense):
         else:
             reductions = np.full(count, self.reduce)
         self.reductions_ = np.where(eligible_mask, reductions, "").astype(str)
-        self.silhouette_thresholds_ = np.array([
-            np.nan if not name else SILHOUETTE_DEFAULTS[name] if self.silhouette_threshold is None
-            else float(self.silhouette_threshold) for name in self.reductions_])
         scores = np.full(len(features), np.nan)
         clusters = np.full(len(features), NOT_CLUSTERED, np.int8)
         relative = np.full(count, np.nan)
-        separation = np.full(count, np.nan)
-        eligible = np.flatnonzero(groups.counts >= self.min_class_size)
-        if self.method == "batched":
-            self._batched(features, eligible, scores, clusters, relative, separation)
-        else:
-            self._reference(features, eligible, scores, clusters, relative, separation)
+        separation = np.full((count, 2), np.nan)      # silhouette in the PCA and in the ICA coordinates
+        eligible = np.flatnonzero(eligible_mask)
+        with progress_bar(len(eligible), "activation clustering", self.progress, unit="class") as bar:
+            if self.method == "batched":
+                self._batched(features, eligible, scores, clusters, relative, separation, bar)
+            else:
+                self._reference(features, eligible, scores, clusters, relative, separation, bar)
         poisoned, reasons = self._decide(groups, relative, separation)
         verdicts = [{"class": int(groups.classes[position]), "samples": int(groups.counts[position]),
                      "clustered": bool(np.isfinite(relative[position])),
                      "smaller_cluster": int(np.sum(clusters[groups.indices(position)] == 1)),
                      "reduction": str(self.reductions_[position]) or None,
-                     "relative_size": _finite(relative[position]), "silhouette": _finite(separation[position]),
-                     "silhouette_threshold": _finite(self.silhouette_thresholds_[position]),
+                     "relative_size": _finite(relative[position]), "silhouette": _finite(separation[position, 0]),
+                     "ica_silhouette": _finite(separation[position, 1]),
                      "poisoned": bool(poisoned[position]), "reason": reasons[position]} for position in range(count)]
         if self.exclusionary:
             self._exclusionary(features, groups, clusters, poisoned, verdicts,
@@ -448,7 +454,8 @@ class ActivationClustering(Defense):
         self.clusters_ = clusters
         self.flagged_ = np.flatnonzero(flagged).astype(np.int64)
         self.relative_size_ = relative
-        self.silhouette_ = separation
+        self.silhouette_ = separation[:, 0].copy()
+        self.ica_silhouette_ = separation[:, 1].copy()
         self.poisoned_ = poisoned
         self.class_verdict_ = verdicts
         return self
@@ -456,26 +463,30 @@ class ActivationClustering(Defense):
     # -- the two paths ---------------------------------------------------------------------------------------
 
     def _reduce_reference(self, rows, reduction):
-        if reduction == "pca":
-            return pca_reference(rows, self.dims)
-        if reduction == "ica":
-            return ica_reduce(pca_reference(rows, self.dims), self.dims, self.seed)
-        return rows - rows.mean(axis=0)
+        """(points clustered, the PCA coordinates or centred activations the silhouette is measured in)."""
+        if reduction == "none":
+            centred = rows - rows.mean(axis=0)
+            return centred, centred
+        principal = pca_reference(rows, self.dims)
+        return (ica_reduce(principal, self.dims, self.seed) if reduction == "ica" else principal), principal
 
-    def _reference(self, features, eligible, scores, clusters, relative, separation):
+    def _reference(self, features, eligible, scores, clusters, relative, separation, bar):
         groups = features.groups()
         for position in eligible:
             indices = groups.indices(position)
             label = groups.classes[position]
-            points = self._reduce_reference(features.rows(indices), self.reductions_[position])
+            points, principal = self._reduce_reference(features.rows(indices), self.reductions_[position])
             starts = kmeans_starts(points, self.n_init, self.seed, label)
             in_smaller, centres = kmeans_reference(points, starts, self.max_iter)
             subset = silhouette_subset(len(points), self.silhouette_samples, self.seed, label)
-            self._record(position, indices, points, in_smaller, centres,
-                         silhouette_reference(points[subset], in_smaller[subset]), scores, clusters, relative,
+            values = (silhouette_reference(principal[subset], in_smaller[subset]),
+                      silhouette_reference(points[subset], in_smaller[subset])
+                      if self.reductions_[position] == "ica" else np.nan)
+            self._record(position, indices, points, in_smaller, centres, values, scores, clusters, relative,
                          separation)
+            bar.update(1)
 
-    def _batched(self, features, eligible, scores, clusters, relative, separation):
+    def _batched(self, features, eligible, scores, clusters, relative, separation, bar):
         groups = features.groups()
         dims = self.dims if self.reduce != "none" else features.dim
         extra = self.n_init * dims * 8 * 4
@@ -485,12 +496,14 @@ class ActivationClustering(Defense):
                 _, centred, _, vectors = _inspection.centred_svd_batched(padded, counts)
                 top = np.stack([_rank_limited(_pad_rows(vectors[slot, :self.dims], self.dims), counts[slot])
                                 for slot in range(len(positions))])
-                points = np.einsum("gnd,gkd->gnk", centred, top)
+                principal = np.einsum("gnd,gkd->gnk", centred, top)
+                points = principal.copy()
                 for slot, position in enumerate(positions):   # FastICA is one class at a time in both paths
                     if self.reductions_[position] == "ica":
-                        points[slot, :counts[slot]] = ica_reduce(points[slot, :counts[slot]], dims, self.seed)
+                        points[slot, :counts[slot]] = ica_reduce(principal[slot, :counts[slot]], dims, self.seed)
             else:
                 points = (padded - (padded.sum(axis=1) / counts[:, None])[:, None, :]) * mask[:, :, None]
+                principal = points
             starts = np.stack([kmeans_starts(points[slot, :counts[slot]], self.n_init, self.seed,
                                              groups.classes[position]) for slot, position in enumerate(positions)])
             in_smaller, centres = kmeans_batched(points, mask, starts, self.max_iter)
@@ -498,15 +511,18 @@ class ActivationClustering(Defense):
                 size = counts[slot]
                 own, chosen = points[slot, :size], in_smaller[slot, :size]
                 subset = silhouette_subset(size, self.silhouette_samples, self.seed, groups.classes[position])
-                self._record(position, groups.indices(position), own, chosen, centres[slot],
-                             silhouette(own[subset], chosen[subset]), scores, clusters, relative, separation)
+                values = (silhouette(principal[slot, :size][subset], chosen[subset]),
+                          silhouette(own[subset], chosen[subset]) if self.reductions_[position] == "ica" else np.nan)
+                self._record(position, groups.indices(position), own, chosen, centres[slot], values, scores,
+                             clusters, relative, separation)
+                bar.update(1)
 
     @staticmethod
-    def _record(position, indices, points, in_smaller, centres, value, scores, clusters, relative, separation):
+    def _record(position, indices, points, in_smaller, centres, values, scores, clusters, relative, separation):
         scores[indices] = margin_scores(points, centres)
         clusters[indices] = in_smaller.astype(np.int8)
         relative[position] = in_smaller.sum() / len(in_smaller)
-        separation[position] = value
+        separation[position] = values
 
     # -- the verdicts ----------------------------------------------------------------------------------------
 
@@ -514,7 +530,7 @@ class ActivationClustering(Defense):
         poisoned = np.zeros(len(groups), bool)
         reasons = []
         for position in range(len(groups)):
-            size, value = relative[position], separation[position]
+            size, (value, ica_value) = relative[position], separation[position]
             if not np.isfinite(size):
                 reasons.append(f"not clustered: fewer than {self.min_class_size} samples")
                 continue
@@ -522,13 +538,19 @@ class ActivationClustering(Defense):
                 reasons.append("one cluster: every sample alike")
                 continue
             small = size <= self.size_threshold
-            threshold = self.silhouette_thresholds_[position]
-            apart = value >= threshold
+            apart_principal = value >= self.silhouette_threshold
+            apart_ica = bool(np.isfinite(ica_value) and ica_value >= self.ica_silhouette_threshold)
+            apart = apart_principal or apart_ica
             verdict = {"size-silhouette": small and apart, "size": small, "silhouette": apart}[self.decision]
             poisoned[position] = verdict
+            space = "PCA" if self.reductions_[position] != "none" else "activation"
+            separated = (f"silhouette {value:.3f} {'>=' if apart_principal else '<'} {self.silhouette_threshold:g} "
+                         f"({space})")
+            if np.isfinite(ica_value):
+                separated += (f" {'or' if apart else 'and'} {ica_value:.3f} {'>=' if apart_ica else '<'} "
+                              f"{self.ica_silhouette_threshold:g} (ICA)")
             words = [f"smaller cluster {size * 100:.1f} % {'<=' if small else '>'} {self.size_threshold * 100:g} %",
-                     f"silhouette {value:.3f} {'>=' if apart else '<'} {threshold:g} "
-                     f"({self.reductions_[position]})"]
+                     separated]
             if self.decision == "size":
                 words = words[:1]
             elif self.decision == "silhouette":
@@ -573,12 +595,6 @@ class ActivationClustering(Defense):
 
     # -- results ---------------------------------------------------------------------------------------------
 
-    def silhouette_threshold_by_reduction(self):
-        """``{reduction: silhouette threshold}`` for the reductions the classes got."""
-        check_is_fitted(self)
-        return {str(name): float(threshold) for name, threshold in zip(self.reductions_, self.silhouette_thresholds_)
-                if name}
-
     def poisoned_classes(self):
         """The classes judged to hold poison."""
         check_is_fitted(self)
@@ -589,7 +605,8 @@ class ActivationClustering(Defense):
         check_is_fitted(self)
         result = super().summary()
         result.update({"method": "ac", "layer": self.layer_, "samples": int(len(self.scores_)),
-                       "silhouette_thresholds": self.silhouette_threshold_by_reduction(),
+                       "reductions": {str(name): int(np.sum(self.reductions_ == name))
+                                      for name in sorted(set(self.reductions_.tolist()) - {""})},
                        "flagged": int(len(self.flagged_)),
                        "poisoned_classes": [int(label) for label in self.poisoned_classes()],
                        "classes": self.class_verdict_})

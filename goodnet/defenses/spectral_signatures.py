@@ -32,9 +32,11 @@ most 2 for clean ones). The paper removes from every class
 classes whose index exceeds ``index_threshold``.
 
 Speed: classes of similar size are stacked into zero-padded arrays and
-decomposed in one batched SVD (``method="batched"``, zero rows leave the
-centred matrix's singular vectors unchanged); ``method="reference"`` runs
-the plain per-class NumPy loop. Both give the same scores up to float rounding.
+their top two directions found at once by a symmetric eigen-decomposition
+of the smaller Gram matrix, C C^T or C^T C (``method="batched"``; zero rows
+leave them unchanged; about a third of an SVD's time);
+``method="reference"`` runs the plain per-class NumPy SVD loop. Both give
+the same scores up to float rounding.
 
 Example:
     >>> spectral = SpectralSignatures(poison_rate=0.1).fit(badnet, "data/train.h5")
@@ -70,7 +72,8 @@ class SpectralOptions:
     index_threshold: float = option(3.5, "MAD anomaly index of sigma_1^2 / sigma_2^2 above which a class is "
                                          "suspicious", rule=Interval(float, 0.0, closed="neither"),
                                     flag="--spectral-index", dest="spectral_index")
-    method: str = option("batched", "batched SVD over classes of similar size, or the plain per-class loop",
+    method: str = option("batched", "batched eigen-decomposition over classes of similar size, or the plain "
+                                    "per-class SVD loop",
                          rule=OneOf(METHODS), flag="--spectral-method", dest="spectral_method")
 
 
@@ -195,7 +198,7 @@ class SpectralSignatures(Defense):
     def _batched(self, features, scores, directions, ratios):
         groups = features.groups()
         for positions, padded, counts in _inspection.class_blocks(features):
-            _, centred, values, vectors = _inspection.centred_svd_batched(padded, counts)
+            centred, energies, vectors = _inspection.top_eigen_batched(padded, counts, 2)
             top = vectors[:, 0, :]
             projections = np.einsum("gnd,gd->gn", centred, top)
             for slot, position in enumerate(positions):
@@ -204,7 +207,7 @@ class SpectralSignatures(Defense):
                     continue
                 scores[indices] = projections[slot, :counts[slot]] ** 2
                 directions[position] = top[slot]
-                ratios[position] = _ratio(values[slot])
+                ratios[position] = _ratio(np.sqrt(energies[slot]))
 
     def suspicious_classes(self):
         """The classes whose sigma_1^2 / sigma_2^2 stands out (MAD index above ``index_threshold``)."""

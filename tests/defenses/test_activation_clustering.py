@@ -164,19 +164,22 @@ def test_small_classes_are_not_clustered_and_parameters_are_checked():
     with pytest.raises(OptionError, match="reduce"):
         ActivationClustering(reduce="tsne").fit(values, labels=labels)
     summary = ac.summary()
-    assert summary["silhouette_thresholds"] == {"pca": 0.5} and summary["poisoned_classes"] == [5]
+    assert summary["reductions"] == {"pca": 3} and summary["poisoned_classes"] == [5]
     assert row["reduction"] is None and ac.class_verdict_[0]["reduction"] == "pca"   # under 100 samples: PCA
     big = ActivationClustering(ica_min_samples=80).fit(values, labels=labels)
-    assert set(big.reductions_.tolist()) == {"ica", "pca", ""} and big.summary()["silhouette_thresholds"] == {
-        "ica": 0.2, "pca": 0.5}
-    assert ActivationClustering(silhouette_threshold=0.3, ica_min_samples=80).fit(
-        values, labels=labels).summary()["silhouette_thresholds"] == {"ica": 0.3, "pca": 0.3}
+    assert set(big.reductions_.tolist()) == {"ica", "pca", ""}
+    assert np.isnan(big.ica_silhouette_[big.reductions_ != "ica"]).all()
+    assert np.isfinite(big.ica_silhouette_[big.reductions_ == "ica"]).all()
 
 
-def test_large_classes_are_reduced_by_ica_and_judged_by_its_threshold():
+def test_large_classes_are_reduced_by_ica_and_judged_in_both_spaces():
     values, labels, poisoned = _world(seed=1, sizes=(150, 120, 200, 110), poison=(2, 20))
     ac = ActivationClustering().fit(values, labels=labels)
     assert set(ac.reductions_.tolist()) == {"ica"}
     np.testing.assert_array_equal(ac.flagged_, np.flatnonzero(poisoned))
+    # a far-off 10 % cluster: clearly apart in the PCA coordinates, while whitening caps its ICA silhouette
+    target = list(ac.classes_).index(5)
+    assert ac.silhouette_[target] >= 0.5 and ac.ica_silhouette_[target] < ac.silhouette_[target]
+    assert "(PCA)" in ac.class_verdict_[target]["reason"] and "(ICA)" in ac.class_verdict_[target]["reason"]
     clean_values, clean_labels, _ = _world(seed=1, sizes=(150, 120, 200, 110), poison=None)
     assert ActivationClustering().fit(clean_values, labels=clean_labels).flagged_.size == 0
