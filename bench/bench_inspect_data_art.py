@@ -202,7 +202,8 @@ def _table(rows):
     def text(value):
         return "n/a" if value is None else f"{value:.3f}"
 
-    lines = [f"  {'tool':8s} {'method':52s} {'flagged':>8s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'seconds':>8s}"]
+    lines = [f"  {'tool':8s} {'method':52s} {'flagged':>8s} {'precision':>9s} {'recall':>7s} {'F1':>6s} "
+             f"{'seconds':>8s}"]
     for tool, method, figures in rows:
         if "error" in figures:
             lines.append(f"  {tool:8s} {method:52s} failed: {figures['error']}")

@@ -109,14 +109,19 @@ def test_the_cache_is_a_memory_map_reused_only_for_the_same_model_data_and_layer
     np.testing.assert_array_equal(np.asarray(reversed_features.values), in_memory.values[::-1])
 
 
-def test_features_that_would_not_fit_in_memory_are_refused_without_a_cache(world, monkeypatch):
+def test_features_that_would_not_fit_in_memory_go_to_the_disk_cache(world, monkeypatch, tmp_path):
     import goodnet.data as data_module
+    from goodnet.defenses.spectral_signatures import SpectralSignatures
     from goodnet.features import compute_features
 
     classifier, _, _, path = world
+    expected = SpectralSignatures().fit(compute_features(classifier, path, progress=False)).scores_
     monkeypatch.setattr(data_module, "available_memory", lambda: 1000)
     with pytest.raises(DataError, match="features.*would need"):
         compute_features(classifier, path, progress=False)
+    cached = compute_features(classifier, path, chunk=8, cache=str(tmp_path / "cache"), progress=False)
+    assert isinstance(cached.values, np.memmap)                     # read from disk, never held whole
+    np.testing.assert_allclose(SpectralSignatures().fit(cached).scores_, expected, rtol=1e-6, atol=1e-9)
 
 
 def test_class_groups_give_file_indices_class_by_class():

@@ -79,7 +79,8 @@ def _options(args):
     from goodnet.defenses.spectral_signatures import SpectralOptions
     from goodnet.features import FeatureOptions
 
-    options = {"features": options_from_args(args, FeatureOptions), "spectral": options_from_args(args, SpectralOptions),
+    options = {"features": options_from_args(args, FeatureOptions),
+               "spectral": options_from_args(args, SpectralOptions),
                "ac": options_from_args(args, ActivationClusteringOptions),
                "isolation": options_from_args(args, IsolationOptions),
                "transform": options_from_args(args, TransformOptions)}
@@ -358,7 +359,8 @@ def plot_class_projection(features, label, detectors, truth, path):
     figure, axes = new_figure(width=6.5, height=5.0)
     if truth is not None:
         poison = truth.poisoned[indices]
-        axes.scatter(points[~poison, 0], points[~poison, 1], s=9, color="lightgrey", label=f"clean ({int((~poison).sum())})")
+        axes.scatter(points[~poison, 0], points[~poison, 1], s=9, color="lightgrey",
+                     label=f"clean ({int((~poison).sum())})")
         axes.scatter(points[poison, 0], points[poison, 1], s=9, color="tab:orange",
                      label=f"poisoned, true ({int(poison.sum())})")
     else:
@@ -397,7 +399,8 @@ def _write_clean(args, lab, detectors, truth, transform_options):
     kept = np.flatnonzero(~masks[args.clean_by])
     if kept.size == 0:
         raise CommandError(f"{args.write_clean}: --write-clean: every sample is flagged; nothing to write")
-    check_fits(args.train, "data", f"writing its {kept.size:,} kept images", kept.size * int(np.prod(lab.image_shape)) * 4)
+    check_fits(args.train, "data", f"writing its {kept.size:,} kept images",
+               kept.size * int(np.prod(lab.image_shape)) * 4)
     images = np.empty((kept.size,) + lab.image_shape, np.float32)
     parameters = transform_parameters(kept.size, transform_options, args.seed) if args.transform else None
     chunk = 2048
@@ -440,7 +443,8 @@ def _markdown(summary, detectors, plots):
     if summary.get("truth"):
         truth = summary["truth"]
         lines.append(f"- ground truth in the file: {truth['poisoned']} poisoned images "
-                     f"(classes {', '.join(map(str, truth['poisoned_classes'])) or 'none'}), {truth['flipped']} flipped")
+                     f"(classes {', '.join(map(str, truth['poisoned_classes'])) or 'none'}), "
+                     f"{truth['flipped']} flipped")
     lines += ["", "## Methods", "", "| method | flagged | suspicious classes | seconds |"
               + (" precision | recall | F1 | score AUC |" if summary["ground_truth"] else ""),
               "|---|---:|---|---:|" + ("---:|---:|---:|---:|" if summary["ground_truth"] else "")]
@@ -460,8 +464,9 @@ def _markdown(summary, detectors, plots):
         f"F1 {_figure(union['detection']['f1'])})." if "detection" in union else "."), ""]
     lines += ["How each method decides:", "",
               "- activation clustering: per class, ICA (classes of at least 100 samples) or PCA of the activations to "
-              "10 dimensions, k-means with k = 2; a class is poisoned when its smaller cluster is small and the clusters separated "
-              "(relative size, and silhouette in the PCA or the ICA coordinates); only the smaller clusters of poisoned classes are flagged;",
+              "10 dimensions, k-means with k = 2; a class is poisoned when its smaller cluster is small and the "
+              "clusters separated (relative size, and silhouette in the PCA or the ICA coordinates); only the "
+              "smaller clusters of poisoned classes are flagged;",
               "- spectral signatures: per class, score ((r - mean) . v)^2 on the centred representations (v: top "
               "singular vector); the 1.5 x epsilon x n highest of each class are flagged; a class is suspicious when "
               "sigma_1^2 / sigma_2^2 stands out (MAD anomaly index);",
@@ -485,7 +490,8 @@ def _markdown(summary, detectors, plots):
         lines += ["## Cleaned training set", "",
                   f"`{clean['path']}`: {clean['kept']} samples kept, {clean['removed']} removed ({clean['by']})"
                   + (f", transformed ({', '.join(clean['transforms'])})" if clean["transformed"] else "")
-                  + (f"; {clean['poisoned_kept']} poisoned samples remain" if "poisoned_kept" in clean else "") + ".", ""]
+                  + (f"; {clean['poisoned_kept']} poisoned samples remain" if "poisoned_kept" in clean else "")
+                  + ".", ""]
     if plots:
         lines += ["## Suspicious classes", ""]
         lines += [f"![class {label}](class_{label}.png)" for label in plots]
