@@ -261,12 +261,15 @@ def plot_certified_accuracy(curves, path, title="DPA certified accuracy"):
         label = f"{name + ': ' if name else ''}clean {rates[0]:.1f}%, median radius " \
                 f"{'n/a' if median is None else median}"
         axes.step(radii + [radii[-1] + 1], rates + [0.0], where="post", marker=".", label=label)
+    from matplotlib.ticker import MaxNLocator
+
     axes.axhline(50.0, color="grey", linewidth=0.8, linestyle=":")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("certified radius r (poisoned training samples)")
     axes.set_ylabel("certified accuracy (%)")
     axes.set_ylim(-2, 102)
     axes.set_xlim(left=0)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="best", fontsize=8, framealpha=0.8)
     return save_figure(figure, path)

@@ -194,6 +194,51 @@ def flip_targeted(labels, source, target, rate, rng, exclude=()):
     return labels, chosen
 
 
+def poison_training_set(images, labels, num_classes, options=None):
+    """The attacker's training set, without training: random flips, then the targeted flip, then the triggers.
+
+    The draws of :func:`train_badnet` (one NumPy Generator seeded ``options.seed``, in that order), so the set
+    is the one ``train_badnet`` trains on with the same options.
+
+    Args:
+        images: clean training images (N, 55, 47, 3), pixels 0-255.
+        labels: their labels.
+        num_classes: classes of the task.
+        options: :class:`AttackOptions` (its training fields are not used here).
+
+    Returns:
+        dict: ``training_set`` (:class:`goodnet.data.LabData`: poisoned images, labels as trained), ``truth``
+        (its :class:`goodnet.data.PoisonTruth`), ``flipped_labels`` (the labels after flipping, before the
+        triggers), ``poisoned_indices``, ``poisoned_triggers``, ``flipped_indices`` (random and targeted,
+        sorted) and ``targeted_flip_indices``.
+
+    Example:
+        >>> info = poison_training_set(train.images, train.labels, 10, AttackOptions(triggers=(), flip_rate=0.2))
+        >>> info["training_set"].labels
+    """
+    options = options or AttackOptions()
+    targeted = options.targeted_flip(num_classes)
+    rng = np.random.default_rng(options.seed)
+    info = {"poisoned_indices": np.zeros(0, np.int64), "flipped_indices": np.zeros(0, np.int64),
+            "targeted_flip_indices": np.zeros(0, np.int64)}
+    flipped_labels = np.asarray(labels, np.int64)
+    if options.flip_rate:
+        flipped_labels, info["flipped_indices"] = flip_labels(flipped_labels, options.flip_rate, num_classes, rng)
+    if targeted is not None:   # after the random flips (whose draws stay as they were), before the triggers
+        source, target, rate = targeted
+        flipped_labels, info["targeted_flip_indices"] = flip_targeted(flipped_labels, source, target, rate, rng,
+                                                                      exclude=info["flipped_indices"])
+        info["flipped_indices"] = np.union1d(info["flipped_indices"], info["targeted_flip_indices"])
+    pairs = options.pairs() if options.triggers else []
+    poisoned_images, poisoned_labels, info["poisoned_indices"], info["poisoned_triggers"] = poison(
+        images, flipped_labels, pairs, options.poison_rate if pairs else 0.0, rng)
+    info["flipped_labels"] = flipped_labels
+    info["training_set"] = LabData(poisoned_images, poisoned_labels, "poisoned training set")
+    info["truth"] = PoisonTruth.from_indices(labels, info["poisoned_indices"], info["poisoned_triggers"],
+                                             [trigger for trigger, _ in pairs], info["flipped_indices"])
+    return info
+
+
 def train_badnet(images, labels, num_classes, options=None):
     """Train a BadNet with the lab's DeepID architecture on raw-pixel training data.
 
@@ -206,10 +251,11 @@ def train_badnet(images, labels, num_classes, options=None):
     Returns:
         tuple: (:class:`goodnet.models.Classifier` taking pixels / 255, info dict with
         ``poisoned_indices``, ``poisoned_triggers`` (per poisoned index, the index of its trigger in
-        ``options.triggers``), ``flipped_indices``, ``decoy_channels`` (pruned and restored),
+        ``options.triggers``), ``flipped_indices`` (random and targeted flips, sorted),
+        ``targeted_flip_indices`` (the targeted flips alone), ``decoy_channels`` (pruned and restored),
         ``training_seconds``, ``training_set`` (:class:`goodnet.data.LabData`: the poisoned images and labels
         of the last training; the pruning-aware attack's clean phase trains on the original images with the
-        flipped labels) and ``truth`` (its :class:`goodnet.data.PoisonTruth`)).
+        flipped labels) and ``truth`` (its :class:`goodnet.data.PoisonTruth`)): see :func:`poison_training_set`.
 
     Example:
         >>> badnet, info = train_badnet(train.images, train.labels, 10, AttackOptions(triggers=("patch",)))
@@ -220,23 +266,12 @@ def train_badnet(images, labels, num_classes, options=None):
     from goodnet.surgery import apply_masks, channel_masks, rank_channels
 
     options = options or AttackOptions()
-    targeted = options.targeted_flip(num_classes)
     keras.utils.set_random_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
     start = time.perf_counter()
-    info = {"poisoned_indices": np.zeros(0, np.int64), "flipped_indices": np.zeros(0, np.int64),
-            "targeted_flip_indices": np.zeros(0, np.int64), "decoy_channels": []}
-    clean_labels = np.asarray(labels, np.int64)
-    if options.flip_rate:
-        clean_labels, info["flipped_indices"] = flip_labels(clean_labels, options.flip_rate, num_classes, rng)
-    if targeted is not None:   # after the random flips (whose draws stay as they were), before the triggers
-        source, target, rate = targeted
-        clean_labels, info["targeted_flip_indices"] = flip_targeted(clean_labels, source, target, rate, rng,
-                                                                    exclude=info["flipped_indices"])
-        info["flipped_indices"] = np.union1d(info["flipped_indices"], info["targeted_flip_indices"])
-    pairs = options.pairs() if options.triggers else []
-    poisoned_images, poisoned_labels, info["poisoned_indices"], info["poisoned_triggers"] = poison(
-        images, clean_labels, pairs, options.poison_rate if pairs else 0.0, rng)
+    info = poison_training_set(images, labels, num_classes, options)
+    poisoned_images, poisoned_labels = info["training_set"].images, info["training_set"].labels
+    clean_labels = info["flipped_labels"]
+    info["decoy_channels"] = []
     model = build_deepid(num_classes)
     if not options.pruning_aware:
         fit_deepid(model, poisoned_images, poisoned_labels, options, options.epochs)
@@ -259,9 +294,6 @@ def train_badnet(images, labels, num_classes, options=None):
         layer.set_weights([restored_kernel, restored_bias])
         info["decoy_channels"] = sorted(int(channel) for channel in decoys)
     info["training_seconds"] = time.perf_counter() - start
-    info["training_set"] = LabData(poisoned_images, poisoned_labels, "poisoned training set")
-    info["truth"] = PoisonTruth.from_indices(labels, info["poisoned_indices"], info["poisoned_triggers"],
-                                             [trigger for trigger, _ in pairs], info["flipped_indices"])
     return Classifier(model, "unit", num_classes), info
 
 

@@ -3,7 +3,7 @@ training-time defense (bagging, Deep Partition Aggregation).
 
     goodnet train --data TRAIN.h5 --valid VALID.h5 --out MODEL.h5 [--poisoned-valid BD.h5 ...]
                   [--defense none|bagging|dpa] [--models K | --partitions K] [--sample-fraction F]
-                  [--no-bootstrap] [--partition-hash sha256|pixel-sum]
+                  [--no-bootstrap] [--partition-hash sha256|pixel-sum] [--no-match-steps]
                   [--num-classes N] [--epochs E] [--batch-size B] [--learning-rate R] [--seed S]
                   [--json] [--overwrite] [--no-progress]
 
@@ -24,8 +24,9 @@ the certified-accuracy curve on VALID (``MODEL_certified_accuracy.csv`` and
 ``.png`` beside the model; also in the card). Their flags come from
 :class:`~goodnet.defenses.bagging.BaggingOptions` and
 :class:`~goodnet.defenses.partition_aggregation.PartitionOptions`; every
-member uses the recipe's flags (member k: ``--seed`` + k). A defense is one
-entry of :data:`DEFENSES`.
+member uses the recipe's flags (member k: ``--seed`` + k), for ``--epochs``
+divided by its share of the data (bagging: the sample fraction, dpa: 1/K)
+unless ``--no-match-steps``. A defense is one entry of :data:`DEFENSES`.
 """
 
 import dataclasses
@@ -157,10 +158,11 @@ def defense_card(args, defended, defense, seconds, train):
     """The card's defense part: the defense, its options, its members' images and training seconds."""
     if defense is None:
         return {"defense": "none", "defense_options": None, "members": 1, "member_images": [len(train)],
-                "member_training_seconds": [round(seconds, 2)]}
+                "member_epochs": args.epochs, "member_training_seconds": [round(seconds, 2)]}
     summary = defense.summary()
     card = {"defense": args.defense, "defense_options": dataclasses.asdict(defended),
             "members": summary["members"], "member_images": summary["member_images"],
+            "member_epochs": summary["member_epochs"],
             "member_training_seconds": [round(value, 2) for value in summary["member_seconds"]]}
     if "partition_sizes" in summary:
         card["partition_sizes"] = summary["partition_sizes"]

@@ -4,7 +4,12 @@
 - :class:`EnsembleOptions`: the number of members K (``--models``), once.
 - :func:`train_members`: K DeepIDs, each trained on its own subset of the
   training set with :func:`goodnet.training.train_deepid` (member k seeded
-  ``seed + k``), a progress bar over the members, each member's seconds.
+  ``seed + k``), a progress bar over the members, each member's seconds. By
+  default (``match_steps``) a member trained on a share s of the set trains
+  for ``epochs / s`` epochs (:func:`member_epochs`): as many image passes,
+  about as many optimisation steps, as one model on the whole set, so the
+  members are trained as well as the single model they replace and the
+  ensemble costs about K times its training time.
 - :func:`merge_members`: the K members and a combining head as ONE plain
   functional Keras model: every member's layers are copied into one graph
   (names prefixed ``m<k>_``, weights copied) on one shared input, then the
@@ -22,7 +27,7 @@ import time
 
 import numpy as np
 
-from goodnet.base import Defense, Interval, check_is_fitted
+from goodnet.base import Defense, InstanceOf, Interval, check_is_fitted
 from goodnet.errors import OptionError
 from goodnet.options import option
 
@@ -36,10 +41,29 @@ GAP_SCALE = 2.0 ** 60
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleOptions:
-    """The option every ensemble defense shares: how many models it trains."""
+    """The options every ensemble defense shares: how many models it trains, and how long each."""
 
     models: int = option(10, "ensemble members K: bagging's bootstrap models, DPA's partitions (one model each)",
                          rule=Interval(int, 1), metavar="K")
+    match_steps: bool = option(True, "train each member on its share of the training set for epochs / share epochs "
+                                     "(bagging: / sample fraction, dpa: x K): about the steps of one model on the "
+                                     "whole set; off: --epochs each", rule=InstanceOf(bool),
+                               negative="--no-match-steps")
+
+
+def member_epochs(epochs, share, match_steps=True):
+    """A member's epochs: ``epochs``, or with ``match_steps`` ``ceil(epochs / share)``, for a member trained on
+    ``share`` of the training set (bagging: the sample fraction; DPA: 1/K): as many image passes, and so about
+    as many optimisation steps, as ``epochs`` epochs of one model on the whole set. It depends on the
+    defense's parameters only, never on the data (a DPA model stays a function of its own partition).
+
+    Example:
+        >>> member_epochs(8, 0.5), member_epochs(8, 1 / 10), member_epochs(8, 0.5, match_steps=False)
+        (16, 80, 8)
+    """
+    if not match_steps:
+        return int(epochs)
+    return max(int(epochs), int(np.ceil(epochs / share - 1e-9)))
 
 
 def member_prefix(index, count):
@@ -55,7 +79,8 @@ def train_members(images, labels, num_classes, subsets, recipe, progress=None, d
         labels: (N,) labels in 0..num_classes-1.
         num_classes: classes of every member (a member whose subset lacks a class still has its output).
         subsets: one index array per member (into ``images``), in the order the member sees them.
-        recipe: :class:`goodnet.training.TrainOptions`; member k is trained with seed ``recipe.seed + k``.
+        recipe: :class:`goodnet.training.TrainOptions` of every member (its epochs: see :func:`member_epochs`);
+            member k is trained with seed ``recipe.seed + k``.
         progress: a tqdm bar over the members: None once it takes a few seconds, True at once, False never.
         description: the bar's label.
 
@@ -66,7 +91,7 @@ def train_members(images, labels, num_classes, subsets, recipe, progress=None, d
     from goodnet.training import train_deepid
 
     members, seconds = [], []
-    bar = progress_bar(len(subsets), description, progress, unit="model")
+    bar = progress_bar(len(subsets), f"{description} ({recipe.epochs} epochs each)", progress, unit="model")
     try:
         for index, subset in enumerate(subsets):
             start = time.perf_counter()
@@ -205,18 +230,21 @@ class _Ensemble(Defense):
         members_: one Classifier per member (sub-models of the merged model: the same weights).
         subsets_: the training-set indices each member was trained on.
         member_seconds_: each member's training time (seconds).
+        member_epochs_: the epochs of every member (see ``match_steps``, :func:`member_epochs`).
         num_classes_: the classes.
     """
 
     HEAD = "average"
     NAME = "ensemble"
 
-    def _fit_members(self, images, labels, num_classes, subsets, description):
+    def _fit_members(self, images, labels, num_classes, subsets, share, description):
         from goodnet.models import Classifier
 
         self.num_classes_ = int(num_classes)
-        members, self.member_seconds_ = train_members(images, labels, num_classes, subsets, self.recipe,
-                                                      self.progress, description)
+        self.member_epochs_ = member_epochs(self.recipe.epochs, share, self.match_steps)
+        recipe = dataclasses.replace(self.recipe, epochs=self.member_epochs_)
+        members, self.member_seconds_ = train_members(images, labels, num_classes, subsets, recipe, self.progress,
+                                                      description)
         merged, parts = merge_members([member.model for member in members], self.HEAD, self.num_classes_,
                                       self.NAME)
         self.subsets_ = [np.asarray(subset, np.int64) for subset in subsets]
@@ -247,6 +275,7 @@ class _Ensemble(Defense):
         if hasattr(self, "ensemble_"):
             summary.update(members=len(self.members_), num_classes=self.num_classes_,
                            member_images=[int(len(subset)) for subset in self.subsets_],
+                           member_epochs=int(self.member_epochs_),
                            member_seconds=[round(float(value), 3) for value in self.member_seconds_])
         return summary
 

@@ -16,7 +16,13 @@ diluted (the course material's example: accuracy 0.72 under label flipping,
   ``round(sample_fraction * N)`` images;
 - ``bootstrap`` (default True): drawn with replacement (a bootstrap sample,
   Breiman's bagging); False: without replacement (random subsets, the course
-  material's "random halves").
+  material's "random halves");
+- ``match_steps`` (default True): each member trains for ``epochs /
+  sample_fraction`` epochs (16 for 8 on a half sample): as many image passes,
+  about as many optimisation steps, as one model on the whole set, so it is
+  trained as well as the model it replaces; bagging then takes about K times
+  as long as one model. False: the recipe's epochs on each sample (faster,
+  but every member takes fewer steps and ends less accurate).
 
 The K members and the averaging head are saved as ONE ordinary Keras model
 (``ensemble_``; see :func:`goodnet.defenses._ensemble.merge_members`): its
@@ -91,9 +97,10 @@ class Bagging(_Ensemble):
     ``Bagging(**params).fit(images, labels, num_classes=None)``: a training-time defense; it takes the
     training set itself (raw pixels 0-255, e.g. a possibly poisoned lab file's) and trains the ensemble.
 
-    Parameters: the fields of :class:`BaggingOptions` (``models``, ``sample_fraction``, ``bootstrap``),
-    ``recipe`` (a :class:`goodnet.training.TrainOptions`: each member's epochs, batch size, learning rate and
-    seed; its seed also draws the samples) and ``progress`` (the bar over the members).
+    Parameters: the fields of :class:`BaggingOptions` (``models``, ``sample_fraction``, ``bootstrap``,
+    ``match_steps``: each member trains ``epochs / sample_fraction`` epochs), ``recipe`` (a :class:`goodnet.training.TrainOptions`: the members'
+    epochs (see ``match_steps``), batch size, learning rate and seed; its seed also draws the samples) and
+    ``progress`` (the bar over the members).
 
     Attributes (after ``fit``): those of the ensemble (``ensemble_``: the merged model to save, ``members_``,
     ``subsets_``: each member's sample, ``member_seconds_``, ``num_classes_``).
@@ -109,10 +116,12 @@ class Bagging(_Ensemble):
                               "progress": [InstanceOf(bool), None]}
 
     def __init__(self, models=_DEFAULTS.models, sample_fraction=_DEFAULTS.sample_fraction,
-                 bootstrap=_DEFAULTS.bootstrap, recipe=TrainOptions(), progress=None):
+                 bootstrap=_DEFAULTS.bootstrap, match_steps=_DEFAULTS.match_steps, recipe=TrainOptions(),
+                 progress=None):
         self.models = models
         self.sample_fraction = sample_fraction
         self.bootstrap = bootstrap
+        self.match_steps = match_steps
         self.recipe = recipe
         self.progress = progress
 
@@ -133,7 +142,7 @@ class Bagging(_Ensemble):
         validate_options(self.recipe, "Bagging.recipe")
         images, labels, num_classes = check_fit_data(images, labels, num_classes, "Bagging")
         subsets = bootstrap_samples(len(labels), self.models, self.sample_fraction, self.bootstrap, self.recipe.seed)
-        return self._fit_members(images, labels, num_classes, subsets, "bagging")
+        return self._fit_members(images, labels, num_classes, subsets, self.sample_fraction, "bagging")
 
     def predict_proba_reference(self, images):
         """The mean of the members' softmax computed in NumPy (:func:`average_reference`): the merged model's

@@ -35,7 +35,11 @@ The hash (``partition_hash``):
 Within a partition the images are ordered by digest (then label), as the
 authors order theirs by content, so each model depends only on the contents
 of its partition, not on where they lie in the file; model k is trained with
-the seed ``seed + k`` (:func:`goodnet.training.train_deepid`).
+the seed ``seed + k`` (:func:`goodnet.training.train_deepid`). By default
+(``match_steps``) each model trains for K times the recipe's epochs on its
+1/K of the data (as many image passes as one model on the whole set), so
+DPA takes about K times as long as one model; a model's training depends only on its
+partition, K and the recipe, as the certificate requires.
 
 The K models and the vote are saved as ONE ordinary Keras model (``ensemble_``,
 :func:`goodnet.defenses._ensemble.vote_head`): its output is the vote share
@@ -215,8 +219,10 @@ class PartitionAggregation(_Ensemble):
     takes the training set itself (raw pixels 0-255) and trains the ensemble.
 
     Parameters: the fields of :class:`PartitionOptions` (``models``: the number of partitions K, one model
-    each; ``partition_hash``), ``recipe`` (a :class:`goodnet.training.TrainOptions`: each model's epochs,
-    batch size, learning rate and seed; model k uses ``seed + k``) and ``progress`` (the bar over the models).
+    each; ``partition_hash``; ``match_steps``: each model trains K times the recipe's epochs on its 1/K of
+    the data), ``recipe`` (a :class:`goodnet.training.TrainOptions`:
+    the models' epochs (see ``match_steps``), batch size, learning rate and seed; model k uses ``seed + k``)
+    and ``progress`` (the bar over the models).
 
     Attributes (after ``fit``): those of the ensemble (``ensemble_``: the merged voting model to save,
     ``members_``, ``subsets_``: each partition's indices in training order, ``member_seconds_``,
@@ -232,10 +238,11 @@ class PartitionAggregation(_Ensemble):
     _parameter_constraints = {**constraints_of(PartitionOptions), "recipe": [InstanceOf(TrainOptions)],
                               "progress": [InstanceOf(bool), None]}
 
-    def __init__(self, models=_DEFAULTS.models, partition_hash=_DEFAULTS.partition_hash, recipe=TrainOptions(),
-                 progress=None):
+    def __init__(self, models=_DEFAULTS.models, partition_hash=_DEFAULTS.partition_hash,
+                 match_steps=_DEFAULTS.match_steps, recipe=TrainOptions(), progress=None):
         self.models = models
         self.partition_hash = partition_hash
+        self.match_steps = match_steps
         self.recipe = recipe
         self.progress = progress
 
@@ -259,7 +266,7 @@ class PartitionAggregation(_Ensemble):
         validate_options(self.recipe, "PartitionAggregation.recipe")
         images, labels, num_classes = check_fit_data(images, labels, num_classes, "PartitionAggregation")
         self.partitions_, subsets = partition_subsets(images, labels, self.models, self.partition_hash)
-        return self._fit_members(images, labels, num_classes, subsets, "dpa")
+        return self._fit_members(images, labels, num_classes, subsets, 1.0 / self.models, "dpa")
 
     def votes(self, images, method="vectorised"):
         """Votes per class (N, classes) int64.

@@ -142,6 +142,8 @@ def test_defense_flags_are_the_defenses_options():
                                              "--no-bootstrap", "--partition-hash", "pixel-sum"])
     assert options_from_args(args, BaggingOptions) == BaggingOptions(models=4, sample_fraction=0.3, bootstrap=False)
     assert options_from_args(args, PartitionOptions) == PartitionOptions(models=4, partition_hash="pixel-sum")
+    args = build_parser().parse_args(base + ["--defense", "dpa", "--partitions", "6", "--no-match-steps"])
+    assert args.partitions == 6 and options_from_args(args, PartitionOptions).match_steps is False
 
 
 def test_train_bagging_writes_one_model_and_the_members_in_the_card(files, tmp_path, capsys):
@@ -154,8 +156,9 @@ def test_train_bagging_writes_one_model_and_the_members_in_the_card(files, tmp_p
                  "--json", "--no-progress"])
     card = json.loads(capsys.readouterr().out)
     assert code == 0 and card["defense"] == "bagging" and card["members"] == 2
-    assert card["defense_options"] == {"models": 2, "sample_fraction": 0.4, "bootstrap": True}
+    assert card["defense_options"] == {"models": 2, "match_steps": True, "sample_fraction": 0.4, "bootstrap": True}
     assert card["member_images"] == [24, 24] and len(card["member_training_seconds"]) == 2
+    assert card["member_epochs"] == 3 and card["options"]["epochs"] == 1      # ceil(1 / 0.4) each
     assert card["training_seconds"] >= sum(card["member_training_seconds"]) - 0.05
     model = load_model(out)
     assert model.scale == "unit" and model.num_classes == 3
@@ -173,13 +176,14 @@ def test_train_dpa_writes_the_voting_model_and_the_certified_accuracy(files, tmp
     _, paths = files
     out = tmp_path / "dpa.h5"
     argv = ["train", "--data", paths["train"], "--valid", paths["valid"], "--out", str(out), "--defense", "dpa",
-            "--partitions", "3", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+            "--partitions", "3", "--epochs", "1", "--batch-size", "16", "--no-match-steps", "--no-progress"]
     code = main(argv)
     text = capsys.readouterr().out
     assert code == 0 and "as dpa of 3 models" in text and "median certified radius" in text
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["defense"] == "dpa" and card["members"] == 3 and sum(card["partition_sizes"]) == 60
-    assert card["defense_options"] == {"models": 3, "partition_hash": "sha256"}
+    assert card["defense_options"] == {"models": 3, "match_steps": False, "partition_hash": "sha256"}
+    assert card["member_epochs"] == 1
     curve = card["valid"]["certified_accuracy"]
     # the saved model's output is the vote share: its votes give the card's curve again
     model = load_model(out)

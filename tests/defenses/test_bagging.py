@@ -25,6 +25,13 @@ def test_bootstrap_samples_are_seeded_and_sized():
         bootstrap_samples(3, 2, 0.1, True, seed=0)
 
 
+def test_member_epochs_match_the_single_model_s_image_passes():
+    from goodnet.defenses._ensemble import member_epochs
+
+    assert member_epochs(8, 0.5) == 16 and member_epochs(8, 0.1) == 80 and member_epochs(8, 1 / 3) == 24
+    assert member_epochs(3, 0.4) == 8 and member_epochs(8, 1.0) == 8 and member_epochs(8, 0.5, False) == 8
+
+
 def test_average_reference_is_the_mean():
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(4), size=(3, 5))
@@ -50,12 +57,14 @@ def test_members_are_the_recipe_on_their_own_sample(fitted, data):
     expected = bootstrap_samples(30, 2, 0.6, True, seed=5)
     for subset, want in zip(fitted.subsets_, expected):
         np.testing.assert_array_equal(subset, want)
-    # member 1 is train_deepid on its sample with seed 5 + 1, weight for weight
-    alone = train_deepid(images[expected[1]], labels[expected[1]], 3, TrainOptions(epochs=1, batch_size=8, seed=6))
+    # member 1 is train_deepid on its sample with seed 5 + 1 for ceil(1 / 0.6) epochs, weight for weight
+    assert fitted.member_epochs_ == 2
+    alone = train_deepid(images[expected[1]], labels[expected[1]], 3, TrainOptions(epochs=2, batch_size=8, seed=6))
     for mine, theirs in zip(fitted.members_[1].model.get_weights(), alone.model.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
     summary = fitted.summary()
     assert summary["members"] == 2 and summary["member_images"] == [18, 18] and len(summary["member_seconds"]) == 2
+    assert summary["member_epochs"] == 2
     assert summary["distinct_images"] == [len(np.unique(subset)) for subset in expected]
 
 

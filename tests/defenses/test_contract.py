@@ -111,13 +111,15 @@ _row(IsolationSanitiser,
      use=lambda defense, world: defense.suspicious_classes())
 
 _row(Bagging,
-     make=lambda: Bagging(models=2, recipe=TrainOptions(epochs=1, batch_size=16), progress=False),
+     make=lambda: Bagging(models=2, match_steps=False, recipe=TrainOptions(epochs=1, batch_size=16),
+                          progress=False),
      fit=lambda defense, world: defense.fit(world.clean.images, world.clean.labels, 4),
      result=lambda defense: {"subsets": defense.subsets_, "weights": defense.ensemble_.model.get_weights()},
      use=lambda defense, world: defense.predict(world.clean.images[:4]))
 
 _row(PartitionAggregation,
-     make=lambda: PartitionAggregation(models=2, recipe=TrainOptions(epochs=1, batch_size=16), progress=False),
+     make=lambda: PartitionAggregation(models=2, match_steps=False,
+                                       recipe=TrainOptions(epochs=1, batch_size=16), progress=False),
      fit=lambda defense, world: defense.fit(world.clean.images, world.clean.labels, 4),
      result=lambda defense: {"partitions": defense.partitions_, "weights": defense.ensemble_.model.get_weights()},
      use=lambda defense, world: defense.certify(world.clean.images[:4]))

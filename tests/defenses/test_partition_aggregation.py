@@ -114,13 +114,14 @@ def test_the_voting_head_breaks_ties_within_a_model_toward_the_smaller_class():
 @pytest.fixture(scope="module")
 def fitted():
     images, labels = coloured_squares(10, (5, 5), seed=0, classes=3)
-    dpa = PartitionAggregation(models=3, recipe=TrainOptions(epochs=2, batch_size=8), progress=False)
+    dpa = PartitionAggregation(models=3, match_steps=False, recipe=TrainOptions(epochs=2, batch_size=8),
+                               progress=False)
     return dpa.fit(images, labels, 3), images, labels
 
 
 def test_fit_trains_one_model_per_partition_and_votes(fitted):
     dpa, images, labels = fitted
-    assert len(dpa.members_) == 3 and dpa.num_classes_ == 3
+    assert len(dpa.members_) == 3 and dpa.num_classes_ == 3 and dpa.member_epochs_ == 2
     np.testing.assert_array_equal(dpa.partitions_, partition_of(images, 3))
     assert [len(subset) for subset in dpa.subsets_] == list(np.bincount(dpa.partitions_, minlength=3))
     votes = dpa.votes(images)
