@@ -148,20 +148,19 @@ def fixed_signs(vectors):
 def anomaly_index(values):
     """|value - median| / (1.4826 MAD), signed (positive above the median); NaN where undefined.
 
-    The robust z-score Neural Cleanse uses; NaN entries are ignored and stay NaN.
+    Neural Cleanse's robust z-score (:func:`goodnet.defenses.neural_cleanse.anomaly_index`, the one
+    implementation) with a sign; NaN entries are ignored and stay NaN, and fewer than three finite
+    values give NaN everywhere.
     """
+    from goodnet.defenses.neural_cleanse import anomaly_index as mad_index
+
     values = np.asarray(values, np.float64)
     finite = np.isfinite(values)
     result = np.full(values.shape, np.nan)
     if finite.sum() < 3:
         return result
-    median = np.median(values[finite])
-    mad = 1.4826 * np.median(np.abs(values[finite] - median))
-    if mad <= 0:
-        difference = values[finite] - median
-        result[finite] = np.where(difference != 0, np.copysign(np.inf, difference), 0.0)
-        return result
-    result[finite] = (values[finite] - median) / mad
+    index, median, _ = mad_index(values[finite])
+    result[finite] = np.copysign(index, values[finite] - median)
     return result
 
 
