@@ -273,3 +273,55 @@ def plot_certified_accuracy(curves, path, title="DPA certified accuracy"):
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8, framealpha=0.8)
     return save_figure(figure, path)
+
+
+def plot_privacy_tradeoff(rows, baseline, path, title="DP-SGD: privacy against utility and attack success"):
+    """Clean accuracy and attack success rate against the privacy budget epsilon (log axis), and without DP.
+
+    Args:
+        rows: one dict per DP-SGD run: ``epsilon`` (the budget reached), ``clean_accuracy`` and
+            ``attack_success_rate`` (shares in [0, 1]), optionally ``clean_to_target`` (the share of the
+            poisoned images' clean versions already classified as the target: what the ASR owes to the model,
+            not to the trigger).
+        baseline: the same figures trained without DP (drawn as dashed lines), or None.
+        path: destination PNG.
+        title: the figure's title.
+
+    Returns:
+        str: ``path``.
+
+    Example:
+        >>> plot_privacy_tradeoff([{"epsilon": 3.0, "clean_accuracy": 0.8, "attack_success_rate": 0.1}],
+        ...                       {"clean_accuracy": 0.93, "attack_success_rate": 1.0}, "out/dp.png")
+    """
+    from matplotlib.ticker import NullFormatter
+
+    rows = sorted(rows, key=lambda row: row["epsilon"])
+    epsilons = [row["epsilon"] for row in rows]
+    figure, axes = new_figure()
+    series = [("clean_accuracy", "clean accuracy", "tab:blue", "o"),
+              ("attack_success_rate", "attack success rate", "tab:red", "s"),
+              ("clean_to_target", "clean versions sent to the target", "tab:orange", "^")]
+    for key, label, colour, marker in series:
+        if not all(key in row for row in rows):
+            continue
+        values = [row[key] * 100.0 for row in rows]
+        axes.plot(epsilons, values, marker=marker, color=colour, label=f"{label}, DP-SGD",
+                  linestyle=":" if key == "clean_to_target" else "-")
+        for epsilon, value in zip(epsilons, values):
+            axes.annotate(f"{value:.1f}", (epsilon, value), textcoords="offset points", xytext=(0, 6),
+                          ha="center", fontsize=7, color=colour)
+        if baseline is not None and key in baseline:
+            axes.axhline(baseline[key] * 100.0, color=colour, linestyle="--", linewidth=1.0,
+                         label=f"{label}, no DP ({baseline[key] * 100.0:.1f}%)")
+    axes.set_xscale("log")
+    axes.set_xticks(epsilons)
+    axes.set_xticklabels([f"{epsilon:.3g}" for epsilon in epsilons])
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_xlabel("privacy budget epsilon (log scale; smaller = more private)")
+    axes.set_ylabel("%")
+    axes.set_ylim(-2, 105)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="center right", fontsize=7)
+    return save_figure(figure, path)

@@ -20,6 +20,7 @@ import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
 from goodnet.defenses.activation_clustering import ActivationClustering
 from goodnet.defenses.bagging import Bagging
+from goodnet.defenses.dp_sgd import DPSGD
 from goodnet.defenses.fine_pruning import FinePruning, FineTuneRecipe
 from goodnet.defenses.neural_cleanse import NeuralCleanse
 from goodnet.defenses.partition_aggregation import PartitionAggregation
@@ -123,6 +124,13 @@ _row(PartitionAggregation,
      fit=lambda defense, world: defense.fit(world.clean.images, world.clean.labels, 4),
      result=lambda defense: {"partitions": defense.partitions_, "weights": defense.ensemble_.model.get_weights()},
      use=lambda defense, world: defense.certify(world.clean.images[:4]))
+
+_row(DPSGD,
+     make=lambda: DPSGD(batch_size=6, epochs=0.5, delta=1e-3, orders=(2.0, 4.0, 8.0), progress=False),
+     fit=lambda defense, world: defense.fit(world.clean.images, world.clean.labels, 4, valid=world.clean),
+     result=lambda defense: {"weights": defense.model_.model.get_weights(), "batches": defense.batch_sizes_,
+                             "epsilon": [defense.epsilon_["classic"].epsilon, defense.epsilon_["tight"].epsilon]},
+     use=lambda defense, world: defense.predict(world.clean.images[:4]))
 
 
 def _defense_classes():
