@@ -61,7 +61,7 @@ def _choices(field):
     return None
 
 
-def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None):
+def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None, unset=False):
     """Add one flag per field of option dataclass ``cls`` (recursing into nested option dataclasses).
 
     Args:
@@ -87,7 +87,7 @@ def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None
             continue
         if _is_group(field):
             add_options(parser, defaults.pop(field.name, field.default), exclude=exclude, only=only,
-                        defaults=defaults)
+                        defaults=defaults, unset=unset)
             continue
         meta = field.metadata
         if not meta.get("cli", True):
@@ -98,13 +98,16 @@ def add_options(parser, cls, *, exclude=(), only=None, group=None, defaults=None
         if isinstance(field.default, bool):
             if default:
                 negative = meta.get("negative") or "--no-" + field.name.replace("_", "-")
-                target.add_argument(negative, dest=_dest(field), action="store_false", default=True,
+                target.add_argument(negative, dest=_dest(field), action="store_false",
+                                    default=argparse.SUPPRESS if unset else True,
                                     help=f"{help_text} (on by default; this turns it off)")
             else:
-                target.add_argument(_flag(field), dest=_dest(field), action="store_true", default=False,
+                target.add_argument(_flag(field), dest=_dest(field), action="store_true",
+                                    default=argparse.SUPPRESS if unset else False,
                                     help=f"{help_text} (default off)")
             continue
-        kwargs = {"dest": _dest(field), "default": default, "help": f"{help_text} (default {shown})"}
+        kwargs = {"dest": _dest(field), "default": argparse.SUPPRESS if unset else default,
+                  "help": f"{help_text} (default {shown})"}
         choices = _choices(field)
         if choices is not None:
             kwargs["choices"] = choices

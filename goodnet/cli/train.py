@@ -2,8 +2,10 @@
 training-time defense (bagging, Deep Partition Aggregation).
 
     goodnet train --data TRAIN.h5 --valid VALID.h5 --out MODEL.h5 [--poisoned-valid BD.h5 ...]
-                  [--defense none|bagging|dpa] [--models K | --partitions K] [--sample-fraction F]
+                  [--defense none|bagging|dpa|dp-sgd] [--models K | --partitions K] [--sample-fraction F]
                   [--no-bootstrap] [--partition-hash sha256|pixel-sum] [--no-match-steps]
+                  [--clip-norm C] [--noise-multiplier S | --target-epsilon EPS] [--delta D]
+                  [--conversion tight|classic] [--optimizer adam|sgd]
                   [--num-classes N] [--epochs E] [--batch-size B] [--learning-rate R] [--seed S]
                   [--json] [--overwrite] [--no-progress]
 
@@ -26,7 +28,19 @@ the certified-accuracy curve on VALID (``MODEL_certified_accuracy.csv`` and
 :class:`~goodnet.defenses.partition_aggregation.PartitionOptions`; every
 member uses the recipe's flags (member k: ``--seed`` + k), for ``--epochs``
 divided by its share of the data (bagging: the sample fraction, dpa: 1/K)
-unless ``--no-match-steps``. A defense is one entry of :data:`DEFENSES`.
+unless ``--no-match-steps``.
+
+``--defense dp-sgd`` (:class:`goodnet.defenses.dp_sgd.DPSGD`) trains one
+DeepID with differentially private SGD: Poisson batches of expected size
+--batch-size, per-example gradients clipped to --clip-norm, Gaussian noise
+of --noise-multiplier (or the smallest one meeting --target-epsilon), and
+prints the privacy budget epsilon at --delta after every epoch (on stderr);
+the card holds epsilon under both conversions and the per-epoch history. Its
+flags come from :class:`~goodnet.defenses.dp_sgd.DPSGDOptions`; --epochs,
+--batch-size, --learning-rate and --seed are the recipe's flags, and when
+one is not given each defense takes its own default (DP-SGD's are the
+privacy setting's: ``goodnet privacy-budget`` with the same flags prints the
+budget of the same run). A defense is one entry of :data:`DEFENSES`.
 """
 
 import dataclasses
@@ -51,9 +65,17 @@ def _dpa():
     return PartitionAggregation, PartitionOptions
 
 
-# --defense NAME -> None (one model) or a function returning (the Defense class, its option dataclass): the
-# defense is built with Defense.from_options(options, recipe=..., progress=...) and fitted on the training set.
-DEFENSES = {"none": None, "bagging": _bagging, "dpa": _dpa}
+def _dp_sgd():
+    from goodnet.defenses.dp_sgd import DPSGD, DPSGDOptions
+
+    return DPSGD, DPSGDOptions
+
+
+# --defense NAME -> None (one model) or a function returning (the Defense class, its option dataclass): an
+# ensemble is built with Defense.from_options(options, recipe=..., progress=...), DP-SGD (its own trainer) with
+# Defense.from_options(options, progress=...); each is fitted on the training set.
+DEFENSES = {"none": None, "bagging": _bagging, "dpa": _dpa, "dp-sgd": _dp_sgd}
+TRAINERS = ("dp-sgd",)   # defenses that train the model themselves: the recipe's flags are their own fields
 
 
 def add_arguments(parser):
@@ -66,14 +88,19 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="MODEL.h5", help="the model file (card: same name, .json)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes of the model (default: the largest label of the data files + 1)")
-    add_options(parser, TrainOptions)
+    add_options(parser, TrainOptions, unset=True)   # a flag not given: each defense's own default
     parser.add_argument("--defense", choices=tuple(DEFENSES), default="none",
                         help="none: one model; bagging: K models on bootstrap samples, softmax averaged; dpa: Deep "
-                             "Partition Aggregation, K models on hash partitions, majority vote with certificates "
-                             "(default none)")
+                             "Partition Aggregation, K models on hash partitions, majority vote with certificates; "
+                             "dp-sgd: differentially private SGD with a privacy budget (default none)")
+    _, dp_options = _dp_sgd()
+    dp_defaults = dp_options()
+    shared = ", ".join(f"--{name.replace('_', '-')} {getattr(dp_defaults, name):g}" for name in _recipe_names()
+                       if name in {field.name for field in dataclasses.fields(dp_options)})
     group = parser.add_argument_group("training-time defenses (--defense " + " / ".join(
-        name for name, entry in DEFENSES.items() if entry is not None) + ")")
-    seen = set()
+        name for name, entry in DEFENSES.items() if entry is not None) + ")",
+        f"dp-sgd takes the recipe's flags for its own settings; when not given, its defaults: {shared}")
+    seen = set(_recipe_names())
     for entry in DEFENSES.values():
         if entry is not None:   # a field two defenses share (models) gets one flag
             _, option_class = entry()
@@ -85,6 +112,12 @@ def add_arguments(parser):
                         help="replace an existing MODEL.h5, its card and (dpa) its certified-accuracy files")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def _recipe_names():
+    from goodnet.training import TrainOptions
+
+    return tuple(field.name for field in dataclasses.fields(TrainOptions))
 
 
 def curve_paths(model_path):
@@ -140,7 +173,13 @@ def defense_options(args):
     return check_options(options_from_args(args, option_class, **overrides))
 
 
-def train_defense(args, options, defended, train, num_classes):
+def _print_epoch(line):
+    import sys
+
+    print(f"dp-sgd {line}", file=sys.stderr, flush=True)
+
+
+def train_defense(args, options, defended, train, num_classes, valid=None):
     """Fit ``--defense`` on the training set; returns (the fitted defense, or None for ``none``; the
     Classifier to save)."""
     from goodnet.training import epoch_progress, train_deepid
@@ -149,17 +188,27 @@ def train_defense(args, options, defended, train, num_classes):
         callbacks = [] if args.no_progress else [epoch_progress(options.epochs, description="train")]
         return None, train_deepid(train.images, train.labels, num_classes, options, callbacks=callbacks)
     defense_class, _ = DEFENSES[args.defense]()
+    if args.defense in TRAINERS:
+        defense = defense_class.from_options(defended, progress=False if args.no_progress else _print_epoch)
+        defense.fit(train.images, train.labels, num_classes, valid=valid)
+        return defense, defense.model_
     defense = defense_class.from_options(defended, recipe=options, progress=False if args.no_progress else None)
     defense.fit(train.images, train.labels, num_classes)
     return defense, defense.ensemble_
 
 
-def defense_card(args, defended, defense, seconds, train):
+def defense_card(args, options, defended, defense, seconds, train):
     """The card's defense part: the defense, its options, its members' images and training seconds."""
     if defense is None:
         return {"defense": "none", "defense_options": None, "members": 1, "member_images": [len(train)],
-                "member_epochs": args.epochs, "member_training_seconds": [round(seconds, 2)]}
+                "member_epochs": options.epochs, "member_training_seconds": [round(seconds, 2)]}
     summary = defense.summary()
+    if args.defense == "dp-sgd":
+        keys = ("noise_multiplier", "steps", "sampling_probability", "delta", "epsilon", "mean_batch_size",
+                "history", "warnings")
+        return {"defense": args.defense, "defense_options": dataclasses.asdict(defended), "members": 1,
+                "member_images": [len(train)], "member_epochs": defended.epochs,
+                "member_training_seconds": [round(seconds, 2)], "privacy": {key: summary[key] for key in keys}}
     card = {"defense": args.defense, "defense_options": dataclasses.asdict(defended),
             "members": summary["members"], "member_images": summary["member_images"],
             "member_epochs": summary["member_epochs"],
@@ -189,6 +238,7 @@ def training_card(args, options, train, num_classes, truth, seconds, figures, po
 
 def run(args):
     import os
+    import sys
     import time
 
     from goodnet.data import load_h5, load_poison_truth
@@ -208,11 +258,13 @@ def run(args):
     poisoned = [load_h5(path) for path in args.poisoned_valid]
     num_classes = _num_classes(args, [train, valid, *poisoned])
     start = time.perf_counter()
-    defense, classifier = train_defense(args, options, defended, train, num_classes)
+    defense, classifier = train_defense(args, options, defended, train, num_classes, valid)
     seconds = time.perf_counter() - start
     figures = evaluate(classifier, valid, poisoned, progress=False if args.no_progress else None)
     card = training_card(args, options, train, num_classes, truth, seconds, figures, poisoned)
-    card.update(defense_card(args, defended, defense, seconds, train))
+    card.update(defense_card(args, options, defended, defense, seconds, train))
+    if args.defense in TRAINERS:   # its own trainer: the recipe's options are not what trained the model
+        card["recipe"], card["options"] = defense.RECIPE, None
     curve = None
     if args.defense == "dpa":
         from goodnet.plots import plot_certified_accuracy
@@ -239,6 +291,14 @@ def run(args):
         print(f"Clean accuracy on {os.path.basename(args.valid)}: {figures['clean_accuracy'] * 100:.2f}%")
         for name, rate in card["valid"]["attack_success_rate"].items():
             print(f"Attack success rate on {name}: {rate * 100:.2f}%")
+        if "privacy" in card:
+            privacy = card["privacy"]
+            print(f"Privacy budget: epsilon {privacy['epsilon']['tight']['epsilon']:.3f} (tight, dp-accounting's "
+                  f"conversion), {privacy['epsilon']['classic']['epsilon']:.3f} (classic RDP conversion) at delta "
+                  f"{privacy['delta']:g}; noise multiplier {privacy['noise_multiplier']:.4g}, "
+                  f"{privacy['steps']} steps of expected batch {defended.batch_size}")
+            for warning in privacy["warnings"]:
+                print(f"warning: {warning}", file=sys.stderr)
         if curve is not None:
             median = curve["median_certified_radius"]
             steps = ", ".join(f"r={row['radius']} {row['certified_accuracy'] * 100:.1f}%"

@@ -392,6 +392,10 @@ def _valid_data(valid):
 # -- the defense ---------------------------------------------------------------------------------------------------
 
 
+RECIPE = ("DP-SGD (Abadi et al. 2016): Poisson batches, per-example gradients clipped, Gaussian noise, "
+          "Adam or SGD with a cosine-decayed learning rate, on pixels / 255")   # as cards state it
+
+
 class DPSGD(Defense):
     """Train a DeepID with DP-SGD (Abadi et al. 2016): Poisson batches, clipped per-example gradients, Gaussian noise.
 
@@ -428,6 +432,7 @@ class DPSGD(Defense):
                               "chunk_size": [Interval(int, 1)],
                               "progress": [InstanceOf(bool), InstanceOf(collections.abc.Callable, "a callable"),
                                            None]}
+    RECIPE = RECIPE
 
     def __init__(self, clip_norm=_DEFAULTS.clip_norm, noise_multiplier=_DEFAULTS.noise_multiplier,
                  target_epsilon=_DEFAULTS.target_epsilon, conversion=_DEFAULTS.conversion, delta=_DEFAULTS.delta,

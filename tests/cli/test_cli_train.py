@@ -223,3 +223,49 @@ def test_defense_errors_are_one_line(files, tmp_path, capsys):
         with pytest.raises(SystemExit) as caught:
             main(base + extra)
         assert caught.value.code == 2
+
+
+def test_dp_sgd_flags_are_its_options_and_the_recipe_flags_default_per_defense():
+    from goodnet.defenses.dp_sgd import DPSGDOptions
+
+    base = ["train", "--data", "t.h5", "--valid", "v.h5", "--out", "m.h5", "--defense", "dp-sgd"]
+    args = build_parser().parse_args(base)
+    assert options_from_args(args, DPSGDOptions) == DPSGDOptions()        # 60 epochs, expected batch 256
+    assert options_from_args(args, TrainOptions) == TrainOptions()        # 8 epochs, batch 32
+    args = build_parser().parse_args(base + ["--epochs", "3", "--batch-size", "16", "--clip-norm", "0.5",
+                                             "--target-epsilon", "4", "--delta", "1e-4", "--optimizer", "sgd"])
+    assert options_from_args(args, DPSGDOptions) == DPSGDOptions(epochs=3, batch_size=16, clip_norm=0.5,
+                                                                 target_epsilon=4.0, delta=1e-4, optimizer="sgd")
+    assert options_from_args(args, TrainOptions) == TrainOptions(epochs=3, batch_size=16)
+
+
+def test_train_dp_sgd_prints_epsilon_per_epoch_and_writes_its_budget(files, tmp_path, capsys):
+    from goodnet.models import load_model
+    from goodnet.privacy import PrivacyOptions, privacy_budget
+
+    _, paths = files
+    out = tmp_path / "private.h5"
+    code = main(["train", "--data", paths["train"], "--valid", paths["valid"], "--out", str(out), "--defense",
+                 "dp-sgd", "--epochs", "2", "--batch-size", "12", "--target-epsilon", "20", "--delta", "1e-3",
+                 "--json"])
+    captured = capsys.readouterr()
+    card = json.loads(captured.out)
+    lines = [line for line in captured.err.splitlines() if line.startswith("dp-sgd epoch")]
+    assert code == 0 and [line.split(":")[0] for line in lines] == ["dp-sgd epoch 1/2", "dp-sgd epoch 2/2"]
+    assert all("(tight)" in line and "(classic)" in line and "valid accuracy" in line for line in lines)
+    privacy = card["privacy"]
+    assert card["defense"] == "dp-sgd" and card["options"] is None and card["recipe"].startswith("DP-SGD")
+    assert card["defense_options"]["epochs"] == 2 and card["defense_options"]["batch_size"] == 12
+    assert privacy["steps"] == 10 and len(privacy["history"]) == 2      # ceil(2 * 60 / 12)
+    # the card's epsilon is the privacy budget goodnet privacy-budget gives for the same run
+    budget = privacy_budget(PrivacyOptions(examples=60, batch_size=12, epochs=2, delta=1e-3,
+                                           noise_multiplier=privacy["noise_multiplier"]))
+    assert privacy["epsilon"]["tight"]["epsilon"] == pytest.approx(budget.tight.epsilon, rel=1e-9)
+    assert budget.tight.epsilon <= 20.0
+    assert privacy["epsilon"]["classic"]["epsilon"] == pytest.approx(budget.classic.epsilon, rel=1e-9)
+    assert privacy["history"][-1]["epsilon_tight"] == pytest.approx(budget.tight.epsilon, rel=1e-9)
+    model = load_model(out)
+    valid_images, valid_labels = coloured_squares(8, (10, 10), seed=1, classes=3)
+    assert model.scale == "unit" and model.num_classes == 3
+    assert card["valid"]["clean_accuracy"] == pytest.approx(np.mean(model.predict(valid_images) == valid_labels))
+    assert privacy["history"][-1]["valid_accuracy"] == pytest.approx(card["valid"]["clean_accuracy"])
