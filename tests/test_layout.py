@@ -4,7 +4,7 @@ Layers, bottom to top: the core modules at the top of ``goodnet/`` (data,
 models, inference, metrics, layers, plots, files, errors, base, options,
 surgery, calibration, reports, keras2); ``goodnet.attacks`` and
 ``goodnet.defenses`` (independent of each other); ``goodnet.grading``; the
-orchestrators (``repair``, ``demo``, ``export``); ``goodnet.cli`` on top. Every
+orchestrators (``repair``, ``demo``, ``export``, ``inspection``); ``goodnet.cli`` on top. Every
 ``import`` in the source counts, including those inside functions.
 """
 
@@ -19,7 +19,7 @@ CORE = {"goodnet", "goodnet.data", "goodnet.models", "goodnet.inference", "goodn
         "goodnet.plots", "goodnet.files", "goodnet.errors", "goodnet.base", "goodnet.options", "goodnet.surgery",
         "goodnet.calibration", "goodnet.reports", "goodnet.keras2", "goodnet.training",
         "goodnet.features", "goodnet.privacy"}
-ORCHESTRATORS = {"goodnet.repair", "goodnet.demo", "goodnet.export"}
+ORCHESTRATORS = {"goodnet.repair", "goodnet.demo", "goodnet.export", "goodnet.inspection"}
 
 
 def _module_name(path):
