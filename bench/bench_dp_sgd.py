@@ -8,8 +8,8 @@ chunks of 16 to 256 examples per compiled call) against ``method="loop"``
 and their ratio, and the plain batch gradient (no per-example gradients, no
 privacy) as the floor; the two methods' gradients are compared (same noise).
 
-Part 2, quality: the built-in digits benchmark (generated in memory as
-``goodnet synth --dataset digits`` writes it), 10 % of the training images
+Part 2, quality: the built-in digits and faces benchmarks (generated in memory
+as ``goodnet synth`` writes them), 10 % of the training images
 poisoned with the ``patch`` trigger and relabelled 0 (dirty-label BadNet
 poisoning as ``goodnet attack`` does, :func:`goodnet.attacks.badnets.poison`);
 a DeepID trained on it without DP (the recipe of ``goodnet train``: the
@@ -19,16 +19,18 @@ reached (both conversions), noise multiplier, steps, clean test accuracy,
 ASR on the poisoned test images, the share of those images' clean versions
 already classified as the target (the part of the ASR that is no backdoor:
 a model that answers 0 for everything has ASR 100 %) and seconds. ``OUT/results.json`` holds every
-figure, ``OUT/dp_sgd_tradeoff.png`` the trade-off.
+figure, ``OUT/dp_sgd_tradeoff_<dataset>.png`` the trade-off.
 
-``--quick`` (about 5 minutes on 2 shared CPU cores): B = 32 for the speed
-part; 1000 training images, B = 64, 10 epochs for the quality part. The full
-run: B = 256; 3000 training images (README's digits setting), B = 256,
-30 epochs (about an hour on 2 CPU cores).
+``--quick`` (about 10 minutes on 2 shared CPU cores): B = 32 for the speed
+part; 1000 training images (faces: 10 identities x 100), B = 64, 10 epochs
+for the quality part. The full run: B = 256; 3000 training images (digits:
+README's setting; faces: 20 identities x 150), B = 256, 15 epochs (about an
+hour on 2 CPU cores).
 
 Usage:
     python bench/bench_dp_sgd.py --quick [--seed 0] [--out DIR] [--parts speed quality]
-                                 [--batch-size B] [--epochs E] [--epsilons 1 3 8]
+                                 [--batch-size B] [--epochs E] [--epsilons 1 3 8] [--datasets digits faces]
+                                 [--optimizer adam|sgd] [--learning-rate R] [--clip-norm C]
 """
 
 import argparse
@@ -40,11 +42,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SETTINGS = {
+SETTINGS = {   # faces: sizes per identity
     "quick": {"speed_batch": 32, "chunks": (16, 32), "speed_repeats": 3, "loop_repeats": 1,
-              "sizes": {"train": 1000, "valid": 200, "test": 500}, "batch_size": 64, "epochs": 10.0},
+              "data": {"digits": {"sizes": {"train": 1000, "valid": 200, "test": 500}, "identities": None},
+                       "faces": {"sizes": {"train": 100, "valid": 20, "test": 50}, "identities": 10}},
+              "batch_size": 64, "epochs": 10.0},
     "full": {"speed_batch": 256, "chunks": (16, 32, 64, 128, 256), "speed_repeats": 3, "loop_repeats": 1,
-             "sizes": {"train": 3000, "valid": 500, "test": 500}, "batch_size": 256, "epochs": 30.0},
+             "data": {"digits": {"sizes": {"train": 3000, "valid": 500, "test": 500}, "identities": None},
+                      "faces": {"sizes": {"train": 150, "valid": 25, "test": 25}, "identities": 20}},
+             "batch_size": 256, "epochs": 15.0},
 }
 EPSILONS = (1.0, 3.0, 8.0)
 DELTA = 1e-5
@@ -132,26 +138,36 @@ def _figures(classifier, test, poisoned):
             "clean_to_target": float(np.mean(predictions[others] == TARGET))}
 
 
-def quality(setting, seed, epsilons, progress):
+def _generate(dataset, split, seed, data):
+    from goodnet.attacks.benchmarks import generate
+
+    if data["identities"] is None:
+        return generate(dataset, split, seed, data["sizes"][split])
+    return generate(dataset, split, seed, data["sizes"][split], data["identities"])
+
+
+def quality(setting, dataset, seed, epsilons, progress, dp_options):
     """The BadNet's training set: without DP and with DP-SGD at each target epsilon; clean accuracy and ASR."""
     from goodnet.attacks.badnets import poison
-    from goodnet.attacks.benchmarks import generate, poisoned_split
+    from goodnet.attacks.benchmarks import poisoned_split
     from goodnet.defenses.dp_sgd import DPSGD
     from goodnet.training import TrainOptions, train_deepid
 
-    splits = {split: generate("digits", split, seed, setting["sizes"][split]) for split in ("train", "valid", "test")}
+    data = setting["data"][dataset]
+    splits = {split: _generate(dataset, split, seed, data) for split in ("train", "valid", "test")}
+    classes = int(max(labels.max() for _, labels in splits.values())) + 1
     train_images, train_labels, poisoned_indices, _ = poison(*splits["train"], [(TRIGGER, TARGET)], POISON_RATE,
                                                              np.random.default_rng(seed))
     test = splits["test"]
     bad_test = poisoned_split(*test, TRIGGER, TARGET)
-    result = {"train_images": len(train_labels), "poisoned_images": len(poisoned_indices),
+    result = {"dataset": dataset, "classes": classes, "train_images": len(train_labels), "poisoned_images": len(poisoned_indices),
               "test_images": len(test[1]), "poisoned_test_images": len(bad_test[1]), "delta": DELTA,
-              "batch_size": setting["batch_size"], "epochs": setting["epochs"], "runs": []}
-    print(f"\nPart 2: digits, {len(train_labels)} training images ({len(poisoned_indices)} poisoned with "
+              "batch_size": setting["batch_size"], "epochs": setting["epochs"], "dp_options": dp_options, "runs": []}
+    print(f"\nPart 2: {dataset} ({classes} classes), {len(train_labels)} training images ({len(poisoned_indices)} poisoned with "
           f"{TRIGGER} -> {TARGET}), test {len(test[1])} clean / {len(bad_test[1])} poisoned", flush=True)
     started = time.perf_counter()
     options = TrainOptions(seed=seed)
-    baseline = train_deepid(train_images, train_labels, 10, options)
+    baseline = train_deepid(train_images, train_labels, classes, options)
     result["baseline"] = {**_figures(baseline, test, bad_test), "seconds": time.perf_counter() - started,
                           "options": {"epochs": options.epochs, "batch_size": options.batch_size,
                                       "learning_rate": options.learning_rate}}
@@ -163,8 +179,8 @@ def quality(setting, seed, epsilons, progress):
         report = (lambda line, epsilon=epsilon: print(f"    [eps {epsilon:g}] {line}", flush=True)) if progress \
             else False
         defense = DPSGD(target_epsilon=float(epsilon), delta=DELTA, batch_size=setting["batch_size"],
-                        epochs=setting["epochs"], seed=seed, progress=report)
-        defense.fit(train_images, train_labels, 10, valid=splits["valid"])
+                        epochs=setting["epochs"], seed=seed, progress=report, **dp_options)
+        defense.fit(train_images, train_labels, classes, valid=splits["valid"])
         run = {"target_epsilon": float(epsilon), "epsilon": defense.epsilon_["tight"].epsilon,
                "epsilon_classic": defense.epsilon_["classic"].epsilon, "noise_multiplier": defense.noise_multiplier_,
                "steps": defense.steps_, "mean_batch_size": float(defense.batch_sizes_.mean()),
@@ -179,6 +195,8 @@ def quality(setting, seed, epsilons, progress):
 
 
 def report_quality(result):
+    print(f"\n{result['dataset']}: DP-SGD {result['dp_options'] or 'defaults'}, expected batch {result['batch_size']}, "
+          f"{result['epochs']:g} epochs, delta {result['delta']:g}")
     print(f"\n{'training':28s} {'epsilon':>8s} {'noise':>7s} {'clean %':>8s} {'ASR %':>7s} {'clean->target %':>16s} "
           f"{'seconds':>8s}")
     base = result["baseline"]
@@ -198,6 +216,10 @@ def main(argv=None):
     parser.add_argument("--epsilons", nargs="+", type=float, default=EPSILONS, help="target epsilons")
     parser.add_argument("--batch-size", type=int, default=None, help="DP-SGD's expected batch (quality part)")
     parser.add_argument("--epochs", type=float, default=None, help="DP-SGD's epochs (quality part)")
+    parser.add_argument("--datasets", nargs="+", choices=("digits", "faces"), default=("digits", "faces"))
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="DP-SGD's (default: its own)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="DP-SGD's (default: its own)")
+    parser.add_argument("--clip-norm", type=float, default=None, help="DP-SGD's (default: its own)")
     parser.add_argument("--out", default=None, help="results folder (default runs/bench_dp_sgd[_quick])")
     parser.add_argument("--progress", action="store_true", help="print each DP-SGD epoch")
     args = parser.parse_args(argv)
@@ -216,7 +238,8 @@ def main(argv=None):
     if args.epochs is not None:
         setting["epochs"] = args.epochs
     out = args.out or os.path.join("runs", "bench_dp_sgd" + ("_quick" if args.quick else ""))
-    prepare_output_dir(out, "--out", names=["results.json", "dp_sgd_tradeoff.png"], overwrite=None)
+    prepare_output_dir(out, "--out", names=["results.json"] + [f"dp_sgd_tradeoff_{dataset}.png"
+                                                                for dataset in ("digits", "faces")], overwrite=None)
     print(f"bench_dp_sgd ({name}): parts {', '.join(args.parts)}, seed {args.seed}", flush=True)
     started = time.perf_counter()
     results = {"setting": name, "seed": args.seed}
@@ -224,15 +247,21 @@ def main(argv=None):
         results["speed"] = speed(setting, args.seed)
         report_speed(results["speed"])
         write_json(os.path.join(out, "results.json"), results)
+    dp_options = {name: getattr(args, name) for name in ("optimizer", "learning_rate", "clip_norm")
+                  if getattr(args, name) is not None}
     if "quality" in args.parts:
-        results["quality"] = quality(setting, args.seed, args.epsilons, args.progress)
-        report_quality(results["quality"])
-        write_json(os.path.join(out, "results.json"), results)
-        png = plot_privacy_tradeoff(results["quality"]["runs"], results["quality"]["baseline"],
-                                    os.path.join(out, "dp_sgd_tradeoff.png"),
-                                    title=f"DP-SGD on a patch BadNet's training set (digits, "
-                                          f"{results['quality']['train_images']} images, delta {DELTA:g})")
-        print(f"trade-off plot: {png}")
+        results["quality"] = {}
+        for dataset in args.datasets:
+            result = results["quality"][dataset] = quality(setting, dataset, args.seed, args.epsilons,
+                                                           args.progress, dp_options)
+            write_json(os.path.join(out, "results.json"), results)
+            png = plot_privacy_tradeoff(result["runs"], result["baseline"],
+                                        os.path.join(out, f"dp_sgd_tradeoff_{dataset}.png"),
+                                        title=f"DP-SGD on a patch BadNet's training set ({dataset}, "
+                                              f"{result['train_images']} images, delta {DELTA:g})")
+            print(f"trade-off plot: {png}")
+        for result in results["quality"].values():
+            report_quality(result)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; figures in {out}/results.json")
     return 0
 
