@@ -588,3 +588,93 @@ def report_markdown(summary, detectors, plots):
         lines += [f"![class {label}](class_{label}.png)" for label in plots]
         lines.append("")
     return "\n".join(lines)
+
+
+# -- the whole loop ----------------------------------------------------------------------------------------------
+
+
+def _model_figures(classifier, test, poisoned_test):
+    from goodnet.metrics import evaluate
+
+    figures = evaluate(classifier, test, list(poisoned_test))
+    return {"clean_accuracy": figures["clean_accuracy"], "attack_success_rate": figures.get("attack_success_rate")}
+
+
+def clean_and_retrain(badnet, training_set, num_classes, test, poisoned_test=(), truth=None, clean_training=None,
+                      recipe=None, methods=METHODS, options=None, by="recommended", clean_model=None,
+                      progress=None):
+    """The loop poisoned data -> inspection -> cleaned set -> retrained model -> evaluation.
+
+    Inspects ``training_set`` with the BadNet trained on it (:func:`inspect_training_set`), drops the samples
+    of method ``by`` (default the :meth:`Inspection.recommended` one, chosen from the detectors' verdicts
+    only), retrains a DeepID on the rest with ``recipe`` (:func:`goodnet.training.train_deepid`, the attack's
+    recipe) and measures the BadNet, the retrained model and a model trained on ``clean_training`` (the truly
+    clean set) on the same clean test set and poisoned test sets.
+
+    Args:
+        badnet: the :class:`goodnet.models.Classifier` trained on ``training_set``.
+        training_set: the poisoned training set (LabData or an open LabFile).
+        num_classes: classes of the task.
+        test: clean test :class:`goodnet.data.LabData` (true labels).
+        poisoned_test: LabData per trigger (triggered non-target images labelled with the target): the ASR.
+        truth: the training set's :class:`goodnet.data.PoisonTruth` (figures only).
+        clean_training: the truly clean training set (LabData), or None (no clean-trained model; or pass
+            ``clean_model``).
+        recipe: :class:`goodnet.training.TrainOptions` of both retrainings (default its defaults).
+        methods, options, progress: see :func:`inspect_training_set`.
+        by: "recommended", a method that ran, "union", or None (retrain on everything).
+        clean_model: an already trained clean model (reused instead of training on ``clean_training``).
+
+    Returns:
+        tuple: (figures dict, :class:`Inspection`, retrained Classifier, clean Classifier or None). The figures:
+        ``by`` (the method used, None when nothing was dropped), ``recommended``, ``methods`` (per method: flagged,
+        suspicious classes, seconds, and with a truth precision, recall, F1, classes falsely flagged),
+        ``features_seconds``, ``training_images``, ``kept``, ``removed`` (and ``poisoned_kept``), ``models``
+        (``badnet``, ``retrained``, ``clean``: clean accuracy and ASR) and ``seconds``.
+
+    Example:
+        >>> figures, inspection, retrained, _ = clean_and_retrain(badnet, info["training_set"], 10, test, [bad_test],
+        ...                                                       truth=info["truth"], clean_training=train)
+        >>> figures["models"]["retrained"]["attack_success_rate"]
+    """
+    from goodnet.training import TrainOptions, train_deepid
+
+    recipe = recipe or TrainOptions()
+    started = time.perf_counter()
+    inspection = inspect_training_set(badnet, training_set, truth, methods, options, progress=progress)
+    inspected = time.perf_counter()
+    recommended = inspection.recommended()
+    chosen = recommended if by == "recommended" else by
+    images, labels, kept = cleaned_training_set(training_set, inspection.flagged(chosen), where="cleaned set")
+    retrained = train_deepid(images, labels, num_classes, recipe)
+    retrained_at = time.perf_counter()
+    if clean_model is None and clean_training is not None:
+        clean_model = train_deepid(clean_training.images, clean_training.labels, num_classes, recipe)
+    cleaned_at = time.perf_counter()
+    detection = inspection.detection()
+    false = inspection.falsely_flagged_classes()
+    suspicious = inspection.suspicious()
+    per_method = {}
+    for method in inspection.detectors:
+        entry = {"flagged": int(inspection.masks[method].sum()), "suspicious_classes": suspicious[method],
+                 "seconds": inspection.timings[method]}
+        if detection is not None:
+            entry.update({key: detection[method][key] for key in ("precision", "recall", "f1", "auc")})
+            entry["falsely_flagged_classes"] = false[method]
+        per_method[method] = entry
+    figures = {"by": chosen, "recommended": recommended, "methods": per_method,
+               "features_seconds": inspection.timings["features"], "training_images": len(training_set),
+               "kept": int(kept.size), "removed": int(len(training_set) - kept.size),
+               "models": {"badnet": _model_figures(badnet, test, poisoned_test),
+                          "retrained": _model_figures(retrained, test, poisoned_test)}}
+    if truth is not None:
+        figures["poisoned"] = int(truth.poisoned.sum())
+        figures["poisoned_kept"] = int(truth.poisoned[kept].sum())
+        if detection is not None and "union" in detection:
+            figures["union"] = {key: detection["union"][key] for key in ("precision", "recall", "f1")}
+    if clean_model is not None:
+        figures["models"]["clean"] = _model_figures(clean_model, test, poisoned_test)
+    figures["seconds"] = {"inspect": round(inspected - started, 2), "retrain": round(retrained_at - inspected, 2),
+                          "clean_train": round(cleaned_at - retrained_at, 2),
+                          "total": round(time.perf_counter() - started, 2)}
+    return figures, inspection, retrained, clean_model

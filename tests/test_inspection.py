@@ -189,3 +189,51 @@ def test_write_clean_set_keeps_the_truth_of_the_kept_rows_and_never_overwrites(s
     untruthful = Inspection(inspection.features, inspection.detectors, inspection.masks, {}, None)
     result = write_clean_set(path, plain, untruthful, by="union", overwrite=True)
     assert "poisoned_kept" not in result and load_poison_truth(path) is None
+
+
+def test_clean_and_retrain_trains_on_exactly_the_kept_rows_and_measures_three_models(square_task, monkeypatch):
+    import goodnet.training
+    from goodnet.metrics import evaluate
+    from goodnet.training import TrainOptions
+
+    real = goodnet.training.train_deepid
+    seen = []
+
+    def recording(images, labels, num_classes, options=None, callbacks=()):
+        seen.append((np.array(images), np.array(labels), num_classes, options))
+        return real(images, labels, num_classes, options, callbacks)
+
+    monkeypatch.setattr(goodnet.training, "train_deepid", recording)
+    from goodnet.inspection import clean_and_retrain
+
+    data, truth, badnet = square_task["data"], square_task["truth"], square_task["classifier"]
+    test_images, test_labels = coloured_squares(5, (5, 5), seed=1)
+    test = LabData(test_images, test_labels, "test")
+    triggered = test_images[test_labels != 0].copy()
+    triggered[:, -10:, -10:, :] = 255.0
+    poisoned_test = LabData(triggered, np.zeros(len(triggered), np.int64), "bd test")
+    recipe = TrainOptions(epochs=1, seed=0)
+    figures, inspection, retrained, clean = clean_and_retrain(
+        badnet, data, 4, test, [poisoned_test], truth=truth, recipe=recipe, by="spectral", clean_model=badnet,
+        options=square_task["options"], progress=False)
+    assert len(seen) == 1 and seen[0][2] == 4 and seen[0][3] == recipe      # the clean model was reused
+    kept = np.flatnonzero(~inspection.masks["spectral"])
+    np.testing.assert_array_equal(seen[0][0], data.images[kept])
+    np.testing.assert_array_equal(seen[0][1], data.labels[kept])
+    assert figures["by"] == "spectral" and figures["recommended"] == inspection.recommended()
+    assert figures["kept"] == len(kept) and figures["removed"] == 120 - len(kept)
+    assert figures["poisoned"] == 6 and figures["poisoned_kept"] == int(truth.poisoned[kept].sum())
+    for name, model in (("badnet", badnet), ("retrained", retrained), ("clean", clean)):
+        expected = evaluate(model, test, [poisoned_test])
+        assert figures["models"][name] == {"clean_accuracy": expected["clean_accuracy"],
+                                           "attack_success_rate": expected["attack_success_rate"]}
+    detection = inspection.detection()
+    assert figures["methods"]["ac"]["f1"] == detection["ac"]["f1"]
+    assert figures["methods"]["spectral"]["falsely_flagged_classes"] == inspection.falsely_flagged_classes()[
+        "spectral"]
+    # nothing dropped (by=None) trains on the whole set
+    seen.clear()
+    figures, *_ = clean_and_retrain(badnet, data, 4, test, truth=truth, recipe=recipe, by=None,
+                                    methods=("spectral",), progress=False)
+    assert figures["removed"] == 0 and len(seen[0][0]) == 120 and "clean" not in figures["models"]
+    assert figures["models"]["retrained"]["attack_success_rate"] is None
