@@ -6,6 +6,14 @@
 3. Evaluate it; run the pruning defense (``out/prune``) and the end-to-end
    repair (pruning, fine-pruning, GoodNet, STRIP alone and STRIP-gated
    GoodNets; ``out/repair``); report every figure and write the plots.
+4. With ``data_loop`` (``--data-loop``): the data loop on the BadNet's
+   poisoned training set (:func:`goodnet.inspection.clean_and_retrain`):
+   inspect it (activation clustering, spectral signatures, isolation forest;
+   ``out/inspect``: the inspection's files), write the cleaned set (the
+   recommended method's flags dropped; ``out/inspect/train_clean.h5`` with
+   the kept rows' ground truth), retrain a DeepID on it with the attack's
+   recipe, and compare its clean accuracy and ASR with the BadNet's and a
+   model's trained on the benchmark's clean training set.
 
 Cached files are goodnet's own (recognised by their ``benchmark.json`` or
 card); anything else at those paths is never overwritten.
@@ -50,6 +58,9 @@ class DemoOptions:
                                 cli=False)
     identities: int = option(BenchmarkOptions.identities, "faces: identities", rule=Interval(int, 1))
     copies: int = option(32, "STRIP copies per input", rule=Interval(int, 1))
+    data_loop: bool = option(False, "also run the data loop: inspect the BadNet's poisoned training set, retrain on "
+                                    "the cleaned set, and compare with the BadNet and a model trained on the clean "
+                                    "set (two more trainings)", rule=InstanceOf(bool))
     sizes: dict = option(None, "benchmark sizes {split: images} (faces: per identity; None: the benchmark's)",
                          cli=False)
     data_dir: str = option("data", "where the benchmark is cached", rule=InstanceOf(str))
@@ -110,9 +121,7 @@ def badnet_model(options, folder, description, splits):
     if os.path.exists(path):
         raise OptionError(f"{path}: exists without its goodnet card; refusing to overwrite it")
     train = load_h5(os.path.join(folder, "train.h5"), num_classes=description["num_classes"])
-    attack = AttackOptions(triggers=(options.resolved_trigger(),), targets=(options.target,),
-                           poison_rate=options.poison_rate, epochs=options.epochs, seed=options.seed,
-                           pruning_aware=options.pruning_aware)
+    attack = _attack_options(options)
     classifier, info = train_badnet(train.images, train.labels, description["num_classes"], attack)
     card = attack_card(classifier, attack, {key: description[key] for key in ("dataset", "seed", "sizes")},
                        splits["valid"][0], [splits["valid"][1]], splits["test"][0], [splits["test"][1]], info)
@@ -180,6 +189,57 @@ def run_demo(options=None, progress=None):
                                         for name, entry in report["test"].items()}}
     figures["plots"] = {key: value for key, value in report["files"].items() if str(value).endswith(".png")}
     figures["card"] = card
-    figures["seconds"] = {"prepare": round(prepared - started, 1),
-                          "defenses": round(time.perf_counter() - prepared, 1)}
+    defended = time.perf_counter()
+    figures["seconds"] = {"prepare": round(prepared - started, 1), "defenses": round(defended - prepared, 1)}
+    if options.data_loop:
+        figures["data_loop"] = data_loop(options, folder, description, badnet, test, bad_test, progress)
+        figures["seconds"]["data_loop"] = round(time.perf_counter() - defended, 1)
     return figures
+
+
+def data_loop(options, folder, description, badnet, test, bad_test, progress=None):
+    """The data loop on the demo BadNet's poisoned training set; its figures (JSON-ready).
+
+    The poisoned set is the attack's (:func:`goodnet.attacks.badnets.poison_training_set` with the BadNet's
+    options: the same draws as its training, also when the BadNet was cached). The inspection's files go to
+    ``out/inspect``, the cleaned set to ``out/inspect/train_clean.h5``.
+    """
+    from goodnet.attacks.badnets import poison_training_set
+    from goodnet.data import load_h5
+    from goodnet.inspection import clean_and_retrain, method_summary, write_clean_set, write_inspection_outputs
+    from goodnet.reports import write_json
+    from goodnet.training import TrainOptions
+
+    classes = description["num_classes"]
+    train = load_h5(os.path.join(folder, "train.h5"), num_classes=classes)
+    info = poison_training_set(train.images, train.labels, classes, _attack_options(options))
+    recipe = TrainOptions(epochs=options.epochs, seed=options.seed)
+    figures, inspection, _, _ = clean_and_retrain(badnet, info["training_set"], classes, test, [bad_test],
+                                                  truth=info["truth"], clean_training=train, recipe=recipe,
+                                                  progress=progress)
+    out = os.path.join(options.out_dir, "inspect")
+    summary = {"inputs": {"model": badnet.path, "train": "the BadNet's poisoned training set", "scale": badnet.scale,
+                          "scale_report": getattr(badnet, "scale_report", ""), "samples": len(train),
+                          "classes": int(len(inspection.features.groups()))},
+               "features": {"layer": inspection.features.layer, "dimensions": inspection.features.dim,
+                            "cache": None},
+               "methods": None, "timings_seconds": inspection.timings, "ground_truth": True}
+    summary.update(method_summary(inspection))
+    clean_path = os.path.join(out, "train_clean.h5")
+    os.makedirs(out, exist_ok=True)
+    summary["clean"] = write_clean_set(clean_path, info["training_set"], inspection, by=figures["by"],
+                                       overwrite=None)
+    files = write_inspection_outputs(out, inspection, summary)
+    files["clean"] = clean_path
+    summary["files"] = files
+    write_json(files["inspect.json"], summary)
+    figures["report"] = files["report.md"]
+    figures["clean_set"] = clean_path
+    return figures
+
+
+def _attack_options(options):
+    """The demo BadNet's AttackOptions (one source for its training and the data loop's poisoned set)."""
+    return AttackOptions(triggers=(options.resolved_trigger(),), targets=(options.target,),
+                         poison_rate=options.poison_rate, epochs=options.epochs, seed=options.seed,
+                         pruning_aware=options.pruning_aware)

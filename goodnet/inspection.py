@@ -593,10 +593,10 @@ def report_markdown(summary, detectors, plots):
 # -- the whole loop ----------------------------------------------------------------------------------------------
 
 
-def _model_figures(classifier, test, poisoned_test):
+def _model_figures(classifier, test, poisoned_test, progress=None):
     from goodnet.metrics import evaluate
 
-    figures = evaluate(classifier, test, list(poisoned_test))
+    figures = evaluate(classifier, test, list(poisoned_test), progress=progress)
     return {"clean_accuracy": figures["clean_accuracy"], "attack_success_rate": figures.get("attack_success_rate")}
 
 
@@ -665,15 +665,15 @@ def clean_and_retrain(badnet, training_set, num_classes, test, poisoned_test=(),
     figures = {"by": chosen, "recommended": recommended, "methods": per_method,
                "features_seconds": inspection.timings["features"], "training_images": len(training_set),
                "kept": int(kept.size), "removed": int(len(training_set) - kept.size),
-               "models": {"badnet": _model_figures(badnet, test, poisoned_test),
-                          "retrained": _model_figures(retrained, test, poisoned_test)}}
+               "models": {"badnet": _model_figures(badnet, test, poisoned_test, progress),
+                          "retrained": _model_figures(retrained, test, poisoned_test, progress)}}
     if truth is not None:
         figures["poisoned"] = int(truth.poisoned.sum())
         figures["poisoned_kept"] = int(truth.poisoned[kept].sum())
         if detection is not None and "union" in detection:
             figures["union"] = {key: detection["union"][key] for key in ("precision", "recall", "f1")}
     if clean_model is not None:
-        figures["models"]["clean"] = _model_figures(clean_model, test, poisoned_test)
+        figures["models"]["clean"] = _model_figures(clean_model, test, poisoned_test, progress)
     figures["seconds"] = {"inspect": round(inspected - started, 2), "retrain": round(retrained_at - inspected, 2),
                           "clean_train": round(cleaned_at - retrained_at, 2),
                           "total": round(time.perf_counter() - started, 2)}

@@ -1,6 +1,6 @@
 """``goodnet demo``: build the built-in benchmark and BadNet on first use, then run every defense.
 
-    goodnet demo [--dataset digits|faces] [--pruning-aware] [--json]
+    goodnet demo [--dataset digits|faces] [--pruning-aware] [--data-loop] [--json]
 
 The flags, defaults and help come from :class:`goodnet.demo.DemoOptions`
 (``--sizes TRAIN VALID TEST`` is its ``sizes`` dict, ``--out`` its ``out_dir``).
@@ -52,7 +52,35 @@ def summary_lines(figures):
     lines += ["", f"repaired model: {figures['repair']['model']}", f"report: {figures['repair']['report']}",
               "plots: " + ", ".join(sorted(set([figures["pruning"]["curve_png"]] + list(figures["plots"].values())))),
               f"time: {figures['seconds']['prepare']} s to build or load the benchmark and BadNet, "
-              f"{figures['seconds']['defenses']} s for the defenses"]
+              f"{figures['seconds']['defenses']} s for the defenses"
+              + (f", {figures['seconds']['data_loop']} s for the data loop" if "data_loop" in figures else "")]
+    if "data_loop" in figures:
+        lines[-1:-1] = [""] + data_loop_lines(figures["data_loop"])
+    return lines
+
+
+def _figure(value):
+    return " n/a" if value is None else f"{value:.2f}"
+
+
+def data_loop_lines(loop):
+    """The data loop's part of the report: detection per method, the cleaned set, the three models."""
+    lines = [f"data loop (the BadNet's poisoned training set: {loop['training_images']} images, {loop['poisoned']} "
+             "poisoned), detection against the ground truth:",
+             f"  {'method':<10} {'flagged':>7} {'precision':>9} {'recall':>7} {'F1':>5}  classes falsely flagged"]
+    for method, entry in loop["methods"].items():
+        lines.append(f"  {method:<10} {entry['flagged']:>7} {_figure(entry['precision']):>9} "
+                     f"{_figure(entry['recall']):>7} {_figure(entry['f1']):>5}  "
+                     f"{', '.join(map(str, entry['falsely_flagged_classes'])) or 'none'}")
+    used = loop["by"] or "none (no method found a suspicious class)"
+    lines += [f"cleaned set ({used}'s flags dropped, chosen from the detectors' verdicts): {loop['kept']} kept, "
+              f"{loop['removed']} removed, {loop['poisoned_kept']} poisoned kept; {loop['clean_set']}",
+              f"  {'model':<28} {'clean':>8} {'ASR':>8}"]
+    names = {"badnet": "BadNet", "retrained": "retrained on the cleaned set", "clean": "trained on the clean set"}
+    for key, name in names.items():
+        entry = loop["models"][key]
+        lines.append(f"  {name:<28} {_percent(entry['clean_accuracy']):>8} {_percent(entry['attack_success_rate']):>8}")
+    lines.append(f"inspection report: {loop['report']}")
     return lines
 
 
