@@ -29,6 +29,23 @@ def save_figure(figure, path):
     return str(path)
 
 
+def finish_axes(figure, axes, path, title, xlabel, ylabel, ylim=None, legend=None):
+    """The common end of a line plot: labels (None: leave as set), y range, title, light grid, legend, saved.
+
+    Returns:
+        str: ``path`` (see :func:`save_figure`).
+    """
+    if xlabel is not None:
+        axes.set_xlabel(xlabel)
+    if ylabel is not None:
+        axes.set_ylabel(ylabel)
+    if ylim is not None:
+        axes.set_ylim(*ylim)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(**(legend or {}))
+    return save_figure(figure, path)
+
 def strip_entropy_histogram(clean_entropies, poisoned, threshold, path, title="STRIP entropy"):
     """Histogram of STRIP entropies of clean and poisoned inputs with the threshold line.
 
@@ -88,13 +105,8 @@ def plot_prune_curve(curve, selected, path, title="pruning sweep"):
         axes.plot([fraction[step]], [accuracy], marker="o", color="black")
         axes.annotate(f"X={drop:g}\n{step} ch, {accuracy:.1f}%", (fraction[step], accuracy),
                       textcoords="offset points", xytext=(-8, -28), ha="right", fontsize=8)
-    axes.set_xlabel("channels pruned (%)")
-    axes.set_ylabel("rate (%)")
-    axes.set_ylim(-2, 102)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower left", fontsize=8)
-    return save_figure(figure, path)
+    return finish_axes(figure, axes, path, title, "channels pruned (%)", "rate (%)", ylim=(-2, 102),
+                       legend={"loc": "lower left", "fontsize": 8})
 
 
 def plot_fineprune_curve(rows, path, title="fine-pruning"):
@@ -114,13 +126,8 @@ def plot_fineprune_curve(rows, path, title="fine-pruning"):
     for key in [key for key in rows[0] if key.startswith("asr:")]:
         axes.plot(epochs, [row[key] * 100 for row in rows], marker="s", linestyle="--",
                   label=f"attack success ({key[4:]})")
-    axes.set_xlabel("fine-tuning epoch")
-    axes.set_ylabel("rate (%)")
-    axes.set_ylim(-2, 102)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="center right", fontsize=8)
-    return save_figure(figure, path)
+    return finish_axes(figure, axes, path, title, "fine-tuning epoch", "rate (%)", ylim=(-2, 102),
+                       legend={"loc": "center right", "fontsize": 8})
 
 
 def plot_candidates(report, path):
@@ -190,12 +197,8 @@ def plot_cleanse_norms(summary, path, title="Neural Cleanse"):
             axes.scatter([row["class"]], [row["norm"]], s=40, color="tab:red", zorder=3)
             axes.annotate(f"{row['class']} (index {row['anomaly_index']:.2f})", (row["class"], row["norm"]),
                           textcoords="offset points", xytext=(5, 5), fontsize=8, color="tab:red")
-    axes.set_xlabel("class")
-    axes.set_ylabel("L1 norm of the reversed mask")
-    axes.set_title(f"{title}: {summary['verdict']}")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="best")
-    return save_figure(figure, path)
+    return finish_axes(figure, axes, path, f"{title}: {summary['verdict']}", "class",
+                       "L1 norm of the reversed mask", legend={"loc": "best", "fontsize": 7})
 
 
 def plot_cleanse_triggers(triggers, path, title="reversed triggers"):
@@ -265,14 +268,10 @@ def plot_certified_accuracy(curves, path, title="DPA certified accuracy"):
 
     axes.axhline(50.0, color="grey", linewidth=0.8, linestyle=":")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("certified radius r (poisoned training samples)")
-    axes.set_ylabel("certified accuracy (%)")
-    axes.set_ylim(-2, 102)
     axes.set_xlim(left=0)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="best", fontsize=8, framealpha=0.8)
-    return save_figure(figure, path)
+    return finish_axes(figure, axes, path, title, "certified radius r (poisoned training samples)",
+                       "certified accuracy (%)", ylim=(-2, 102),
+                       legend={"loc": "best", "fontsize": 8, "framealpha": 0.8})
 
 
 def plot_privacy_tradeoff(rows, baseline, path, title="DP-SGD: privacy against utility and attack success"):
@@ -318,10 +317,5 @@ def plot_privacy_tradeoff(rows, baseline, path, title="DP-SGD: privacy against u
     axes.set_xticks(epsilons)
     axes.set_xticklabels([f"{epsilon:.3g}" for epsilon in epsilons])
     axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.set_xlabel("privacy budget epsilon (log scale; smaller = more private)")
-    axes.set_ylabel("%")
-    axes.set_ylim(-2, 105)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="center right", fontsize=7)
-    return save_figure(figure, path)
+    return finish_axes(figure, axes, path, title, "privacy budget epsilon (log scale; smaller = more private)", "%",
+                       ylim=(-2, 105), legend={"loc": "center right", "fontsize": 7})
