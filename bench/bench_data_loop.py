@@ -45,11 +45,11 @@ rate is set so that round(rate x N) poisoned images are that share of class 0
 (at the quick sizes 10 % of the class is 12 images of 1000, and the BadNet
 barely learns the trigger).
 
-Sizes (``SETTINGS``): ``--quick`` (about 10 minutes on 2 shared CPU cores):
+Sizes (``SETTINGS``): ``--quick`` (14 minutes measured on 2 CPU cores shared with three other benchmarks):
 digits 600 training / 300 test images; faces 10 identities x 60 training /
 10 test images; the 10 % rate only; 8 epochs (the recipe's default): a
 smoke run (at 600 images the clean-trained digits model reaches only about
-68 %). The full grid (about 60-70 minutes on 2 shared CPU cores): digits 1000
+68 %). The full grid (46 minutes measured on the same shared cores): digits 1000
 training / 500 test images, faces 10 identities x 100 training / 20 test
 images, rates 5, 10 and 20 %, 12 epochs: 38 trainings (a BadNet and a
 retrained model per setting, a clean model per data set).
