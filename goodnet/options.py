@@ -71,3 +71,21 @@ def validate_options(options, owner=None):
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             validate_options(value, f"{owner}.{field.name}")
     return options
+
+
+def restated_field(cls, name, help=None, **changes):
+    """A dataclass field restating option dataclass ``cls``' field ``name``: its default, rule, flag and help
+    (``help`` replaces the help text where another option group means more by it; ``changes`` other metadata,
+    such as ``cli=False``), so the default is written once.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class AttackOptions:
+        ...     epochs: int = restated_field(TrainOptions, "epochs")
+    """
+    field = {entry.name: entry for entry in dataclasses.fields(cls)}[name]
+    metadata = dict(field.metadata)
+    if help is not None:
+        metadata["help"] = help
+    metadata.update(changes)
+    return dataclasses.field(default=field.default, metadata=metadata)

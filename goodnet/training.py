@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from goodnet.base import Interval
-from goodnet.options import option, validate_options
+from goodnet.options import option, restated_field, validate_options
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,7 @@ def recipe_field(name, help=None):
         ... class AttackOptions:
         ...     epochs: int = recipe_field("epochs")
     """
-    field = {entry.name: entry for entry in dataclasses.fields(TrainOptions)}[name]
-    metadata = dict(field.metadata)
-    if help is not None:
-        metadata["help"] = help
-    return dataclasses.field(default=field.default, metadata=metadata)
+    return restated_field(TrainOptions, name, help)
 
 
 def epoch_progress(epochs, report=None, enabled=None, description="train"):

@@ -203,7 +203,7 @@ def defense_card(args, options, defended, defense, seconds, train):
         return {"defense": "none", "defense_options": None, "members": 1, "member_images": [len(train)],
                 "member_epochs": options.epochs, "member_training_seconds": [round(seconds, 2)]}
     summary = defense.summary()
-    if args.defense == "dp-sgd":
+    if args.defense in TRAINERS:
         keys = ("noise_multiplier", "steps", "sampling_probability", "delta", "epsilon", "mean_batch_size",
                 "history", "warnings")
         return {"defense": args.defense, "defense_options": dataclasses.asdict(defended), "members": 1,

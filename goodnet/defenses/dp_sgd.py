@@ -65,7 +65,7 @@ import time
 import numpy as np
 
 from goodnet.base import Defense, InstanceOf, Interval, OneOf, check_is_fitted
-from goodnet.options import constraints_of, option
+from goodnet.options import constraints_of, option, restated_field
 from goodnet.privacy import CONVERSIONS, PrivacyOptions
 from goodnet.training import UNIT_DIVISOR, recipe_field
 
@@ -80,12 +80,7 @@ NOISE_SEED_TAG = 0xD9   # the noise generator's seed is (seed, this); the sampli
 def privacy_field(name, help=None, **changes):
     """A dataclass field restating :class:`goodnet.privacy.PrivacyOptions`' field ``name`` (its default, rule,
     flag and help; ``help`` replaces the help text, ``changes`` other metadata such as ``cli=False``)."""
-    field = {entry.name: entry for entry in dataclasses.fields(PrivacyOptions)}[name]
-    metadata = dict(field.metadata)
-    if help is not None:
-        metadata["help"] = help
-    metadata.update(changes)
-    return dataclasses.field(default=field.default, metadata=metadata)
+    return restated_field(PrivacyOptions, name, help, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
