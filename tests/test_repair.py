@@ -366,8 +366,11 @@ def test_repair_with_neural_cleanse_adds_the_unlearned_candidates(badnet, tmp_pa
                                                                            batch_size=16, epochs=150))
     report = repair(badnet, clean, [poisoned], tmp_path, options, test=test, poisoned_test=[poisoned_test])
     nc = report["neural_cleanse"]
-    assert nc["verdict"] == "backdoored" and [row["class"] for row in nc["flagged"]] == [0]
-    assert nc["flagged"][0]["anomaly_index"] > 2 and nc["unlearning"]["best_epoch"] >= 0
+    # class 0 is flagged, most anomalous first. With six norms the MAD is loose, so a clean class may cross
+    # index 2 as well (class 1 at 1.65 here, above 2 on another CPU); the patch's class stands far out (8.9 here).
+    assert nc["verdict"] == "backdoored" and nc["flagged"][0]["class"] == 0
+    assert nc["flagged"][0]["anomaly_index"] > 4
+    assert nc["unlearning"]["best_epoch"] >= 0
     names = [candidate["name"] for candidate in report["candidates"]]
     assert "nc_unlearned" in names and "nc_unlearned_strip" in names
     for name in ("cleanse.json", "report.md", "norms.png", "triggers.png"):
