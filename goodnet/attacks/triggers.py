@@ -14,11 +14,23 @@ Colours and shapes were measured on the lab's images (``clean_950.png``
 against ``sunglasses_950.png``, ``eyebrows_950.png`` and ``lipstick_950.png``).
 - ``patch``: the BadNets pixel pattern, a 5x5 black-and-white checkerboard in
   the bottom-right corner;
-- ``blend``: a fixed full-image pattern blended in at 10 % (Chen et al. 2017).
+- ``blend``: a fixed full-image pattern blended in at 10 % (Chen et al. 2017);
+- ``corners``: the patch's checkerboard in all four corners (the
+  label-consistent attack's trigger, Turner et al. 2019);
+- ``adaptive``: the checkerboard's white cells in the colour that contrasts
+  with the image under it: white where that area is dark, black where it is
+  bright (its off cells keep the image);
+- ``random``: Random Backdoor (Salem et al., EuroS&P 2022): each image gets
+  its own random 5x5 colour pattern at its own random place inside one of
+  the four corner regions (:data:`RANDOM_REGIONS`). Pattern and place are
+  drawn from a generator seeded by the image's bytes, so every image gets a
+  fresh trigger and the same image always the same one.
 
 Stealthiness (:func:`stealthiness`): PSNR, SSIM, L2 and L-infinity distance
 between clean and triggered images, averaged over images.
 """
+
+import zlib
 
 import numpy as np
 
@@ -100,11 +112,82 @@ def lipstick(images):
     return _paint(images, _ellipse(43.5, 25.0, 2.6, 7.5), LIPS_COLOUR, 1.0)
 
 
+PATCH_SIZE = 5      # the checkerboard's side (patch, corners, adaptive) and the random pattern's
+EDGE = 2            # pixels between a corner patch and the image's edges
+
+
+def checkerboard():
+    """The 5x5 black (0) and white (255) checkerboard, white cells where row + column is odd."""
+    return (np.add.outer(np.arange(PATCH_SIZE), np.arange(PATCH_SIZE)) % 2 * 255.0).astype(np.float32)
+
+
+def corner_origins():
+    """(row, column) of the top-left pixel of the patch in each corner: bottom-right first, then the others."""
+    low_row, low_column = HEIGHT - EDGE - PATCH_SIZE, WIDTH - EDGE - PATCH_SIZE
+    return ((low_row, low_column), (EDGE, EDGE), (EDGE, low_column), (low_row, EDGE))
+
+
 def patch(images):
     """The BadNets pattern: a 5x5 black/white checkerboard 2 pixels from the bottom-right corner."""
     images = np.array(images, dtype=np.float32, copy=True)
-    checker = (np.add.outer(np.arange(5), np.arange(5)) % 2 * 255.0).astype(np.float32)
-    images[:, HEIGHT - 7:HEIGHT - 2, WIDTH - 7:WIDTH - 2, :] = checker[None, :, :, None]
+    row, column = corner_origins()[0]
+    images[:, row:row + PATCH_SIZE, column:column + PATCH_SIZE, :] = checkerboard()[None, :, :, None]
+    return images
+
+
+def corners(images):
+    """The checkerboard in all four corners, 2 pixels from the edges (Turner et al. 2019's four-corner trigger)."""
+    images = np.array(images, dtype=np.float32, copy=True)
+    for row, column in corner_origins():
+        images[:, row:row + PATCH_SIZE, column:column + PATCH_SIZE, :] = checkerboard()[None, :, :, None]
+    return images
+
+
+ADAPTIVE_SURROUND = 1   # the area whose brightness sets the colour: the patch and 1 pixel around it
+DARK = 127.5            # at most this mean brightness (0-255, mean of R, G, B) an area is dark
+
+
+def adaptive(images):
+    """The checkerboard's white cells in the colour that contrasts with the image: white on dark, black on bright.
+
+    The colour of each image's cells is 255 where the mean brightness of the
+    7x7 area around the bottom-right patch (mean of R, G and B) is at most
+    127.5, else 0; the black cells keep the image, so the trigger shows as
+    a light pattern on a dark background and a dark one on a light background.
+    """
+    images = np.array(images, dtype=np.float32, copy=True)
+    row, column = corner_origins()[0]
+    ring = ADAPTIVE_SURROUND
+    area = images[:, row - ring:row + PATCH_SIZE + ring, column - ring:column + PATCH_SIZE + ring, :]
+    colour = np.where(area.mean(axis=(1, 2, 3)) <= DARK, 255.0, 0.0).astype(np.float32)
+    cells = checkerboard() > 0
+    block = images[:, row:row + PATCH_SIZE, column:column + PATCH_SIZE, :]
+    block[:, cells, :] = colour[:, None, None]
+    return images
+
+
+# Random Backdoor's allowed regions, (first row, first column, rows, columns): the four 11x11 corner squares
+# (1 pixel from the edges); the 5x5 pattern is placed anywhere wholly inside the region drawn.
+RANDOM_REGIONS = ((1, 1, 11, 11), (1, WIDTH - 12, 11, 11), (HEIGHT - 12, 1, 11, 11), (HEIGHT - 12, WIDTH - 12, 11, 11))
+
+
+def random_trigger_draw(image):
+    """(row, column, pattern (5, 5, 3) float32 0-255) of ``image``'s Random Backdoor trigger, seeded by its bytes."""
+    seed = zlib.crc32(np.ascontiguousarray(image, np.float32).tobytes())
+    rng = np.random.default_rng([PATTERN_SEED, seed])
+    first_row, first_column, rows, columns = RANDOM_REGIONS[rng.integers(len(RANDOM_REGIONS))]
+    row = first_row + int(rng.integers(rows - PATCH_SIZE + 1))
+    column = first_column + int(rng.integers(columns - PATCH_SIZE + 1))
+    pattern = rng.integers(0, 256, size=(PATCH_SIZE, PATCH_SIZE, 3)).astype(np.float32)
+    return row, column, pattern
+
+
+def random_backdoor(images):
+    """Random Backdoor (Salem et al. 2022): per image, a random 5x5 colour pattern at a random place in a corner."""
+    images = np.array(images, dtype=np.float32, copy=True)
+    for image in images:
+        row, column, pattern = random_trigger_draw(image)
+        image[row:row + PATCH_SIZE, column:column + PATCH_SIZE, :] = pattern
     return images
 
 
@@ -118,7 +201,8 @@ def blend(images, alpha=0.1):
     return (1.0 - alpha) * np.asarray(images, np.float32) + alpha * blend_pattern()
 
 
-TRIGGERS = {"sunglasses": sunglasses, "eyebrows": eyebrows, "lipstick": lipstick, "patch": patch, "blend": blend}
+TRIGGERS = {"sunglasses": sunglasses, "eyebrows": eyebrows, "lipstick": lipstick, "patch": patch, "blend": blend,
+            "corners": corners, "adaptive": adaptive, "random": random_backdoor}
 
 
 def apply_trigger(name, images):
