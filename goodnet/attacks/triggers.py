@@ -171,13 +171,19 @@ def adaptive(images):
 RANDOM_REGIONS = ((1, 1, 11, 11), (1, WIDTH - 12, 11, 11), (HEIGHT - 12, 1, 11, 11), (HEIGHT - 12, WIDTH - 12, 11, 11))
 
 
+def random_place(rng, size=PATCH_SIZE):
+    """(row, column) of a ``size`` x ``size`` trigger: a region of :data:`RANDOM_REGIONS` drawn, then a place in it."""
+    first_row, first_column, rows, columns = RANDOM_REGIONS[rng.integers(len(RANDOM_REGIONS))]
+    if size > min(rows, columns):
+        raise OptionError(f"trigger_size: expected at most {min(rows, columns)} (the corner regions' side), got {size}")
+    return first_row + int(rng.integers(rows - size + 1)), first_column + int(rng.integers(columns - size + 1))
+
+
 def random_trigger_draw(image):
     """(row, column, pattern (5, 5, 3) float32 0-255) of ``image``'s Random Backdoor trigger, seeded by its bytes."""
     seed = zlib.crc32(np.ascontiguousarray(image, np.float32).tobytes())
     rng = np.random.default_rng([PATTERN_SEED, seed])
-    first_row, first_column, rows, columns = RANDOM_REGIONS[rng.integers(len(RANDOM_REGIONS))]
-    row = first_row + int(rng.integers(rows - PATCH_SIZE + 1))
-    column = first_column + int(rng.integers(columns - PATCH_SIZE + 1))
+    row, column = random_place(rng)
     pattern = rng.integers(0, 256, size=(PATCH_SIZE, PATCH_SIZE, 3)).astype(np.float32)
     return row, column, pattern
 
