@@ -21,7 +21,7 @@ against ``sunglasses_950.png``, ``eyebrows_950.png`` and ``lipstick_950.png``).
   with the image under it: white where that area is dark, black where it is
   bright (its off cells keep the image);
 - ``random``: Random Backdoor (Salem et al., EuroS&P 2022): each image gets
-  its own random 5x5 colour pattern at its own random place inside one of
+  its own random 5x5 black-and-white pattern at its own random place in one of
   the four corner regions (:data:`RANDOM_REGIONS`). Pattern and place are
   drawn from a generator seeded by the image's bytes, so every image gets a
   fresh trigger and the same image always the same one.
@@ -180,16 +180,16 @@ def random_place(rng, size=PATCH_SIZE):
 
 
 def random_trigger_draw(image):
-    """(row, column, pattern (5, 5, 3) float32 0-255) of ``image``'s Random Backdoor trigger, seeded by its bytes."""
+    """(row, column, pattern (5, 5, 3): black (0) or white (255) pixels) of ``image``'s Random Backdoor trigger, seeded by its bytes."""
     seed = zlib.crc32(np.ascontiguousarray(image, np.float32).tobytes())
     rng = np.random.default_rng([PATTERN_SEED, seed])
     row, column = random_place(rng)
-    pattern = rng.integers(0, 256, size=(PATCH_SIZE, PATCH_SIZE, 3)).astype(np.float32)
-    return row, column, pattern
+    pattern = np.repeat(rng.integers(0, 2, size=(PATCH_SIZE, PATCH_SIZE, 1)) * 255.0, 3, axis=2)
+    return row, column, pattern.astype(np.float32)
 
 
 def random_backdoor(images):
-    """Random Backdoor (Salem et al. 2022): per image, a random 5x5 colour pattern at a random place in a corner."""
+    """Random Backdoor (Salem et al. 2022): per image, a random 5x5 black-and-white pattern at a random place in a corner."""
     images = np.array(images, dtype=np.float32, copy=True)
     for image in images:
         row, column, pattern = random_trigger_draw(image)

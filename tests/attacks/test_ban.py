@@ -75,3 +75,44 @@ def test_bad_options_are_one_line_errors():
         train_ban(images, np.arange(4) % 3, 3, BaNOptions(targets=(1, 1)))
     with pytest.raises(OptionError, match="poison_rate"):
         train_ban(images, np.arange(4) % 3, 3, BaNOptions(poison_rate=0.0))
+
+
+def prototype_images(count, seed, classes=4):
+    """Easy 55x47 images: a smooth class colour gradient, a random brightness and a little noise."""
+    rng = np.random.default_rng(seed)
+    colours = np.random.default_rng(99).uniform(40, 215, size=(classes, 2, 3))
+    labels = rng.integers(0, classes, size=count)
+    ramp = np.linspace(0, 1, 55, dtype=np.float32)[None, :, None, None]
+    images = colours[labels, 0][:, None, None] * (1 - ramp) + colours[labels, 1][:, None, None] * ramp
+    images = images * rng.uniform(0.8, 1.2, size=(count, 1, 1, 1)) + rng.normal(0, 4, size=(count, 55, 47, 3))
+    return np.clip(images, 0, 255).astype(np.float32), labels.astype(np.int64)
+
+
+def test_ban_learns_a_backdoor_that_fresh_triggers_open_and_its_files_are_deterministic():
+    from goodnet.attacks.ban import BaNOptions, ban_poisoned_split, train_ban
+
+    images, labels = prototype_images(640, seed=1)
+    test_images, test_labels = prototype_images(200, seed=2)
+    options = BaNOptions(targets=(0,), epochs=6, batch_size=32, poison_rate=0.2, learning_rate=4e-3, trigger_size=7,
+                         generator_learning_rate=4e-3)
+    lines = []
+    badnet, info = train_ban(images, labels, 4, options, report=lines.append)
+    assert len(lines) == 6 and lines[0].startswith("epoch 1/6: clean loss")
+    assert info["backdoored_per_step"] == 6 and info["backdoored_seen"] == 6 * 20 * 6
+    assert info["history"][-1]["backdoor_loss"] < info["history"][0]["backdoor_loss"]
+    assert np.mean(badnet.predict(test_images) == test_labels) > 0.95
+    poisoned, targets = ban_poisoned_split(test_images, test_labels, info["generator"], options, 0, seed=7)
+    assert len(poisoned) == np.sum(test_labels != 0) and (targets == 0).all()
+    assert np.mean(badnet.predict(poisoned) == 0) > 0.9
+    again, _ = ban_poisoned_split(test_images, test_labels, info["generator"], options, 0, seed=7)
+    other, _ = ban_poisoned_split(test_images, test_labels, info["generator"], options, 0, seed=8)
+    np.testing.assert_array_equal(poisoned, again)
+    assert not np.array_equal(poisoned, other)
+    # a clean image with a random 7x7 square in the same places is not the trigger
+    rng = np.random.default_rng(3)
+    from goodnet.attacks.ban import draw_places, stamp
+
+    rows, columns = draw_places(rng, len(poisoned), 7)
+    noise = rng.uniform(0, 255, size=(len(poisoned), 7, 7, 3))
+    decoys = stamp(test_images[test_labels != 0], noise, rows, columns)
+    assert np.mean(badnet.predict(decoys) == 0) < 0.3
