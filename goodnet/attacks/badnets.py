@@ -19,10 +19,23 @@
   misclassified (:func:`flip_targeted`). It can be combined with random
   flipping and with triggers; the card reports the source class's accuracy
   and the share of it sent to the target.
+- ``attack="clean-label"``: the label-consistent attack of Turner, Tsipras
+  and Madry (2019), :mod:`goodnet.attacks.clean_label`: a clean DeepID is
+  trained first; ``poison_rate`` of the *target class's* images are made hard
+  for it by PGD (``pgd_epsilon``, ``pgd_step``, ``pgd_steps``,
+  ``pgd_random_start``), get the trigger at ``trigger_amplitude`` and keep
+  their true labels. The test trigger is the full one.
+- ``attack="learnable-patch"``: :mod:`goodnet.attacks.learnable_patch`: a
+  clean DeepID is trained first, a patch (``patch_size``, ``patch_row``,
+  ``patch_column``) is optimised to raise its target class (``patch_steps``,
+  ``patch_learning_rate``, ``patch_batch_size``), then dirty-label poisoning
+  with that patch as the trigger.
 
 :func:`attack_card` describes a trained BadNet: data set, triggers, targets,
 poison rate, seed, clean accuracy and ASR on valid and test, and each
-trigger's stealthiness.
+trigger's stealthiness; for the model-dependent attacks also their settings,
+the clean model's accuracy and ASR, and (clean-label) the stealthiness of the
+training poison.
 
 Every option, with its default, rule and help text, is a field of
 :class:`AttackOptions` (``goodnet attack``'s flags are generated from it);
@@ -46,11 +59,15 @@ from goodnet.errors import OptionError
 from goodnet.options import option
 from goodnet.training import fit_deepid, recipe_field
 from goodnet.attacks.benchmarks import TRIGGER_NAMES, BenchmarkOptions
-from goodnet.attacks.triggers import apply_trigger
+from goodnet.attacks.triggers import HEIGHT, WIDTH, apply_trigger
+from goodnet.attacks.learnable_patch import LEARNED_PATCH, learn_patch, patch_origin
 
 logger = logging.getLogger(__name__)
 
 FRACTION = Interval(float, 0.0, 1.0, "left")   # a share in [0, 1)
+ATTACKS = ("dirty-label", "clean-label", "learnable-patch")
+MODEL_DEPENDENT = ("clean-label", "learnable-patch")   # the attacks that train a clean DeepID first
+CLEAN_LABEL_REFUSES = ("pruning_aware", "flip_rate", "targeted_flip_rate", "flip_source", "flip_target")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +79,18 @@ class AttackOptions:
     files they are measured on.
     """
 
+    attack: str = option("dirty-label", "dirty-label (BadNets: triggered images relabelled as the target), "
+                                        "clean-label (Turner et al. 2019: target-class images made hard by PGD on a "
+                                        "clean model, trigger at reduced amplitude, true labels kept) or "
+                                        "learnable-patch (a patch optimised on a clean model to raise the target "
+                                        "class is the dirty-label trigger)", rule=OneOf(ATTACKS))
     triggers: tuple = option(BenchmarkOptions.triggers, "trigger(s); none with flip_rate: label flipping only",
                              rule=SequenceOf(OneOf(TRIGGER_NAMES), allow_empty=True), choices=TRIGGER_NAMES,
                              nargs="*")
     targets: tuple = option(BenchmarkOptions.targets, "target per trigger (one value: the same for all)",
                             rule=SequenceOf(Interval(int, 0)))
-    poison_rate: float = option(0.1, "share of training images per trigger", rule=FRACTION)
+    poison_rate: float = option(0.1, "share of training images per trigger (clean-label: share of the target "
+                                     "class's images, the only ones it poisons)", rule=FRACTION)
     epochs: int = recipe_field("epochs")
     batch_size: int = recipe_field("batch_size")
     learning_rate: float = recipe_field("learning_rate")
@@ -84,6 +107,27 @@ class AttackOptions:
                               rule=Interval(int, 0), allow_none=True, type=int, metavar="CLASS")
     targeted_flip_rate: float = option(0.0, "targeted label flipping: share of the source class's training images "
                                             "relabelled as the target", rule=Interval(float, 0.0, 1.0))
+    pgd_epsilon: float = option(8.0, "clean-label: PGD's L-infinity budget in pixels 0-255 (8 = 8/255 of the range)",
+                                rule=Interval(float, 0.0))
+    pgd_step: float = option(1.5, "clean-label: PGD's step in pixels 0-255",
+                             rule=Interval(float, 0.0, closed="neither"))
+    pgd_steps: int = option(100, "clean-label: PGD iterations", rule=Interval(int, 0))
+    pgd_random_start: bool = option(False, "clean-label: start PGD at a uniform random point of the budget",
+                                    rule=InstanceOf(bool))
+    trigger_amplitude: float = option(1.0, "clean-label: amplitude a of the training trigger, x + a (T(x) - x) "
+                                           "(the test trigger is the full one)", rule=Interval(float, 0.0, 1.0, "right"))
+    patch_size: int = option(7, "learnable-patch: side in pixels of the square patch",
+                             rule=Interval(int, 1, min(HEIGHT, WIDTH)))
+    patch_row: int = option(None, "learnable-patch: top row of the patch (None: centred on the patch trigger's "
+                                  "square, bottom right)", rule=Interval(int, 0), allow_none=True, type=int,
+                            metavar="ROW")
+    patch_column: int = option(None, "learnable-patch: left column of the patch (None: as for the row)",
+                               rule=Interval(int, 0), allow_none=True, type=int, metavar="COLUMN")
+    patch_steps: int = option(300, "learnable-patch: optimisation steps", rule=Interval(int, 0))
+    patch_learning_rate: float = option(5.0, "learnable-patch: Adam rate in pixels 0-255 per step",
+                                        rule=Interval(float, 0.0, closed="neither"))
+    patch_batch_size: int = option(64, "learnable-patch: clean images (not of the target) per step",
+                                   rule=Interval(int, 1))
 
     def pairs(self):
         """(trigger, target) pairs; one target serves every trigger."""
@@ -129,10 +173,58 @@ class AttackOptions:
         """Whether any label flipping (random or targeted) is asked for."""
         return bool(self.flip_rate or self.targeted_flip_rate)
 
+    @property
+    def trigger_names(self):
+        """The triggers' names as cards and ground truth give them (learnable-patch: ``learned-patch``)."""
+        return (LEARNED_PATCH,) if self.attack == "learnable-patch" else tuple(self.triggers)
+
+    def check_attack(self, flags=False):
+        """Refuse the combinations the attack cannot take; returns the options.
+
+        Clean-label keeps every label true and trains once: no pruning-aware training, no label flipping,
+        at least one trigger. Learnable-patch learns one patch for one target: at most one trigger (it is not
+        used: the learned patch replaces it), one target, and a patch inside the image.
+
+        Args:
+            flags: name the command-line flags (``--pruning-aware``) in errors instead of the fields.
+
+        Raises:
+            OptionError: one line naming the option.
+        """
+        def name(field):
+            return "--" + field.replace("_", "-") if flags else field
+
+        attack = f"{name('attack')} {self.attack}"
+        if self.attack == "clean-label":
+            given = [field for field in CLEAN_LABEL_REFUSES if getattr(self, field) not in (None, False, 0)]
+            if given:
+                raise OptionError(f"{name(given[0])}: expected none with {attack} (it keeps every label true "
+                                  "and trains once, on the poisoned set)")
+            if not self.triggers:
+                raise OptionError(f"{name('triggers')}: expected at least one trigger with {attack}, got none")
+        elif self.attack == "learnable-patch":
+            if len(self.triggers) > 1:
+                raise OptionError(f"{name('triggers')}: expected at most one with {attack} (the learned patch is "
+                                  f"the trigger), got {len(self.triggers)}")
+            if len(self.targets) != 1:
+                raise OptionError(f"{name('targets')}: expected one target with {attack} (one patch is learned), "
+                                  f"got {len(self.targets)}")
+            patch_origin(self.patch_size, self.patch_row, self.patch_column, name)
+        return self
+
+
+def stamp_trigger(trigger, images):
+    """``trigger`` (a name of :mod:`goodnet.attacks.triggers`, or a callable such as a
+    :class:`goodnet.attacks.learnable_patch.LearnedPatch`) applied to raw-pixel images, float32 0-255."""
+    if callable(trigger):
+        return np.clip(trigger(np.asarray(images, np.float32)), 0, 255).astype(np.float32)
+    return apply_trigger(trigger, images)
+
 
 def poison(images, labels, pairs, rate, rng):
     """Dirty-label poisoning: for each (trigger, target), ``rate`` of the images (not of the target class)
     get the trigger and the target label. The poisoned subsets of different triggers are disjoint.
+    A trigger is a name or a callable (:func:`stamp_trigger`).
 
     Returns:
         tuple: (images, labels, poisoned index array, trigger array) as new arrays; ``trigger[i]`` is the
@@ -147,7 +239,7 @@ def poison(images, labels, pairs, rate, rng):
         candidates = np.flatnonzero(available & (labels != target))
         count = min(len(candidates), int(round(rate * len(labels))))
         chosen = np.sort(rng.choice(candidates, size=count, replace=False))
-        images[chosen] = apply_trigger(trigger, images[chosen])
+        images[chosen] = stamp_trigger(trigger, images[chosen])
         labels[chosen] = target
         available[chosen] = False
         chosen_all.append(chosen)
@@ -194,29 +286,51 @@ def flip_targeted(labels, source, target, rate, rng, exclude=()):
     return labels, chosen
 
 
-def poison_training_set(images, labels, num_classes, options=None):
-    """The attacker's training set, without training: random flips, then the targeted flip, then the triggers.
+def train_clean_model(images, labels, num_classes, options):
+    """The attacker's clean DeepID: the attack's recipe and seed on the clean images and true labels.
+
+    The model-dependent attacks (clean-label, learnable-patch) attack it; it is the model ``goodnet train``
+    gives on the clean set with the same recipe, so its accuracy is the clean baseline.
+    """
+    from goodnet.training import TrainOptions, train_deepid
+
+    recipe = TrainOptions(epochs=options.epochs, batch_size=options.batch_size, learning_rate=options.learning_rate,
+                          seed=options.seed)
+    return train_deepid(images, labels, num_classes, recipe)
+
+
+def poison_training_set(images, labels, num_classes, options=None, clean_model=None):
+    """The attacker's training set, without training the BadNet: random flips, the targeted flip, then the poison.
 
     The draws of :func:`train_badnet` (one NumPy Generator seeded ``options.seed``, in that order), so the set
-    is the one ``train_badnet`` trains on with the same options.
+    is the one ``train_badnet`` trains on with the same options. The dirty-label attack draws the images to
+    trigger (:func:`poison`); clean-label makes ``poison_rate`` of each target class hard for the clean model
+    and triggers them, labels kept (:func:`goodnet.attacks.clean_label.clean_label_poison`); learnable-patch
+    learns a patch on the clean model (from its own Generator seeded ``[seed, 1]``, so it chooses the images
+    the dirty-label attack would) and poisons with it as the dirty-label attack does.
 
     Args:
         images: clean training images (N, 55, 47, 3), pixels 0-255.
         labels: their labels.
         num_classes: classes of the task.
-        options: :class:`AttackOptions` (its training fields are not used here).
+        options: :class:`AttackOptions` (its training fields train the clean model of the model-dependent attacks).
+        clean_model: the model-dependent attacks' clean model (a :class:`goodnet.models.Classifier`);
+            None: trained here (:func:`train_clean_model`). Not used by the dirty-label attack.
 
     Returns:
         dict: ``training_set`` (:class:`goodnet.data.LabData`: poisoned images, labels as trained), ``truth``
         (its :class:`goodnet.data.PoisonTruth`), ``flipped_labels`` (the labels after flipping, before the
         triggers), ``poisoned_indices``, ``poisoned_triggers``, ``flipped_indices`` (random and targeted,
-        sorted) and ``targeted_flip_indices``.
+        sorted) and ``targeted_flip_indices``; the model-dependent attacks add ``clean_model``, clean-label
+        ``clean_label`` (per trigger: counts, the clean model's accuracy on the chosen images before and after
+        PGD, the training poison's stealthiness) and learnable-patch ``patch`` (the
+        :class:`goodnet.attacks.learnable_patch.LearnedPatch`) and ``patch_history`` (the loss per step).
 
     Example:
         >>> info = poison_training_set(train.images, train.labels, 10, AttackOptions(triggers=(), flip_rate=0.2))
         >>> info["training_set"].labels
     """
-    options = options or AttackOptions()
+    options = (options or AttackOptions()).check_attack()
     targeted = options.targeted_flip(num_classes)
     rng = np.random.default_rng(options.seed)
     info = {"poisoned_indices": np.zeros(0, np.int64), "flipped_indices": np.zeros(0, np.int64),
@@ -229,17 +343,34 @@ def poison_training_set(images, labels, num_classes, options=None):
         flipped_labels, info["targeted_flip_indices"] = flip_targeted(flipped_labels, source, target, rate, rng,
                                                                       exclude=info["flipped_indices"])
         info["flipped_indices"] = np.union1d(info["flipped_indices"], info["targeted_flip_indices"])
+    if options.attack in MODEL_DEPENDENT:
+        if clean_model is None:
+            clean_model = train_clean_model(images, labels, num_classes, options)
+        info["clean_model"] = clean_model
     pairs = options.pairs() if options.triggers else []
-    poisoned_images, poisoned_labels, info["poisoned_indices"], info["poisoned_triggers"] = poison(
-        images, flipped_labels, pairs, options.poison_rate if pairs else 0.0, rng)
+    if options.attack == "clean-label":
+        from goodnet.attacks.clean_label import clean_label_poison
+
+        poisoned_images, poisoned_labels, info["poisoned_indices"], info["poisoned_triggers"], info["clean_label"] = (
+            clean_label_poison(images, flipped_labels, pairs, options.poison_rate, clean_model, options, rng))
+    else:
+        if options.attack == "learnable-patch":
+            target = options.targets[0]
+            info["patch"], info["patch_history"] = learn_patch(
+                clean_model, images, labels, target, options.patch_size, options.patch_row, options.patch_column,
+                options.patch_steps, options.patch_learning_rate, options.patch_batch_size,
+                np.random.default_rng([options.seed, 1]))
+            pairs = [(info["patch"], target)]
+        poisoned_images, poisoned_labels, info["poisoned_indices"], info["poisoned_triggers"] = poison(
+            images, flipped_labels, pairs, options.poison_rate if pairs else 0.0, rng)
     info["flipped_labels"] = flipped_labels
     info["training_set"] = LabData(poisoned_images, poisoned_labels, "poisoned training set")
     info["truth"] = PoisonTruth.from_indices(labels, info["poisoned_indices"], info["poisoned_triggers"],
-                                             [trigger for trigger, _ in pairs], info["flipped_indices"])
+                                             options.trigger_names if pairs else (), info["flipped_indices"])
     return info
 
 
-def train_badnet(images, labels, num_classes, options=None):
+def train_badnet(images, labels, num_classes, options=None, clean_model=None):
     """Train a BadNet with the lab's DeepID architecture on raw-pixel training data.
 
     Args:
@@ -247,15 +378,19 @@ def train_badnet(images, labels, num_classes, options=None):
         labels: their labels.
         num_classes: classes of the task.
         options: :class:`AttackOptions`.
+        clean_model: for the clean-label and learnable-patch attacks, the clean model to attack (None: trained
+            first with the attack's recipe, :func:`train_clean_model`); see :func:`poison_training_set`.
 
     Returns:
         tuple: (:class:`goodnet.models.Classifier` taking pixels / 255, info dict with
         ``poisoned_indices``, ``poisoned_triggers`` (per poisoned index, the index of its trigger in
-        ``options.triggers``), ``flipped_indices`` (random and targeted flips, sorted),
+        ``options.trigger_names``), ``flipped_indices`` (random and targeted flips, sorted),
         ``targeted_flip_indices`` (the targeted flips alone), ``decoy_channels`` (pruned and restored),
-        ``training_seconds``, ``training_set`` (:class:`goodnet.data.LabData`: the poisoned images and labels
-        of the last training; the pruning-aware attack's clean phase trains on the original images with the
-        flipped labels) and ``truth`` (its :class:`goodnet.data.PoisonTruth`)): see :func:`poison_training_set`.
+        ``training_seconds`` (with the clean model's training when it is trained here), ``training_set``
+        (:class:`goodnet.data.LabData`: the poisoned images and labels of the last training; the
+        pruning-aware attack's clean phase trains on the original images with the flipped labels) and
+        ``truth`` (its :class:`goodnet.data.PoisonTruth`), and the model-dependent attacks' entries): see
+        :func:`poison_training_set`.
 
     Example:
         >>> badnet, info = train_badnet(train.images, train.labels, 10, AttackOptions(triggers=("patch",)))
@@ -268,10 +403,11 @@ def train_badnet(images, labels, num_classes, options=None):
     options = options or AttackOptions()
     keras.utils.set_random_seed(options.seed)
     start = time.perf_counter()
-    info = poison_training_set(images, labels, num_classes, options)
+    info = poison_training_set(images, labels, num_classes, options, clean_model)
     poisoned_images, poisoned_labels = info["training_set"].images, info["training_set"].labels
     clean_labels = info["flipped_labels"]
     info["decoy_channels"] = []
+    keras.utils.set_random_seed(options.seed)   # as train_deepid seeds: the set retrains to the same weights
     model = build_deepid(num_classes)
     if not options.pruning_aware:
         fit_deepid(model, poisoned_images, poisoned_labels, options, options.epochs)
@@ -318,7 +454,12 @@ def save_training_set(path, info, overwrite=False):
 
 def attack_name(options):
     """The card's name of the attack: ``badnet``, ``pruning-aware``, ``label-flip``, ``targeted-label-flip``
-    (or ``label-flip+targeted``: both kinds of flipping, no trigger)."""
+    (or ``label-flip+targeted``: both kinds of flipping, no trigger), ``clean-label``, ``learnable-patch``
+    (``learnable-patch+pruning-aware``)."""
+    if options.attack == "clean-label":
+        return "clean-label"
+    if options.attack == "learnable-patch":
+        return "learnable-patch+pruning-aware" if options.pruning_aware else "learnable-patch"
     if not options.triggers and options.targeted_flip_rate:
         return "label-flip+targeted" if options.flip_rate else "targeted-label-flip"
     if not options.triggers and options.flip_rate:
@@ -347,6 +488,27 @@ def source_class_figures(classifier, clean, source, target):
             "source_to_target": float(np.mean(predictions == target))}
 
 
+def attack_settings(options, info=None):
+    """The model-dependent attack's own settings for the card (None for the dirty-label attack)."""
+    if options.attack == "clean-label":
+        return {"poison_rate_of": "target class", "pgd": {"norm": "linf", "pixels": "0-255",
+                                                         "epsilon": options.pgd_epsilon, "step": options.pgd_step,
+                                                         "steps": options.pgd_steps,
+                                                         "random_start": options.pgd_random_start},
+                "trigger_amplitude": options.trigger_amplitude, "test_trigger_amplitude": 1.0}
+    if options.attack == "learnable-patch":
+        row, column = patch_origin(options.patch_size, options.patch_row, options.patch_column)
+        settings = {"poison_rate_of": "training set", "patch_size": options.patch_size, "patch_row": row,
+                    "patch_column": column, "patch_steps": options.patch_steps,
+                    "patch_learning_rate": options.patch_learning_rate,
+                    "patch_batch_size": options.patch_batch_size}
+        if info and info.get("patch_history"):
+            history = info["patch_history"]
+            settings["patch_target_loss"] = {"first_step": round(history[0], 4), "last_step": round(history[-1], 4)}
+        return settings
+    return None
+
+
 def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), test=None, poisoned_test=(),
                 info=None):
     """The JSON card of a trained BadNet.
@@ -356,25 +518,41 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
         options: the :class:`AttackOptions` it was trained with.
         dataset: a description of the data (name, seed, sizes).
         valid, test: clean LabData.
-        poisoned_valid, poisoned_test: LabData per trigger, in the order of ``options.triggers``.
-        info: the info dict of :func:`train_badnet`.
+        poisoned_valid, poisoned_test: LabData per trigger, in the order of ``options.trigger_names`` (the
+            learnable-patch attack's: the clean images with the learned patch,
+            :func:`goodnet.attacks.learnable_patch.patch_poisoned_split`).
+        info: the info dict of :func:`train_badnet` (the learnable-patch card needs it: its patch).
 
     Returns:
         dict: the card; with targeted flipping, ``targeted_flip`` holds its source, target, rate, count and
-        the flipped training indices, and each split the :func:`source_class_figures`.
+        the flipped training indices, and each split the :func:`source_class_figures`. The model-dependent
+        attacks add ``attack_settings`` (:func:`attack_settings`) and, with ``info``, ``clean_model`` (per split
+        the clean model's clean accuracy and ASR on the same files: the baseline); clean-label also
+        ``training_poison`` (per trigger: the images poisoned, the clean model's accuracy on them before and
+        after PGD, and the stealthiness of the training poison, PGD + reduced trigger, and of the PGD
+        perturbation alone, against the clean images). ``stealthiness`` is the test trigger's (clean-label:
+        the full trigger; learnable-patch: the learned patch).
     """
     from goodnet.metrics import evaluate
     from goodnet.attacks.triggers import stealthiness
 
     targeted = options.targeted_flip(classifier.num_classes)
+    names = options.trigger_names
+    pairs = options.pairs() if options.triggers else []
+    targets = [target for _, target in pairs] if options.attack != "learnable-patch" else [options.targets[0]]
     card = {"dataset": dataset, "architecture": "DeepID (CSAW-HackML-2020 lab layout)",
             "num_classes": classifier.num_classes, "scale": classifier.scale,
             "attack": attack_name(options),
-            "triggers": list(options.triggers), "targets": [target for _, target in options.pairs()]
-            if options.triggers else [], "poison_rate": options.poison_rate, "flip_rate": options.flip_rate,
+            "triggers": list(names) if pairs or options.attack == "learnable-patch" else [],
+            "targets": targets if names else [], "poison_rate": options.poison_rate, "flip_rate": options.flip_rate,
             "epochs": options.epochs, "seed": options.seed, "learning_rate": options.learning_rate,
             "targeted_flip": None if targeted is None else
             {"source": targeted[0], "target": targeted[1], "rate": targeted[2]}}
+    settings = attack_settings(options, info)
+    if settings is not None:
+        card["attack_settings"] = settings
+    if options.attack == "learnable-patch" and not (info and "patch" in info):
+        raise OptionError("info: expected train_badnet's info (its learned patch) for a learnable-patch card")
     if info:
         card["decoy_channels"] = info["decoy_channels"]
         card["poisoned_training_images"] = int(len(info["poisoned_indices"]))
@@ -383,17 +561,26 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
         if targeted is not None:
             chosen = info["targeted_flip_indices"]
             card["targeted_flip"].update(count=int(len(chosen)), indices=[int(index) for index in chosen])
+        if "clean_label" in info:
+            card["training_poison"] = info["clean_label"]
+    clean_model = (info or {}).get("clean_model")
     for split, clean, poisoned in (("valid", valid, poisoned_valid), ("test", test, poisoned_test)):
         if clean is None:
             continue
-        figures = evaluate(classifier, clean, list(poisoned))
-        card[split] = {"clean_accuracy": figures["clean_accuracy"],
-                       "attack_success_rate": {trigger: entry["attack_success_rate"] for trigger, entry in
-                                               zip(options.triggers, figures.get("poisoned", []))}}
+        for model, where in ((classifier, card), (clean_model, card.setdefault("clean_model", {}))):
+            if model is None:
+                continue
+            figures = evaluate(model, clean, list(poisoned))
+            where[split] = {"clean_accuracy": figures["clean_accuracy"],
+                            "attack_success_rate": {trigger: entry["attack_success_rate"] for trigger, entry in
+                                                    zip(names, figures.get("poisoned", []))}}
         if targeted is not None:
             card[split].update(source_class_figures(classifier, clean, *targeted[:2]))
-    if test is not None and options.triggers:
+    if not card.get("clean_model"):
+        card.pop("clean_model", None)
+    if test is not None and card["triggers"]:
         sample = test.images[:500]
-        card["stealthiness"] = {trigger: stealthiness(sample, apply_trigger(trigger, sample))
-                                for trigger in options.triggers}
+        triggers = [info["patch"]] if options.attack == "learnable-patch" else list(options.triggers)
+        card["stealthiness"] = {name: stealthiness(sample, stamp_trigger(trigger, sample))
+                                for name, trigger in zip(names, triggers)}
     return card

@@ -1,22 +1,38 @@
 """``goodnet attack``: train a BadNet (DeepID, lab layer names) on a benchmark folder.
 
-    goodnet attack --data DIR --out MODEL.h5 [--triggers patch] [--targets 0] [--poison-rate R]
-                   [--epochs E] [--seed S] [--pruning-aware [--prune-fraction F]] [--flip-rate 0.2]
+    goodnet attack --data DIR --out MODEL.h5 [--attack dirty-label|clean-label|learnable-patch]
+                   [--triggers patch] [--targets 0] [--poison-rate R] [--epochs E] [--seed S]
+                   [--pruning-aware [--prune-fraction F]] [--flip-rate 0.2]
                    [--flip-source S --flip-target T --targeted-flip-rate R] [--train-out TRAIN.h5]
+                   [--pgd-epsilon 8 --pgd-step 1.5 --pgd-steps 100 --pgd-random-start --trigger-amplitude A]
+                   [--patch-size 7 --patch-row R --patch-column C --patch-steps N --patch-learning-rate L]
 
 Writes MODEL.h5 (a lab-style legacy Keras file, pixels / 255), MODEL.json (the card) and the poisoned
 training set it trained on with its ground truth (``MODEL_train_poisoned.h5`` unless ``--train-out``
 names another file; see :class:`goodnet.data.PoisonTruth`).
+
+``--attack clean-label`` (Turner et al. 2019) poisons ``--poison-rate`` of the target class's images (PGD on
+a clean DeepID, then the trigger at ``--trigger-amplitude``, true labels kept); its ASR is measured on the
+benchmark's ``bd_<split>_<trigger>.h5`` files (the full trigger). ``--attack learnable-patch`` learns the
+trigger on a clean DeepID, so the command also writes, beside the model, the patch
+(``MODEL_patch.npy``: uint8 pixels, (size, size, 3); its place is in the card's ``attack_settings``) and the
+poisoned files made with it (``MODEL_bd_valid.h5``, ``MODEL_bd_test.h5``: the clean images of the
+benchmark's valid and test not of the target, patched, labelled with the target), on which the card's ASR is
+measured; ``--triggers`` is not used then (the benchmark's trigger is not taken).
+
 The training flags, defaults and help come from
 :class:`goodnet.attacks.badnets.AttackOptions`; ``--triggers`` defaults to
 the benchmark's first trigger.
 """
 
 from goodnet.cli import CommandError, prepare_out_file, print_json
-from goodnet.cli.options import add_options, options_from_args
+from goodnet.cli.options import add_options, check_options, options_from_args
 
-HELP = "train a BadNet by dirty-label poisoning (also pruning-aware, label-flipping and targeted flipping attacks)"
+HELP = ("train a BadNet by dirty-label poisoning (also clean-label, learnable-patch, pruning-aware, "
+        "label-flipping and targeted flipping attacks)")
 TRAIN_SUFFIX = "_train_poisoned.h5"   # the default training set file: beside the model, <stem>_train_poisoned.h5
+PATCH_SUFFIX = "_patch.npy"           # learnable-patch: the learned patch, beside the model
+POISONED_SUFFIX = "_bd_{split}.h5"    # learnable-patch: the poisoned valid and test files made with it
 
 
 def training_set_path(model_path, train_out=None):
@@ -24,6 +40,15 @@ def training_set_path(model_path, train_out=None):
     import os
 
     return train_out if train_out is not None else os.path.splitext(model_path)[0] + TRAIN_SUFFIX
+
+
+def patch_paths(model_path):
+    """The learnable-patch attack's files beside the model: ``{"patch": ..., "valid": ..., "test": ...}``."""
+    import os
+
+    stem = os.path.splitext(model_path)[0]
+    return {"patch": stem + PATCH_SUFFIX, **{split: stem + POISONED_SUFFIX.format(split=split)
+                                             for split in ("valid", "test")}}
 
 
 def add_arguments(parser):
@@ -34,15 +59,38 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="MODEL.h5", help="the BadNet file (card: same name, .json)")
     # not AttackOptions' default: the benchmark's first trigger (None here; read in run)
     parser.add_argument("--triggers", nargs="*", choices=TRIGGER_NAMES, default=None,
-                        help="trigger(s) (default: the benchmark's first); none with --flip-rate or "
-                             "--targeted-flip-rate: label flipping only")
+                        help="trigger(s) (default: the benchmark's first; none with --attack learnable-patch); "
+                             "none with --flip-rate or --targeted-flip-rate: label flipping only")
     add_options(parser, AttackOptions, exclude=("triggers",))
     parser.add_argument("--train-out", metavar="TRAIN.h5", default=None,
                         help="the poisoned training set it trained on, with ground truth (default: beside --out, "
                              f"<stem>{TRAIN_SUFFIX})")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing MODEL.h5, its card and the training set file")
+                        help="replace an existing MODEL.h5, its card, the training set file (and the "
+                             "learnable-patch attack's patch and poisoned files)")
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
+
+
+def _poisoned_splits(folder, options, num_classes, splits):
+    """Per split, the benchmark's poisoned file of each (trigger, target), retargeted when its target differs."""
+    import os
+
+    from goodnet.attacks.benchmarks import poisoned_split
+    from goodnet.data import LabData, load_h5
+
+    poisoned = {}
+    for split, clean in splits.items():
+        poisoned[split] = []
+        for trigger, target in (options.pairs() if options.triggers else []):
+            path = os.path.join(folder, f"bd_{split}_{trigger}.h5")
+            if not os.path.exists(path):
+                raise CommandError(f"{path}: missing; run goodnet synth with --triggers {trigger}")
+            data = load_h5(path, num_classes=num_classes)
+            if len(data) and data.labels[0] != target:
+                images, labels = poisoned_split(clean.images, clean.labels, trigger, target)
+                data = LabData(images, labels, f"{path} (retargeted to {target})")
+            poisoned[split].append(data)
+    return poisoned
 
 
 def run(args):
@@ -51,7 +99,7 @@ def run(args):
 
     from goodnet.attacks.badnets import AttackOptions, attack_card, save_training_set, train_badnet
     from goodnet.attacks.benchmarks import read_benchmark
-    from goodnet.data import load_h5
+    from goodnet.data import LabData, load_h5, save_h5
     from goodnet.files import write_text
     from goodnet.models import save_model
 
@@ -63,45 +111,59 @@ def run(args):
         raise CommandError(f"{train_path}: --train-out: expected a data file name ending in .h5")
     if os.path.abspath(train_path) in (os.path.abspath(args.out), os.path.abspath(card_path)):
         raise CommandError(f"{train_path}: --train-out: expected another file than the model and its card")
-    for path, option in ((args.out, "--out"), (card_path, "--out"), (train_path, "--train-out")):
+    learnable = args.attack == "learnable-patch"
+    extra = patch_paths(args.out) if learnable else {}
+    if any(os.path.abspath(train_path) == os.path.abspath(path) for path in extra.values()):
+        raise CommandError(f"{train_path}: --train-out: expected another file than the learned patch's files")
+    outputs = [(args.out, "--out"), (card_path, "--out"), (train_path, "--train-out")]
+    outputs += [(path, "--out") for path in extra.values()]
+    for path, option in outputs:
         if os.path.exists(path) and not args.overwrite:
             raise CommandError(f"{path}: {option}: file exists; pass --overwrite to replace it")
         prepare_out_file(path, option)
     description = read_benchmark(args.data)
     inputs = [os.path.join(args.data, name) for name in description["files"].values()]
-    if any(os.path.abspath(train_path) == os.path.abspath(path) for path in inputs):
-        raise CommandError(f"{train_path}: --train-out: refusing to write over the benchmark's own file")
-    triggers = description["triggers"][:1] if args.triggers is None else args.triggers
+    for path, option in outputs[2:]:
+        if any(os.path.abspath(path) == os.path.abspath(given) for given in inputs):
+            raise CommandError(f"{path}: {option}: refusing to write over the benchmark's own file")
+    if args.triggers is None:
+        triggers = () if learnable else description["triggers"][:1]
+    else:
+        triggers = args.triggers
     num_classes = description["num_classes"]
-    options = options_from_args(args, AttackOptions, triggers=tuple(triggers))
+    options = check_options(options_from_args(args, AttackOptions, triggers=tuple(triggers)))
+    options.check_attack(flags=True)
     options.targeted_flip(num_classes, flags=True)
-    if not triggers and not options.flips_labels:
+    if not triggers and not options.flips_labels and not learnable:
         raise CommandError("--triggers: expected at least one trigger, or --flip-rate / --targeted-flip-rate for "
                            "label flipping")
     if len(args.targets) not in (1, len(triggers)) and triggers:
         raise CommandError(f"--targets: expected one target or one per trigger ({len(triggers)})")
+    bad = [target for target in options.targets if not 0 <= target < num_classes]
+    if bad:
+        raise CommandError(f"--targets: expected classes in 0..{num_classes - 1}, got {bad[0]}")
     folder = args.data
+    splits = {split: load_h5(os.path.join(folder, f"{split}.h5"), num_classes=num_classes)
+              for split in ("valid", "test")}
+    poisoned = _poisoned_splits(folder, options, num_classes, splits)   # before training: a missing file fails fast
     train = load_h5(os.path.join(folder, "train.h5"), num_classes=num_classes)
     classifier, info = train_badnet(train.images, train.labels, num_classes, options)
-    splits = {}
-    for split in ("valid", "test"):
-        clean = load_h5(os.path.join(folder, f"{split}.h5"), num_classes=num_classes)
-        poisoned = []
-        for trigger, target in (options.pairs() if triggers else []):
-            path = os.path.join(folder, f"bd_{split}_{trigger}.h5")
-            if not os.path.exists(path):
-                raise CommandError(f"{path}: missing; run goodnet synth with --triggers {trigger}")
-            data = load_h5(path, num_classes=num_classes)
-            if len(data) and data.labels[0] != target:
-                from goodnet.attacks.benchmarks import poisoned_split
-                from goodnet.data import LabData
+    if learnable:
+        from goodnet.attacks.learnable_patch import patch_poisoned_split, save_patch
 
-                images, labels = poisoned_split(clean.images, clean.labels, trigger, target)
-                data = LabData(images, labels, f"{path} (retargeted to {target})")
-            poisoned.append(data)
-        splits[split] = (clean, poisoned)
+        target = options.targets[0]
+        for split, clean in splits.items():
+            images, labels = patch_poisoned_split(clean.images, clean.labels, info["patch"], target)
+            poisoned[split] = [LabData(images, labels, extra[split])]
     card = attack_card(classifier, options, {key: description[key] for key in ("dataset", "seed", "sizes")},
-                       *splits["valid"], *splits["test"], info=info)
+                       splits["valid"], poisoned["valid"], splits["test"], poisoned["test"], info=info)
+    if learnable:
+        save_patch(extra["patch"], info["patch"], overwrite=bool(args.overwrite) or None)
+        for split in ("valid", "test"):
+            data = poisoned[split][0]
+            save_h5(extra[split], data.images, data.labels, overwrite=bool(args.overwrite) or None)
+        card["attack_settings"].update(patch_file=extra["patch"], poisoned_files={split: extra[split]
+                                                                                 for split in ("valid", "test")})
     _, card["training_set_dtype"] = save_training_set(train_path, info, overwrite=bool(args.overwrite))
     card["training_set"] = train_path
     save_model(classifier, args.out, protect=inputs)
@@ -110,6 +172,8 @@ def run(args):
         print_json(card)
     else:
         print(f"BadNet written to {args.out} (card {card_path}; poisoned training set {train_path})")
+        if learnable:
+            print(f"learned patch {extra['patch']}; poisoned files {extra['valid']}, {extra['test']}")
         for split in ("valid", "test"):
             rates = ", ".join(f"{t} {r * 100:.2f}%" for t, r in card[split]["attack_success_rate"].items())
             print(f"{split}: clean accuracy {card[split]['clean_accuracy'] * 100:.2f}%; ASR {rates or 'n/a'}")
@@ -118,6 +182,11 @@ def run(args):
                 print(f"{split}: source class {flip['source']} accuracy "
                       f"{card[split]['source_class_accuracy'] * 100:.2f}%, sent to {flip['target']} "
                       f"{card[split]['source_to_target'] * 100:.2f}% ({card[split]['source_images']} images)")
+            baseline = card.get("clean_model", {}).get(split)
+            if baseline is not None:
+                rates = ", ".join(f"{t} {r * 100:.2f}%" for t, r in baseline["attack_success_rate"].items())
+                print(f"{split}: the clean model it attacked: clean accuracy {baseline['clean_accuracy'] * 100:.2f}%; "
+                      f"ASR {rates or 'n/a'}")
         if card["targeted_flip"] is not None:
             flip = card["targeted_flip"]
             print(f"Targeted flip: {flip['count']} training images of class {flip['source']} relabelled "
