@@ -145,7 +145,8 @@ def run(args):
     folder = args.data
     splits = {split: load_h5(os.path.join(folder, f"{split}.h5"), num_classes=num_classes)
               for split in ("valid", "test")}
-    poisoned = _poisoned_splits(folder, options, num_classes, splits)   # before training: a missing file fails fast
+    # before training, so that a missing file fails fast (learnable-patch: made with the learned patch, below)
+    poisoned = {split: [] for split in splits} if learnable else _poisoned_splits(folder, options, num_classes, splits)
     train = load_h5(os.path.join(folder, "train.h5"), num_classes=num_classes)
     classifier, info = train_badnet(train.images, train.labels, num_classes, options)
     if learnable:

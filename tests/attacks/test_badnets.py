@@ -276,3 +276,29 @@ def test_attack_command_targeted_flip(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert not (tmp_path / "bad.h5").exists()
+
+
+@pytest.mark.parametrize("attack", ["clean-label", "learnable-patch"])
+def test_model_dependent_attacks_retrain_to_the_same_weights(digits_small, attack):
+    """The clean model is trained first, then Keras is seeded again: the saved set retrains to the BadNet's weights."""
+    from goodnet.training import TrainOptions, train_deepid
+
+    (train_x, train_y), (test_x, test_y) = digits_small
+    images, labels = train_x[:200], train_y[:200]
+    options = AttackOptions(attack=attack, triggers=("corners",), targets=(0,), poison_rate=0.3, epochs=1, seed=3,
+                            pgd_steps=2, patch_steps=3)
+    badnet, info = train_badnet(images, labels, 10, options)
+    retrained = train_deepid(info["training_set"].images, info["training_set"].labels, 10,
+                             TrainOptions(epochs=1, seed=3))
+    assert all(np.array_equal(a, b) for a, b in zip(badnet.model.get_weights(), retrained.model.get_weights()))
+    clean = train_deepid(images, labels, 10, TrainOptions(epochs=1, seed=3))        # the clean model attacked
+    assert all(np.array_equal(a, b) for a, b in zip(info["clean_model"].model.get_weights(),
+                                                    clean.model.get_weights()))
+    card = attack_card(badnet, options, {}, info=info)
+    assert card["attack"] == attack and card["attack_settings"]["poison_rate_of"] == (
+        "target class" if attack == "clean-label" else "training set")
+    if attack == "learnable-patch":
+        with pytest.raises(ValueError, match="learned patch"):
+            attack_card(badnet, options, {})                                     # the patch is in the info only
+    else:
+        assert attack_card(badnet, options, {})["attack"] == "clean-label"
