@@ -13,9 +13,10 @@ Per BadNet: clean accuracy and ASR on the test split (each test image gets its
 own trigger for ``random`` and ``ban``), and a clean model's accuracy
 (the same recipe, no poison) as the reference. Then:
 
-- STRIP (``copies`` 100, additive blend, certified threshold at FRR 1 %),
-  fitted on the valid split: FRR on clean test images and FAR (poisoned test
-  inputs it lets through);
+- STRIP (``copies`` 100, certified threshold at FRR 1 %), with the paper's
+  additive blend and with the alpha blend (``goodnet repair``'s), fitted on
+  the valid split: FRR on clean test images and FAR (poisoned test inputs it
+  lets through);
 - Neural Cleanse (``method="batched"``, every class fully optimised), on the
   valid split's images: the verdict, the flagged classes, the target's
   anomaly index and its rank by norm (0 = smallest).
@@ -36,6 +37,7 @@ import time
 import numpy as np
 
 ATTACKS = ("patch", "random", "adaptive", "ban")
+BLENDS = ("add", "alpha")
 TARGET = 0
 
 
@@ -81,17 +83,19 @@ def defend(classifier, poisoned, splits, nc_epochs):
 
     valid_images, _ = splits["valid"]
     test_images, _ = splits["test"]
+    row = {}
     start = time.perf_counter()
-    strip = STRIP(copies=100, frr=0.01).fit(classifier, valid_images)
-    figures = evaluate_strip(strip, test_images, [("poisoned", poisoned)])
-    strip_seconds = time.perf_counter() - start
+    for blend in BLENDS:
+        strip = STRIP(copies=100, frr=0.01, blend=blend).fit(classifier, valid_images)
+        figures = evaluate_strip(strip, test_images, [("poisoned", poisoned)])
+        row[f"strip_{blend}_frr"] = figures["false_rejection_rate"]
+        row[f"strip_{blend}_far"] = figures["poisoned"][0]["false_acceptance_rate"]
+    row["strip_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     cleanse = NeuralCleanse(method="batched", epochs=nc_epochs).fit(classifier, valid_images)
     position = int(np.flatnonzero(cleanse.classes_ == TARGET)[0])
     index = float(cleanse.anomaly_index_[position])
-    return {"strip_frr": figures["false_rejection_rate"],
-            "strip_far": figures["poisoned"][0]["false_acceptance_rate"], "strip_seconds": strip_seconds,
-            "nc_verdict": "backdoored" if cleanse.backdoored_ else "clean",
+    return {**row, "nc_verdict": "backdoored" if cleanse.backdoored_ else "clean",
             "nc_flagged": [int(c) for c in cleanse.flagged_], "nc_target_index": index,
             "nc_target_norm_rank": int(np.sum(cleanse.norms_ < cleanse.norms_[position])),
             "nc_seconds": time.perf_counter() - start}
@@ -115,8 +119,8 @@ def main(argv=None):
     print(f"{args.dataset}: {len(splits['train'][1])} training images, {epochs} epochs; clean model "
           f"{clean_accuracy * 100:.1f} % ({clean_seconds:.0f} s)", flush=True)
     rows = []
-    print("| attack | clean acc % (clean model) | ASR % | STRIP FRR % | STRIP FAR % | NC verdict | NC flagged "
-          "| target's anomaly index | target's norm rank | train / STRIP / NC s |")
+    print("| attack | clean acc % (clean model) | ASR % | STRIP add FRR / FAR % | STRIP alpha FRR / FAR % "
+          "| NC verdict | NC flagged | target's anomaly index | target's norm rank | train / STRIP / NC s |")
     print("|---|---:|---:|---:|---:|---|---|---:|---:|---|")
     for attack in args.attacks:
         classifier, poisoned, seconds = train(attack, splits, classes, epochs)
@@ -126,7 +130,8 @@ def main(argv=None):
         row.update(defend(classifier, poisoned, splits, nc_epochs))
         rows.append(row)
         print(f"| {attack} | {row['clean_accuracy'] * 100:.1f} ({clean_accuracy * 100:.1f}) | {row['asr'] * 100:.1f} "
-              f"| {row['strip_frr'] * 100:.1f} | {row['strip_far'] * 100:.1f} | {row['nc_verdict']} "
+              f"| {row['strip_add_frr'] * 100:.1f} / {row['strip_add_far'] * 100:.1f} "
+              f"| {row['strip_alpha_frr'] * 100:.1f} / {row['strip_alpha_far'] * 100:.1f} | {row['nc_verdict']} "
               f"| {row['nc_flagged']} | {row['nc_target_index']:.2f} | {row['nc_target_norm_rank']} "
               f"| {seconds:.0f} / {row['strip_seconds']:.0f} / {row['nc_seconds']:.0f} |", flush=True)
         if args.json:
