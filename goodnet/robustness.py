@@ -635,6 +635,8 @@ def plot_robustness(result, path):
         if entry["clean_accuracy"] is not None:
             panel.plot(x, np.asarray(entry["clean_accuracy"])[order] * 100, linestyle="--", color="grey",
                        marker=".", label="clean accuracy")
+        if entry["transform"] == "jpeg":
+            panel.invert_xaxis()                      # stronger compression to the right, as for the others
         panel.set_xlabel(entry["parameter"])
         panel.set_ylabel("%")
         panel.set_ylim(-2, 102)
