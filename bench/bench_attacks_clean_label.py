@@ -157,8 +157,10 @@ def main():
                "clean_model": {"test_clean_accuracy": clean_accuracy, "seconds": round(clean_seconds, 1)},
                "rows": rows}
     for attack in ("clean-label", "learnable-patch"):
-        passed = [row["name"] for row in rows if row["attack"] == attack and row["pass"]]
-        print(f"done-when {attack}: {'PASS (' + ', '.join(passed) + ')' if passed else 'FAIL (no setting)'}")
+        tried = [row for row in rows if row["attack"] == attack]
+        passed = [row["name"] for row in tried if row["pass"]]
+        verdict = "not run" if not tried else f"PASS ({', '.join(passed)})" if passed else "FAIL (no setting)"
+        print(f"done-when {attack}: {verdict}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)

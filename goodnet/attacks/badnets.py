@@ -118,10 +118,10 @@ class AttackOptions:
                                            "(the test trigger is the full one)", rule=Interval(float, 0.0, 1.0, "right"))
     patch_size: int = option(7, "learnable-patch: side in pixels of the square patch",
                              rule=Interval(int, 1, min(HEIGHT, WIDTH)))
-    patch_row: int = option(None, "learnable-patch: top row of the patch (None: centred on the patch trigger's "
+    patch_row: int = option(None, "learnable-patch: top row of the patch (none: centred on the patch trigger's "
                                   "square, bottom right)", rule=Interval(int, 0), allow_none=True, type=int,
                             metavar="ROW")
-    patch_column: int = option(None, "learnable-patch: left column of the patch (None: as for the row)",
+    patch_column: int = option(None, "learnable-patch: left column of the patch (none: as for the row)",
                                rule=Interval(int, 0), allow_none=True, type=int, metavar="COLUMN")
     patch_steps: int = option(300, "learnable-patch: optimisation steps", rule=Interval(int, 0))
     patch_learning_rate: float = option(5.0, "learnable-patch: Adam rate in pixels 0-255 per step",
