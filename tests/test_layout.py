@@ -18,8 +18,8 @@ PACKAGE = REPO / "goodnet"
 CORE = {"goodnet", "goodnet.data", "goodnet.models", "goodnet.inference", "goodnet.metrics", "goodnet.layers",
         "goodnet.plots", "goodnet.files", "goodnet.errors", "goodnet.base", "goodnet.options", "goodnet.surgery",
         "goodnet.calibration", "goodnet.reports", "goodnet.keras2", "goodnet.training",
-        "goodnet.features", "goodnet.privacy", "goodnet.robustness"}
-ORCHESTRATORS = {"goodnet.repair", "goodnet.demo", "goodnet.export", "goodnet.inspection"}
+        "goodnet.features", "goodnet.privacy", "goodnet.robustness", "goodnet.executors"}
+ORCHESTRATORS = {"goodnet.repair", "goodnet.demo", "goodnet.export", "goodnet.inspection", "goodnet.matrix"}
 
 
 def _module_name(path):
