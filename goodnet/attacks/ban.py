@@ -46,7 +46,7 @@ from goodnet.attacks.triggers import HEIGHT, PATCH_SIZE, RANDOM_REGIONS, WIDTH, 
 logger = logging.getLogger(__name__)
 
 GENERATOR_UNITS = (64, 128)                   # G's two hidden Dense layers (ReLU)
-TEMPLATE_STD = 3.0                            # c-BaN: initial spread of the per-target templates' logits
+TEMPLATE_STD = 3.0                            # initial spread of the trigger template's logits (c-BaN: per target)
 REGION_SIDE = min(min(rows, columns) for _, _, rows, columns in RANDOM_REGIONS)
 
 
@@ -134,7 +134,10 @@ def build_generator(noise_dim, trigger_size, targets=1):
         x = keras.layers.Concatenate(name="noise_and_target")([noise, code])
     for position, units in enumerate(GENERATOR_UNITS):
         x = keras.layers.Dense(units, activation="relu", name=f"dense_{position + 1}")(x)
-    x = keras.layers.Dense(trigger_size * trigger_size * 3, name="trigger")(x)
+    # the trigger's logits start from a random template (spread TEMPLATE_STD), so the first triggers already
+    # stand out from the image (from zero they are a flat grey that faces' corners hide)
+    x = keras.layers.Dense(trigger_size * trigger_size * 3, name="trigger",
+                           bias_initializer=keras.initializers.RandomNormal(stddev=TEMPLATE_STD))(x)
     if targets > 1:   # c-BaN: each target also has its own learned template, added before the sigmoid
         template = keras.layers.Dense(trigger_size * trigger_size * 3, use_bias=False, name="target_template",
                                       kernel_initializer=keras.initializers.RandomNormal(stddev=TEMPLATE_STD))(code)
