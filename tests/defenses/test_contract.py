@@ -19,15 +19,17 @@ import pytest
 import goodnet.defenses
 from goodnet.base import Defense, NotFittedError, clone, is_fitted
 from goodnet.defenses.activation_clustering import ActivationClustering
+from goodnet.defenses.badexpert import BaDExpert, BaDExpertOptions
 from goodnet.defenses.bagging import Bagging
 from goodnet.defenses.dp_sgd import DPSGD
+from goodnet.defenses.either import EitherDetector
 from goodnet.defenses.fine_pruning import FinePruning, FineTuneRecipe
 from goodnet.defenses.neural_cleanse import NeuralCleanse
 from goodnet.defenses.partition_aggregation import PartitionAggregation
 from goodnet.defenses.pruning import PruningDefense
 from goodnet.defenses.sanitisation import IsolationSanitiser
 from goodnet.defenses.spectral_signatures import SpectralSignatures
-from goodnet.defenses.strip import STRIP
+from goodnet.defenses.strip import STRIP, StripOptions
 from goodnet.defenses.unlearning import TriggerSearch
 from goodnet.training import TrainOptions
 from square_task import coloured_squares
@@ -69,6 +71,22 @@ _row(STRIP,
      fit=lambda defense, world: defense.fit(world.classifier, world.clean),
      result=lambda defense: {"threshold": defense.threshold_, "clean": defense.clean_entropies_,
                              "entropies": defense.entropy(defense.bank_[:6], seed=7)},
+     use=lambda defense, world: defense.predict_trojaned(world.poisoned.images[:4], seed=1))
+
+_row(BaDExpert,
+     make=lambda: BaDExpert(expert_rates=(1e-3, 1e-2), expert_epochs=1, aux_epochs=1, frr=0.1),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean),
+     result=lambda defense: {"threshold": defense.threshold_, "clean": defense.clean_scores_,
+                             "ladder": [entry["accuracy"] for entry in defense.ladder_]},
+     use=lambda defense, world: defense.predict_trojaned(world.poisoned.images[:4]))
+
+_row(EitherDetector,
+     make=lambda: EitherDetector(frr=0.2, strip=StripOptions(copies=4, bank_size=8),
+                                 badexpert=BaDExpertOptions(expert_rates=(1e-2,), expert_epochs=1, aux_epochs=1),
+                                 progress=False),
+     fit=lambda defense, world: defense.fit(world.classifier, world.clean),
+     result=lambda defense: {"check": defense.check_["rejected"], "strip": defense.strip_.threshold_,
+                             "badexpert": defense.badexpert_.clean_scores_},
      use=lambda defense, world: defense.predict_trojaned(world.poisoned.images[:4], seed=1))
 
 _row(NeuralCleanse,
