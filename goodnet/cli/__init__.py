@@ -18,7 +18,7 @@ import sys
 # not present in this version is left out.
 # A dash in a name is an underscore in its module's (inspect-data: goodnet.cli.inspect_data).
 COMMANDS = ("demo", "eval", "prune", "strip", "cleanse", "repair", "combine", "fineprune", "synth", "attack", "train",
-            "privacy-budget", "inspect-data", "robustness", "matrix", "grade", "export", "bench")
+            "privacy-budget", "inspect-data", "robustness", "matrix", "detect", "grade", "export", "bench")
 
 from goodnet.errors import InputError, OptionError
 from goodnet.cli.options import positive_integer as positive  # argparse type: a positive integer

@@ -118,7 +118,7 @@ class EitherDetector(Defense):
                                          progress=self.progress).fit(classifier, clean.images)
         self.badexpert_ = BaDExpert.from_options(dataclasses.replace(expert_options, frr=self.shares_["badexpert"]),
                                                  progress=self.progress).fit(classifier, clean)
-        flags = self.flags(check)
+        flags = self.flags(check, seed=self.strip_.seed + 2)   # STRIP's test draws, as goodnet strip and detect
         joint = flags["strip"] | flags["badexpert"]
         confidence = float(strip_options.confidence)
         upper, interval = frr_bounds(int(joint.sum()), len(joint), confidence)
