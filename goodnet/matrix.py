@@ -56,6 +56,7 @@ QUICK = {"sizes": {"digits": {"train": 2000, "valid": 400, "test": 400},
                    "faces": {"train": 40, "valid": 10, "test": 10}},   # faces: per identity
          "identities": 20, "epochs": AttackOptions.epochs}
 DEFENSE_NAMES = ("pruning", "fine-pruning", "strip", "goodnet", "repair", "neural-cleanse", "inspection")
+PARTIAL_EVERY = 300         # seconds between the files written while a matrix runs (pending cells marked)
 OUTPUT_NAMES = ("matrix.csv", "matrix.json", "matrix.md", "matrix.html", "matrix_der.png", "matrix_asr.png")
 COLUMNS = ("attack", "defense", "status", "error", "clean_accuracy_before", "asr_before", "clean_accuracy_after",
            "asr_after", "detection_rate", "false_rejection_rate", "der", "seconds", "cached", "notes")
@@ -621,15 +622,29 @@ def run_matrix(options, executor=None, progress=None):
     os.makedirs(cache_dir, exist_ok=True)
     benchmark, attacks, settings = plan(options)
     benchmark_folder = prepare_benchmark(cache_dir, benchmark)
-    cells = {(attack, defense): {"attack": attack, "defense": defense} for attack in options.attacks
-             for defense in options.defenses}
+    cells = {(attack, defense): {"attack": attack, "defense": defense, "status": "pending"}
+             for attack in options.attacks for defense in options.defenses}
     bar = _Progress(len(cells), progress)
     own = executor is None
     executor = executor or make_executor(options.scheduler, options.workers)
     attack_seconds = {}
+    written = [time.perf_counter()]
+
+    def assemble():
+        rows = [{column: cells[attack, defense].get(column) for column in COLUMNS}
+                for attack in options.attacks for defense in options.defenses]
+        return {"version": MATRIX_VERSION, "options": {field.name: getattr(options, field.name)
+                                                       for field in dataclasses.fields(options)},
+                "benchmark": benchmark, "executor": executor.where,
+                "attacks": {name: {"spec": dataclasses.asdict(spec), "key": key, **attack_seconds.get(name, {})}
+                            for name, (spec, _, key) in attacks.items()},
+                "defense_settings": settings, "cells": rows,
+                "wall_seconds": round(time.perf_counter() - started, 1)}
 
     def submit_cells(attack, record, folder):
         for defense in options.defenses:
+            cells[attack, defense].update(clean_accuracy_before=record["test"]["clean_accuracy"],
+                                          asr_before=record["test"]["attack_success_rate"])
             key = cell_key(attacks[attack][2], defense, settings[defense], options.seed)
             path = os.path.join(cache_dir, "cells", key + ".json")
             if os.path.isfile(path):
@@ -677,19 +692,14 @@ def run_matrix(options, executor=None, progress=None):
                     logger.error("cell %s x %s failed:\n%s", attack, defense, result.traceback)
                     cells[attack, defense].update(status="failed", error=result.error, cached=False)
                 bar.finish(f"{attack} x {defense}", cells[attack, defense]["status"])
+            if time.perf_counter() - written[0] > PARTIAL_EVERY:   # a long run leaves readable files on the way
+                write_outputs(assemble(), out_dir)
+                written[0] = time.perf_counter()
     finally:
         bar.close()
         if own:
             executor.close()
-    rows = [{column: cells[attack, defense].get(column) for column in COLUMNS}
-            for attack in options.attacks for defense in options.defenses]
-    result = {"version": MATRIX_VERSION, "options": {field.name: getattr(options, field.name)
-                                                     for field in dataclasses.fields(options)},
-              "benchmark": benchmark, "executor": executor.where,
-              "attacks": {name: {"spec": dataclasses.asdict(spec), "key": key, **attack_seconds.get(name, {})}
-                          for name, (spec, _, key) in attacks.items()},
-              "defense_settings": settings, "cells": rows,
-              "wall_seconds": round(time.perf_counter() - started, 1)}
+    result = assemble()
     result["files"] = write_outputs(result, out_dir)
     return result
 
@@ -706,7 +716,8 @@ def table_rows(result):
     rows = []
     for cell in result["cells"]:
         ok = cell["status"] == "ok"
-        rows.append([cell["attack"], cell["defense"], cell["status"] if ok else f"{cell['status']}: {cell['error']}",
+        status = cell["status"] if ok or not cell.get("error") else f"{cell['status']}: {cell['error']}"
+        rows.append([cell["attack"], cell["defense"], status,
                      _percent(cell["clean_accuracy_before"]), _percent(cell["asr_before"]),
                      _percent(cell["clean_accuracy_after"]), _percent(cell["asr_after"]),
                      _percent(cell["detection_rate"]), _percent(cell["false_rejection_rate"]),
