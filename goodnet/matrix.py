@@ -190,6 +190,9 @@ class MatrixOptions:
                              default_text=f"{QUICK['identities']} with --quick, else the benchmark's")
     sizes: dict = option(None, "benchmark sizes {split: images} (faces: per identity; None: the benchmark's, or "
                                "the quick ones)", cli=False)
+    compute: bool = option(True, "compute what the cache lacks (--cached-only: only write the tables of what "
+                                 "DIR/cache holds, the rest marked 'not computed')", rule=InstanceOf(bool),
+                           negative="--cached-only")
     defense_overrides: dict = option(None, "{defense: {setting: value}} replacing defense_settings' values",
                                      cli=False)
 
@@ -651,6 +654,10 @@ def run_matrix(options, executor=None, progress=None):
                 cells[attack, defense].update(_read_json(path), cached=True)
                 bar.finish(f"{attack} x {defense}", "cached")
                 continue
+            if not options.compute:
+                cells[attack, defense].update(status="not computed", cached=False)
+                bar.finish(f"{attack} x {defense}", "not computed")
+                continue
             job = {"attack_record": record, "attack_folder": folder, "benchmark": benchmark_folder,
                    "defense": defense, "settings": settings[defense], "seed": options.seed}
             executor.submit(("cell", attack, defense, path), run_cell, job)
@@ -664,6 +671,10 @@ def run_matrix(options, executor=None, progress=None):
                 record = _read_json(record_path)
                 attack_seconds[attack] = {"seconds": record["seconds"], "cached": True}
                 submit_cells(attack, record, folder)
+            elif not options.compute:
+                for defense in options.defenses:
+                    cells[attack, defense].update(status="not computed", cached=False)
+                bar.finish(f"{attack} (BadNet)", "not computed", len(options.defenses))
             else:
                 job = {"spec": spec, "options": resolved, "folder": folder, "benchmark": benchmark_folder,
                        "key": key, "seed": options.seed}

@@ -69,6 +69,10 @@ def test_second_run_recomputes_nothing_and_a_changed_setting_only_its_cells(loca
     again = run_matrix(tiny(out), progress=False)
     assert all(cell["cached"] for cell in again["cells"])
     assert _figures(again) == _figures(result)
+    listed = run_matrix(tiny(out, attacks=("patch", "random"), compute=False), progress=False)   # --cached-only
+    assert [(cell["attack"], cell["status"], cell["cached"]) for cell in listed["cells"]] == [
+        ("patch", "ok", True), ("patch", "ok", True), ("random", "not computed", False),
+        ("random", "not computed", False)]
 
     calls = []
     monkeypatch.setattr(matrix, "run_cell", lambda job: calls.append(job["defense"]) or _CELL)
