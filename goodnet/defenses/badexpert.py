@@ -17,10 +17,16 @@ labelled clean set:
 - the **score** of an input x with M's answer y^ = argmax M(x): with
   x_B = B(x)[y^] and x_M' = M'(x)[y^] (the two models' confidence in M's
   answer), a backdoor input has B agreeing (x_B high) and M' not (x_M' low).
-  ``combination="log-ratio"`` (default) scores log(x_M' / x_B) (the ratio of
-  the paper's ensemble, the authors' ImageNet metric; logged so that the
-  histogram reads); ``"triangle"`` is the authors' CIFAR-10 default,
-  min(2 x_M' / x_B, (1 - x_B) / (0.5 - x_M')) (clamped as they clamp).
+  ``combination="rectangle"`` (default, in the authors' code) scores
+  min(x_M', 1 - x_B): flagged when M' doubts the answer or B backs it (the
+  union of the two single-model rules); ``"log-ratio"`` scores log(x_M' / x_B)
+  (the authors' ImageNet ratio); ``"triangle"`` is the authors' CIFAR-10
+  rule, min(2 x_M' / x_B, (1 - x_B) / (0.5 - x_M')) (clamped as they clamp);
+  ``"expert"`` scores -x_B (B alone). Measured on the built-in digits patch
+  BadNet (bench/bench_detect.py's quick size, aux_rate 0.01), M' kept the backdoor
+  (median x_M' 0.999 on poisoned inputs), so the ratio and the triangle,
+  which need M' to drop it, let 86 % and 68 % of poisoned inputs through at
+  FRR 1 %, the rectangle 0.9 % and B alone 0.4 %.
   Low scores are flagged;
 - the **threshold**: the labelled clean set is split per class
   (``calibration_fraction``); the calibration part is never fine-tuned on, and
@@ -53,7 +59,7 @@ from goodnet.options import constraints_of, option
 
 logger = logging.getLogger(__name__)
 
-COMBINATIONS = ("log-ratio", "triangle")
+COMBINATIONS = ("rectangle", "log-ratio", "triangle", "expert")
 METHODS = ("batched", "loop")
 TINY = 1e-8          # the authors' clamp of a confidence in a denominator
 WORDING = ("BaDExpert", "scores", "more labelled clean validation images or a larger --calibration-fraction")
@@ -79,13 +85,14 @@ class BaDExpertOptions(CalibrationOptions):
     expert_accuracy: float = option(None, "backdoor expert: clean accuracy (true labels, fine-tuning part) at "
                                           "which a rate is accepted", rule=Interval(float, 0.0, 1.0),
                                     allow_none=True, type=float, default_text="2 / classes (twice chance)")
-    aux_rate: float = option(0.01, "auxiliary model: SGD learning rate (momentum 0.9, cosine-decayed)",
+    aux_rate: float = option(0.001, "auxiliary model: SGD learning rate (momentum 0.9, cosine-decayed)",
                              rule=Interval(float, 0.0, closed="neither"))
     aux_epochs: int = option(5, "auxiliary model: epochs over the fine-tuning part, true labels",
                              rule=Interval(int, 1))
     tune_batch: int = option(32, "fine-tuning batch size of both copies", rule=Interval(int, 1))
-    combination: str = option("log-ratio", "score from the two confidences in the model's answer: log-ratio "
-                                           "(log M'/B, the paper's ratio) or triangle (the authors' CIFAR-10 rule)",
+    combination: str = option("rectangle", "score from the backdoor expert's (B) and the auxiliary model's (M') "
+                                           "confidence in the model's answer: rectangle (min(M', 1 - B)), log-ratio "
+                                           "(log M'/B), triangle (the authors' CIFAR-10 rule) or expert (B alone)",
                               rule=OneOf(COMBINATIONS))
     chunk: int = option(512, "inputs per compiled scoring call (three forward passes each)",
                         rule=Interval(int, 1), flag="--badexpert-chunk", dest="badexpert_chunk")
@@ -111,11 +118,15 @@ def combine_reference(original, expert, auxiliary, combination=_DEFAULTS.combina
     rows = np.arange(len(answers))
     x = np.asarray(expert, np.float32)[rows, answers]
     y = np.asarray(auxiliary, np.float32)[rows, answers]
-    if combination == "log-ratio":
+    if combination == "rectangle":
+        scores = np.minimum(y, np.float32(1) - x)
+    elif combination == "log-ratio":
         scores = np.log(np.maximum(y, np.float32(TINY))) - np.log(np.maximum(x, np.float32(TINY)))
-    else:
+    elif combination == "triangle":
         scores = np.minimum(np.float32(2) * y / np.maximum(x, np.float32(TINY)),
                             (np.float32(1) - x) / np.maximum(np.float32(0.5) - y, np.float32(TINY)))
+    else:
+        scores = -x
     return scores.astype(np.float32), answers.astype(np.int64), x, y
 
 
@@ -292,10 +303,14 @@ class BaDExpert(Defense):
             answers = tf.argmax(tf.cast(original(images, training=False), tf.float32), axis=1)
             x = tf.gather(tf.cast(expert(images, training=False), tf.float32), answers, axis=1, batch_dims=1)
             y = tf.gather(tf.cast(auxiliary(images, training=False), tf.float32), answers, axis=1, batch_dims=1)
-            if combination == "log-ratio":
+            if combination == "rectangle":
+                scores = tf.minimum(y, 1.0 - x)
+            elif combination == "log-ratio":
                 scores = tf.math.log(tf.maximum(y, TINY)) - tf.math.log(tf.maximum(x, TINY))
-            else:
+            elif combination == "triangle":
                 scores = tf.minimum(2.0 * y / tf.maximum(x, TINY), (1.0 - x) / tf.maximum(0.5 - y, TINY))
+            else:
+                scores = -x
             return scores, answers, x, y
 
         self._kernel = kernel

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Run-time detectors on the built-in BadNets (issue 22): FAR at FRR 1 % for STRIP, BaDExpert and both, and
+their throughput against ``model.predict``.
+
+For each BadNet (digits: patch, blend; faces: sunglasses, blend; all target 0), in one process: generate the
+benchmark in memory (:func:`goodnet.attacks.benchmarks.generate`), train the BadNet
+(:func:`goodnet.attacks.badnets.train_badnet`), build the test split's poisoned set
+(:func:`goodnet.attacks.benchmarks.poisoned_split`), then fit on the clean valid split only:
+
+- STRIP (``goodnet detect``'s defaults: 100 copies, additive blend, certified threshold at FRR 1 %);
+- BaDExpert (defaults, FRR 1 %): the expert's learning rate and clean accuracy are printed;
+- both (:class:`goodnet.defenses.either.EitherDetector`, FRR 1 % shared half and half); its joint FRR is
+  checked on the clean test split.
+
+Reported per BadNet: clean accuracy and ASR of the BadNet, each detector's FRR on the clean test split and FAR
+(poisoned test inputs not flagged), and throughput (inputs per second, second of two timed runs over the test
+images, after a warm-up) of ``model.predict`` (:meth:`goodnet.models.Classifier.predict_proba`), STRIP,
+BaDExpert and both. Nothing is chosen on the test split.
+
+Sizes: ``--quick``: digits 2000 training / 1000 valid / 500 test images, faces 20 identities x 100 / 50 / 25,
+10 epochs; default: digits 5000 / 1000 / 1000, faces 20 x 150 / 50 / 50, the attack's default epochs.
+
+Usage:
+    python bench/bench_detect.py [--quick] [--only digits:patch faces:blend] [--seed 0] [--json OUT]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+BADNETS = (("digits", "patch"), ("digits", "blend"), ("faces", "sunglasses"), ("faces", "blend"))
+SIZES = {"quick": {"digits": {"train": 2000, "valid": 1000, "test": 500},
+                   "faces": {"train": 100, "valid": 50, "test": 25}, "epochs": 10},
+         "full": {"digits": {"train": 5000, "valid": 1000, "test": 1000},
+                  "faces": {"train": 150, "valid": 50, "test": 50}, "epochs": None}}
+IDENTITIES = 20
+TARGET = 0
+FRR = 0.01
+
+
+def splits(dataset, setting, seed):
+    from goodnet.attacks.benchmarks import generate
+
+    sizes = setting[dataset]
+    extra = {"identities": IDENTITIES} if dataset == "faces" else {}
+    return {split: generate(dataset, split, seed=seed, size=size, **extra)[:2] for split, size in sizes.items()}
+
+
+def throughput(function, images, repeats=2):
+    """Inputs per second of ``function(images)``: after one warm-up call, the last of ``repeats`` timed calls."""
+    function(images[:8])
+    rate = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function(images)
+        rate = len(images) / (time.perf_counter() - start)
+    return rate
+
+
+def measure(dataset, trigger, setting, seed):
+    import dataclasses
+
+    import numpy as np
+
+    from goodnet.attacks.badnets import AttackOptions, train_badnet
+    from goodnet.attacks.benchmarks import poisoned_split
+    from goodnet.data import LabData
+    from goodnet.defenses.badexpert import BaDExpert
+    from goodnet.defenses.either import EitherDetector
+    from goodnet.defenses.strip import STRIP
+
+    data = splits(dataset, setting, seed)
+    classes = IDENTITIES if dataset == "faces" else 10
+    options = AttackOptions(triggers=(trigger,), targets=(TARGET,), seed=seed)
+    if setting["epochs"] is not None:
+        options = dataclasses.replace(options, epochs=setting["epochs"])
+    badnet, info = train_badnet(*data["train"], classes, options)
+    valid = LabData(*data["valid"], path="valid.h5")
+    test = LabData(*data["test"], path="test.h5")
+    bad_x, _ = poisoned_split(*data["test"], trigger, TARGET)
+    row = {"dataset": dataset, "trigger": trigger, "training_seconds": info["training_seconds"],
+           "clean_accuracy": float(np.mean(badnet.predict(test.images) == test.labels)),
+           "attack_success": float(np.mean(badnet.predict(bad_x) == TARGET)), "valid": len(valid),
+           "test": len(test), "poisoned": len(bad_x)}
+    started = time.perf_counter()
+    strip = STRIP(frr=FRR, progress=False).fit(badnet, valid.images)
+    row["strip_fit_seconds"] = time.perf_counter() - started
+    started = time.perf_counter()
+    expert = BaDExpert(frr=FRR).fit(badnet, valid)
+    row["badexpert_fit_seconds"] = time.perf_counter() - started
+    row.update({"expert_rate": expert.expert_rate_, "expert_accuracy": expert.expert_accuracy_,
+                "expert_calibration_accuracy": expert.expert_calibration_accuracy_,
+                "auxiliary_accuracy": expert.auxiliary_accuracy_,
+                "expert_backdoor": float(np.mean(expert.expert_.predict(bad_x) == TARGET)),
+                "badexpert_calibration": expert.calibration_.summary()})
+    started = time.perf_counter()
+    gate = EitherDetector(frr=FRR, progress=False).fit(badnet, valid, check=test)
+    row["both_fit_seconds"] = time.perf_counter() - started
+    row["both_check"] = gate.check_
+    detectors = {"strip": lambda images: strip.predict_trojaned(images),
+                 "badexpert": expert.predict_trojaned, "both": gate.predict_trojaned}
+    for name, detect in detectors.items():
+        row[f"{name}_frr"] = float(np.mean(detect(test.images)))
+        row[f"{name}_far"] = 1.0 - float(np.mean(detect(bad_x)))
+    row["predict_per_second"] = throughput(badnet.predict_proba, test.images)
+    for name, detect in detectors.items():
+        row[f"{name}_per_second"] = throughput(detect, test.images)
+    return row
+
+
+def lines(rows):
+    out = ["| BadNet | clean acc % | ASR % | STRIP FRR / FAR % | BaDExpert FRR / FAR % | both FRR / FAR % "
+           "| expert rate (clean acc %) | predict / STRIP / BaDExpert / both inputs/s |",
+           "|---|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        pairs = [f"{row[f'{name}_frr'] * 100:.1f} / {row[f'{name}_far'] * 100:.1f}"
+                 for name in ("strip", "badexpert", "both")]
+        speeds = " / ".join(f"{row[f'{name}_per_second']:.0f}" for name in ("predict", "strip", "badexpert", "both"))
+        out.append(f"| {row['dataset']} {row['trigger']} | {row['clean_accuracy'] * 100:.1f} | "
+                   f"{row['attack_success'] * 100:.1f} | {' | '.join(pairs)} | {row['expert_rate']:g} "
+                   f"({row['expert_accuracy'] * 100:.1f}) | {speeds} |")
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (see the docstring)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="DATASET:TRIGGER",
+                        help="BadNets to run (default: " + " ".join(f"{d}:{t}" for d, t in BADNETS) + ")")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    from goodnet.inference import quiet_tensorflow
+
+    quiet_tensorflow()
+    setting = SIZES["quick" if args.quick else "full"]
+    chosen = BADNETS if args.only is None else [tuple(entry.split(":", 1)) for entry in args.only]
+    rows = []
+    started = time.perf_counter()
+    for dataset, trigger in chosen:
+        row = measure(dataset, trigger, setting, args.seed)
+        rows.append(row)
+        print(json.dumps({key: value for key, value in row.items()}, default=str), flush=True)
+        print("\n".join(lines([row])[2:]), flush=True)
+    print(f"\nFAR at FRR {FRR * 100:g} % ({'quick' if args.quick else 'full'} sizes, seed {args.seed}; "
+          f"{time.perf_counter() - started:.0f} s in all)")
+    print("\n".join(lines(rows)))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
