@@ -19,6 +19,10 @@ trigger against the clean image, PSNR dB and L-infinity) and the seconds.
 Done-when (issue 21): ASR >= 90 % with clean accuracy within 2 points of the clean model; a row passes when
 both hold on the test split.
 
+Measured run times (2 shared CPU cores): ``--quick`` (1000 training images, one setting per attack) about
+1.5 minutes; the default grid (3000 training images: 6 clean-label, 4 learnable-patch, 1 dirty-label row)
+about 10 minutes, each row 35-70 s.
+
 Usage:
     python bench/bench_attacks_clean_label.py [--quick] [--dataset digits] [--train 3000] [--rates 0.05 0.1 0.2]
         [--amplitudes 0.25 1.0] [--patch-rates 0.01 0.03 0.05 0.1] [--trigger corners] [--seed 0] [--json OUT]
