@@ -774,8 +774,7 @@ def plot_heatmap(result, column, path, title, scale=1.0, fmt="{:.2f}", cmap="vir
         for column_index in range(len(attacks)):
             value = values[row, column_index]
             text = "-" if np.isnan(value) else fmt.format(value * scale)
-            axes.text(column_index, row, text, ha="center", va="center", color="white" if not np.isnan(value) and
-                      value < (limits[0] + limits[1]) / 2 else "black", fontsize=8)
+            axes.text(column_index, row, text, ha="center", va="center", color="black", fontsize=8)
     figure.colorbar(image, ax=axes)
     axes.set_title(title)
     axes.set_xlabel("attack")
