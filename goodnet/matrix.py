@@ -6,7 +6,7 @@
    ``DIR/cache/benchmark-<key>/``;
 2. trains each attack's BadNet (one job per attack, :data:`ATTACKS`) and keeps it with its poisoned
    validation and test files and, where the attack has one, its poisoned training set and ground truth
-   under ``DIR/cache/attacks/<key>/``; the BadNet is shared by the attack's cells;
+   under ``DIR/cache/attacks/<attack>-<key>/``; the BadNet is shared by the attack's cells;
 3. runs every defense (:data:`DEFENSES`) against every BadNet (one job per cell), choosing the defense's
    settings on clean validation data only (no poisoned validation data is given to any defense) and
    measuring on test: clean accuracy and ASR before and after, detection rate and FRR where the defended
