@@ -11,13 +11,18 @@
   fits it; returns a :class:`goodnet.models.Classifier` taking pixels / 255.
 - :func:`epoch_progress`: a Keras callback that reports each epoch (a tqdm
   bar, or a callable taking one line per epoch).
+- :func:`seed_everything` and :func:`own_seed_stream`: seeding, and Keras's
+  default seeds kept out of Python's shared ``random`` (for jobs in processes
+  whose other threads draw from it, such as a Dask worker's).
 
 The same seed, data and options give the same weights, bit for bit, on one
 machine and TensorFlow build.
 """
 
+import contextlib
 import dataclasses
 import logging
+import random
 import time
 
 import numpy as np
@@ -29,6 +34,40 @@ logger = logging.getLogger(__name__)
 
 UNIT_DIVISOR = np.float32(255)   # the recipe trains on pixels / 255 (the lab's models take that scale)
 RECIPE = "Adam with a cosine-decayed learning rate, on pixels / 255"   # as cards state it
+
+
+def _keras_seed_module():
+    from keras.src.random import seed_generator   # where Keras draws a seed for every unseeded initializer
+
+    return seed_generator
+
+
+def seed_everything(seed):
+    """``keras.utils.set_random_seed(seed)`` (Python, NumPy, TensorFlow), and Keras's own seed stream when
+    :func:`own_seed_stream` gave it one: the same seeds as in a plain process, either way."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+    stream = _keras_seed_module().python_random
+    if isinstance(stream, random.Random):
+        stream.seed(int(seed))
+
+
+@contextlib.contextmanager
+def own_seed_stream(seed):
+    """Within: Keras draws its default seeds from a ``random.Random(seed)`` of its own, not from Python's
+    global ``random``, which other threads may draw from meanwhile. A Dask worker's event-loop thread does
+    (``dask.sizeof`` samples with ``random.sample`` on every message it sends), and a BadNet trained in the
+    worker then started from other initial weights than in a plain process. The stream is Mersenne Twister
+    seeded as ``random.seed`` seeds the global one, so the draws are those of a plain process; it is reseeded
+    by :func:`seed_everything`. Restored on exit."""
+    module = _keras_seed_module()
+    saved = module.python_random
+    module.python_random = random.Random(int(seed))
+    try:
+        yield
+    finally:
+        module.python_random = saved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,13 +203,11 @@ def train_deepid(images, labels, num_classes, options=None, callbacks=()):
         >>> model = train_deepid(train.images, train.labels, 10, TrainOptions(epochs=4))
         >>> model.predict(valid.images)
     """
-    import keras
-
     from goodnet.models import Classifier, build_deepid
 
     options = validate_options(options or TrainOptions())
     images, labels = check_training_data(images, labels, num_classes)
-    keras.utils.set_random_seed(options.seed)
+    seed_everything(options.seed)
     model = build_deepid(int(num_classes), input_shape=images.shape[1:])
     start = time.perf_counter()
     fit_deepid(model, images, labels, options, callbacks=callbacks)

@@ -148,10 +148,6 @@ def test_dask_local_cluster_runs_every_cell(remote):
         assert cell["der"] == pytest.approx((gain - loss + 1) / 2, abs=1e-12)
 
 
-@pytest.mark.xfail(reason="open: a BadNet trained in a Dask worker can differ from the same BadNet trained in a "
-                          "local worker (same seed and data; seen for the patch attack: 15.5 or 27.5 % against "
-                          "18.5 % clean accuracy), although both are reproducible in plain processes; see "
-                          "goodnet.matrix.deterministic", strict=False)
 def test_dask_local_cluster_gives_the_local_figures(local, remote):
     _, result = local
     assert _figures(remote) == _figures(result)

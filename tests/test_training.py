@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from goodnet.errors import DataError, OptionError
-from goodnet.training import TrainOptions, epoch_progress, recipe_field, train_deepid
+from goodnet.training import (TrainOptions, epoch_progress, own_seed_stream, recipe_field, seed_everything,
+                              train_deepid)
 from square_task import coloured_squares
 
 
@@ -110,3 +111,32 @@ def test_bad_options_and_data_are_one_line_errors(squares):
         train_deepid(images[:0], labels[:0], 3, TrainOptions(epochs=1))
     with pytest.raises(OptionError, match="num_classes: expected an integer >= 2"):
         train_deepid(images, labels * 0, 1, TrainOptions(epochs=1))
+
+
+def _initial_weights():
+    import keras
+
+    return keras.initializers.GlorotUniform()((4, 3)).numpy()   # unseeded: Keras draws the seed itself
+
+
+def test_own_seed_stream_gives_a_plain_process_seeds_whatever_other_code_draws_meanwhile():
+    import random
+
+    seed_everything(5)
+    plain = [_initial_weights(), _initial_weights()]
+    with own_seed_stream(0):
+        seed_everything(5)
+        first = _initial_weights()
+        random.random(), random.sample(range(100), 10)   # another thread's draws from the global stream
+        second = _initial_weights()
+    np.testing.assert_array_equal(first, plain[0])
+    np.testing.assert_array_equal(second, plain[1])
+    # without the own stream, the same draws change the next initializer's seed
+    seed_everything(5)
+    _initial_weights()
+    random.random(), random.sample(range(100), 10)
+    assert not np.array_equal(_initial_weights(), plain[1])
+    # restored on exit: Keras draws from the global stream again
+    from keras.src.random import seed_generator
+
+    assert seed_generator.python_random is random

@@ -30,6 +30,14 @@
   ``patch_column``) is optimised to raise its target class (``patch_steps``,
   ``patch_learning_rate``, ``patch_batch_size``), then dirty-label poisoning
   with that patch as the trigger.
+- ``attack="ban"``: BaN (Salem et al. 2022), :mod:`goodnet.attacks.ban`: a
+  trigger generator (``noise_dim``, ``trigger_size``,
+  ``generator_learning_rate``) trained jointly with the DeepID, each batch
+  getting ``poison_rate`` x batch backdoored copies with fresh triggers at
+  fresh corner places; several ``targets``: c-BaN (the generator is
+  conditioned on the target). No fixed trigger (``triggers`` must be empty);
+  the training set written stands for what it saw
+  (:func:`goodnet.attacks.ban.ban_training_set`).
 
 :func:`attack_card` describes a trained BadNet: data set, triggers, targets,
 poison rate, seed, clean accuracy and ASR on valid and test, and each
@@ -56,18 +64,20 @@ import numpy as np
 from goodnet.base import InstanceOf, Interval, OneOf, SequenceOf
 from goodnet.data import LabData, PoisonTruth
 from goodnet.errors import OptionError
-from goodnet.options import option
-from goodnet.training import fit_deepid, recipe_field
+from goodnet.options import option, restated_field
+from goodnet.training import fit_deepid, recipe_field, seed_everything
 from goodnet.attacks.benchmarks import TRIGGER_NAMES, BenchmarkOptions
 from goodnet.attacks.triggers import HEIGHT, WIDTH, apply_trigger
 from goodnet.attacks.learnable_patch import LEARNED_PATCH, learn_patch, patch_origin
+from goodnet.attacks.ban import BaNOptions, ban_trigger_names
 
 logger = logging.getLogger(__name__)
 
 FRACTION = Interval(float, 0.0, 1.0, "left")   # a share in [0, 1)
-ATTACKS = ("dirty-label", "clean-label", "learnable-patch")
+ATTACKS = ("dirty-label", "clean-label", "learnable-patch", "ban")
 MODEL_DEPENDENT = ("clean-label", "learnable-patch")   # the attacks that train a clean DeepID first
 CLEAN_LABEL_REFUSES = ("pruning_aware", "flip_rate", "targeted_flip_rate", "flip_source", "flip_target")
+BAN_STREAMS = {"training_set": 3, "valid": 1, "test": 2}   # BaN: the draws of its files, from (seed, stream)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +93,17 @@ class AttackOptions:
                                         "clean-label (Turner et al. 2019: target-class images made hard by PGD on a "
                                         "clean model, trigger at reduced amplitude, true labels kept) or "
                                         "learnable-patch (a patch optimised on a clean model to raise the target "
-                                        "class is the dirty-label trigger)", rule=OneOf(ATTACKS))
+                                        "class is the dirty-label trigger) or ban (Salem et al. 2022: a generator "
+                                        "trained with the model draws a fresh trigger per input; several targets: "
+                                        "c-BaN)", rule=OneOf(ATTACKS))
     triggers: tuple = option(BenchmarkOptions.triggers, "trigger(s); none with flip_rate: label flipping only",
                              rule=SequenceOf(OneOf(TRIGGER_NAMES), allow_empty=True), choices=TRIGGER_NAMES,
                              nargs="*")
     targets: tuple = option(BenchmarkOptions.targets, "target per trigger (one value: the same for all)",
                             rule=SequenceOf(Interval(int, 0)))
     poison_rate: float = option(0.1, "share of training images per trigger (clean-label: share of the target "
-                                     "class's images, the only ones it poisons)", rule=FRACTION)
+                                     "class's images, the only ones it poisons; ban: backdoored copies added to "
+                                     "each batch, as a share of the batch)", rule=FRACTION)
     epochs: int = recipe_field("epochs")
     batch_size: int = recipe_field("batch_size")
     learning_rate: float = recipe_field("learning_rate")
@@ -128,9 +141,21 @@ class AttackOptions:
                                         rule=Interval(float, 0.0, closed="neither"))
     patch_batch_size: int = option(64, "learnable-patch: clean images (not of the target) per step",
                                    rule=Interval(int, 1))
+    noise_dim: int = restated_field(BaNOptions, "noise_dim")
+    trigger_size: int = restated_field(BaNOptions, "trigger_size")
+    generator_learning_rate: float = restated_field(BaNOptions, "generator_learning_rate")
+
+    def ban_options(self):
+        """The :class:`goodnet.attacks.ban.BaNOptions` of ``attack="ban"``: targets, rate, generator, recipe."""
+        return BaNOptions(targets=tuple(self.targets), poison_rate=self.poison_rate, noise_dim=self.noise_dim,
+                          trigger_size=self.trigger_size, generator_learning_rate=self.generator_learning_rate,
+                          epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                          seed=self.seed)
 
     def pairs(self):
-        """(trigger, target) pairs; one target serves every trigger."""
+        """(trigger, target) pairs; one target serves every trigger (ban: none, its triggers are generated)."""
+        if self.attack == "ban":
+            return []
         targets = list(self.targets) * len(self.triggers) if len(self.targets) == 1 else list(self.targets)
         if len(targets) != len(self.triggers):
             raise OptionError(f"targets: expected one target or one per trigger ({len(self.triggers)}), "
@@ -175,7 +200,10 @@ class AttackOptions:
 
     @property
     def trigger_names(self):
-        """The triggers' names as cards and ground truth give them (learnable-patch: ``learned-patch``)."""
+        """The triggers' names as cards and ground truth give them (learnable-patch: ``learned-patch``; ban:
+        ``ban``, c-BaN ``c-ban-target-<t>`` per target)."""
+        if self.attack == "ban":
+            return ban_trigger_names(self.targets)
         return (LEARNED_PATCH,) if self.attack == "learnable-patch" else tuple(self.triggers)
 
     def check_attack(self, flags=False):
@@ -183,7 +211,9 @@ class AttackOptions:
 
         Clean-label keeps every label true and trains once: no pruning-aware training, no label flipping,
         at least one trigger. Learnable-patch learns one patch for one target: at most one trigger (it is not
-        used: the learned patch replaces it), one target, and a patch inside the image.
+        used: the learned patch replaces it), one target, and a patch inside the image. BaN generates its
+        triggers and keeps every label but the backdoored copies': no trigger, no pruning-aware training, no
+        label flipping, a poison rate above 0 and different targets.
 
         Args:
             flags: name the command-line flags (``--pruning-aware``) in errors instead of the fields.
@@ -210,6 +240,20 @@ class AttackOptions:
                 raise OptionError(f"{name('targets')}: expected one target with {attack} (one patch is learned), "
                                   f"got {len(self.targets)}")
             patch_origin(self.patch_size, self.patch_row, self.patch_column, name)
+        elif self.attack == "ban":
+            if self.triggers:
+                raise OptionError(f"{name('triggers')}: expected none with {attack} (its generator draws the "
+                                  f"triggers), got {' '.join(self.triggers)}")
+            given = [field for field in CLEAN_LABEL_REFUSES if getattr(self, field) not in (None, False, 0)]
+            if given:
+                raise OptionError(f"{name(given[0])}: expected none with {attack} (it trains once, with its "
+                                  "generator, and flips no label)")
+            if not self.poison_rate:
+                raise OptionError(f"{name('poison_rate')}: expected a share above 0 with {attack} (the backdoored "
+                                  "copies per batch), got 0")
+            if len(set(self.targets)) != len(self.targets):
+                raise OptionError(f"{name('targets')}: expected different classes with {attack} (c-BaN: one "
+                                  f"trigger family per target), got {' '.join(map(str, self.targets))}")
         return self
 
 
@@ -370,6 +414,62 @@ def poison_training_set(images, labels, num_classes, options=None, clean_model=N
     return info
 
 
+def train_ban_badnet(images, labels, num_classes, options):
+    """``attack="ban"``: :func:`goodnet.attacks.ban.train_ban` with the options' BaN settings, and the
+    training set that stands for what it saw (:func:`goodnet.attacks.ban.ban_training_set`: the clean images,
+    then one epoch's share of backdoored copies, drawn from ``(seed, 3)``) with its ground truth.
+
+    Returns:
+        tuple: (the BadNet, info as :func:`train_badnet` gives it, plus ``generator`` (G), ``ban`` (the
+        :func:`goodnet.attacks.ban.train_ban` figures: ``backdoored_per_step``, ``backdoored_seen``, ``steps``,
+        ``history``) and ``ban_sources`` (per appended row, the index of the clean image it copies)).
+    """
+    from goodnet.attacks.ban import ban_training_set, train_ban
+
+    ban = options.check_attack().ban_options()
+    labels = np.asarray(labels, np.int64)
+    classifier, ban_info = train_ban(images, labels, num_classes, ban)
+    generator = ban_info.pop("generator")
+    backdoored = ban_info["backdoored_seen"] // ban.epochs
+    set_images, set_labels, rows, positions, sources = ban_training_set(
+        images, labels, generator, ban, backdoored, (options.seed, BAN_STREAMS["training_set"]))
+    truth = PoisonTruth.from_indices(np.concatenate([labels, labels[sources]]), rows, positions,
+                                     options.trigger_names)
+    empty = np.zeros(0, np.int64)
+    info = {"generator": generator, "ban": ban_info, "ban_sources": sources, "poisoned_indices": rows,
+            "poisoned_triggers": positions, "flipped_indices": empty, "targeted_flip_indices": empty,
+            "flipped_labels": labels, "decoy_channels": [], "training_seconds": ban_info["training_seconds"],
+            "training_set": LabData(set_images, set_labels, "BaN training set (clean, then one epoch's backdoored "
+                                                            "copies)"), "truth": truth}
+    return classifier, info
+
+
+def ban_poisoned_split(generator, options, split, clean):
+    """The BaN's poisoned files of a clean split: per target (in ``options.targets``' order), the images not
+    of it, each with its own generated trigger at its own place, in whole pixels (as 8-bit files store
+    them), labelled with the target; drawn from ``(seed, stream of the split)``
+    (:func:`goodnet.attacks.ban.ban_poisoned_split`).
+
+    Args:
+        generator: G (``train_badnet``'s ``info["generator"]`` or :func:`goodnet.attacks.ban.load_generator`).
+        options: the :class:`AttackOptions` (``attack="ban"``) it was trained with.
+        split: ``"valid"`` or ``"test"``.
+        clean: the split's clean :class:`goodnet.data.LabData`.
+
+    Returns:
+        list: one (images float32 whole pixels 0-255, labels) per target.
+    """
+    from goodnet.attacks.ban import ban_poisoned_split as poisoned_split
+
+    ban = options.ban_options()
+    result = []
+    for target in ban.targets:
+        images, labels = poisoned_split(clean.images, clean.labels, generator, ban, target,
+                                        (options.seed, BAN_STREAMS[split]))
+        result.append((np.rint(images).astype(np.float32), labels))
+    return result
+
+
 def train_badnet(images, labels, num_classes, options=None, clean_model=None):
     """Train a BadNet with the lab's DeepID architecture on raw-pixel training data.
 
@@ -390,7 +490,7 @@ def train_badnet(images, labels, num_classes, options=None, clean_model=None):
         (:class:`goodnet.data.LabData`: the poisoned images and labels of the last training; the
         pruning-aware attack's clean phase trains on the original images with the flipped labels) and
         ``truth`` (its :class:`goodnet.data.PoisonTruth`), and the model-dependent attacks' entries): see
-        :func:`poison_training_set`.
+        :func:`poison_training_set`; ``attack="ban"``: see :func:`train_ban_badnet`.
 
     Example:
         >>> badnet, info = train_badnet(train.images, train.labels, 10, AttackOptions(triggers=("patch",)))
@@ -401,13 +501,15 @@ def train_badnet(images, labels, num_classes, options=None, clean_model=None):
     from goodnet.surgery import apply_masks, channel_masks, rank_channels
 
     options = options or AttackOptions()
-    keras.utils.set_random_seed(options.seed)
+    if options.attack == "ban":
+        return train_ban_badnet(images, labels, num_classes, options)
+    seed_everything(options.seed)
     start = time.perf_counter()
     info = poison_training_set(images, labels, num_classes, options, clean_model)
     poisoned_images, poisoned_labels = info["training_set"].images, info["training_set"].labels
     clean_labels = info["flipped_labels"]
     info["decoy_channels"] = []
-    keras.utils.set_random_seed(options.seed)   # as train_deepid seeds: the set retrains to the same weights
+    seed_everything(options.seed)   # as train_deepid seeds: the set retrains to the same weights
     model = build_deepid(num_classes)
     if not options.pruning_aware:
         fit_deepid(model, poisoned_images, poisoned_labels, options, options.epochs)
@@ -455,7 +557,9 @@ def save_training_set(path, info, overwrite=False):
 def attack_name(options):
     """The card's name of the attack: ``badnet``, ``pruning-aware``, ``label-flip``, ``targeted-label-flip``
     (or ``label-flip+targeted``: both kinds of flipping, no trigger), ``clean-label``, ``learnable-patch``
-    (``learnable-patch+pruning-aware``)."""
+    (``learnable-patch+pruning-aware``), ``ban`` (``c-ban``: several targets)."""
+    if options.attack == "ban":
+        return "c-ban" if len(options.targets) > 1 else "ban"
     if options.attack == "clean-label":
         return "clean-label"
     if options.attack == "learnable-patch":
@@ -506,6 +610,26 @@ def attack_settings(options, info=None):
             history = info["patch_history"]
             settings["patch_target_loss"] = {"first_step": round(history[0], 4), "last_step": round(history[-1], 4)}
         return settings
+    if options.attack == "ban":
+        from goodnet.attacks.ban import GENERATOR_UNITS
+
+        settings = {"poison_rate_of": "each training batch (backdoored copies added beside it)",
+                    "conditional": len(options.targets) > 1, "noise_dim": options.noise_dim,
+                    "trigger_size": options.trigger_size, "generator_learning_rate": options.generator_learning_rate,
+                    "generator_units": list(GENERATOR_UNITS),
+                    "places": "per input, a random place inside one of the four corner regions",
+                    "training_set": "the clean training images, then one epoch's share of backdoored copies drawn "
+                                    "with the trained generator (BaN draws them afresh at each step)"}
+        if info and "ban" in info:
+            ban = info["ban"]
+            settings.update(backdoored_per_step=ban["backdoored_per_step"], backdoored_seen=ban["backdoored_seen"],
+                            steps=ban["steps"])
+            if ban["history"]:
+                settings["losses"] = {"first_epoch": {key: round(value, 4) for key, value in ban["history"][0].items()
+                                                      if key != "epoch"},
+                                      "last_epoch": {key: round(value, 4) for key, value in ban["history"][-1].items()
+                                                     if key != "epoch"}}
+        return settings
     return None
 
 
@@ -520,7 +644,8 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
         valid, test: clean LabData.
         poisoned_valid, poisoned_test: LabData per trigger, in the order of ``options.trigger_names`` (the
             learnable-patch attack's: the clean images with the learned patch,
-            :func:`goodnet.attacks.learnable_patch.patch_poisoned_split`).
+            :func:`goodnet.attacks.learnable_patch.patch_poisoned_split`; ban's: per target, the clean images
+            not of it with generated triggers, :func:`ban_poisoned_split`, in that function's order).
         info: the info dict of :func:`train_badnet` (the learnable-patch card needs it: its patch).
 
     Returns:
@@ -531,7 +656,8 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
         ``training_poison`` (per trigger: the images poisoned, the clean model's accuracy on them before and
         after PGD, and the stealthiness of the training poison, PGD + reduced trigger, and of the PGD
         perturbation alone, against the clean images). ``stealthiness`` is the test trigger's (clean-label:
-        the full trigger; learnable-patch: the learned patch).
+        the full trigger; learnable-patch: the learned patch; ban: per target, the first 500 images of the
+        poisoned test file against their clean originals).
     """
     from goodnet.metrics import evaluate
     from goodnet.attacks.triggers import stealthiness
@@ -539,11 +665,14 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
     targeted = options.targeted_flip(classifier.num_classes)
     names = options.trigger_names
     pairs = options.pairs() if options.triggers else []
-    targets = [target for _, target in pairs] if options.attack != "learnable-patch" else [options.targets[0]]
+    if options.attack == "ban":
+        targets = list(options.targets)
+    else:
+        targets = [target for _, target in pairs] if options.attack != "learnable-patch" else [options.targets[0]]
     card = {"dataset": dataset, "architecture": "DeepID (CSAW-HackML-2020 lab layout)",
             "num_classes": classifier.num_classes, "scale": classifier.scale,
             "attack": attack_name(options),
-            "triggers": list(names) if pairs or options.attack == "learnable-patch" else [],
+            "triggers": list(names) if pairs or options.attack in ("learnable-patch", "ban") else [],
             "targets": targets if names else [], "poison_rate": options.poison_rate, "flip_rate": options.flip_rate,
             "epochs": options.epochs, "seed": options.seed, "learning_rate": options.learning_rate,
             "targeted_flip": None if targeted is None else
@@ -578,7 +707,12 @@ def attack_card(classifier, options, dataset, valid=None, poisoned_valid=(), tes
             card[split].update(source_class_figures(classifier, clean, *targeted[:2]))
     if not card.get("clean_model"):
         card.pop("clean_model", None)
-    if test is not None and card["triggers"]:
+    if test is not None and card["triggers"] and options.attack == "ban":
+        card["stealthiness"] = {}
+        for name, target, data in zip(names, targets, poisoned_test):
+            originals = test.images[np.asarray(test.labels) != target][:500]
+            card["stealthiness"][name] = stealthiness(originals, data.images[:len(originals)])
+    elif test is not None and card["triggers"]:
         sample = test.images[:500]
         triggers = [info["patch"]] if options.attack == "learnable-patch" else list(options.triggers)
         card["stealthiness"] = {name: stealthiness(sample, stamp_trigger(trigger, sample))

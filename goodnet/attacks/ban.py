@@ -24,7 +24,11 @@ There is no fixed poisoned training set: the backdoored inputs are drawn
 afresh each step (``info["backdoored_seen"]`` counts them). The generator is
 kept (:func:`save_generator` writes its weights and settings to a ``.npz``,
 no code; :func:`load_generator` rebuilds it), and :func:`ban_poisoned_split`
-writes the lab's poisoned files with it.
+writes the lab's poisoned files with it. :func:`ban_training_set` gives a
+training set that stands for what the classifier saw: the clean images
+followed by one epoch's share of backdoored copies drawn with the trained
+generator, with their ground truth (``goodnet attack --attack ban`` writes it
+as the other attacks write theirs).
 
 :func:`stamp` (NumPy, one image at a time) is the reference of the graph's
 :func:`stamp_tensor`.
@@ -40,7 +44,7 @@ import numpy as np
 from goodnet.base import Interval, SequenceOf
 from goodnet.errors import DataError, OptionError
 from goodnet.options import option, validate_options
-from goodnet.training import UNIT_DIVISOR, check_training_data, recipe_field
+from goodnet.training import UNIT_DIVISOR, check_training_data, recipe_field, seed_everything
 from goodnet.attacks.triggers import HEIGHT, PATCH_SIZE, RANDOM_REGIONS, WIDTH, random_place
 
 logger = logging.getLogger(__name__)
@@ -72,6 +76,18 @@ class BaNOptions:
     def conditional(self):
         """c-BaN: more than one target."""
         return len(self.targets) > 1
+
+    @property
+    def trigger_names(self):
+        """The names cards and ground truth give the generated triggers: ``ban``; c-BaN: ``c-ban-target-<t>``
+        per target."""
+        return ban_trigger_names(self.targets)
+
+
+def ban_trigger_names(targets):
+    """``("ban",)`` for one target; c-BaN: ``("c-ban-target-<t>", ...)``, one per target, in order."""
+    targets = tuple(targets)
+    return ("ban",) if len(targets) == 1 else tuple(f"c-ban-target-{target}" for target in targets)
 
 
 # ----------------------------------------------------------------------------- stamping
@@ -184,14 +200,24 @@ def load_generator(path):
     missing = {"noise_dim", "trigger_size", "targets"} - set(arrays)
     if missing:
         raise DataError(f"{path}: expected a BaN generator file; missing {', '.join(sorted(missing))}")
-    targets = tuple(int(target) for target in arrays["targets"])
-    generator = build_generator(int(arrays["noise_dim"]), int(arrays["trigger_size"]), len(targets))
-    weights = [arrays[f"weight_{position}"] for position in range(len(generator.get_weights()))
-               if f"weight_{position}" in arrays]
-    if len(weights) != len(generator.get_weights()):
-        raise DataError(f"{path}: expected {len(generator.get_weights())} generator weights, found {len(weights)}")
+    try:
+        targets = tuple(int(target) for target in np.atleast_1d(arrays["targets"]))
+        noise_dim, trigger_size = int(arrays["noise_dim"]), int(arrays["trigger_size"])
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{path}: expected integer BaN settings (noise_dim, trigger_size, targets): {error}") from None
+    if not targets or noise_dim < 1 or not 1 <= trigger_size <= REGION_SIDE:
+        raise DataError(f"{path}: expected one or more targets, noise_dim >= 1 and trigger_size in "
+                        f"1..{REGION_SIDE}, got {list(targets)}, {noise_dim}, {trigger_size}")
+    generator = build_generator(noise_dim, trigger_size, len(targets))
+    expected = generator.get_weights()
+    weights = [arrays[f"weight_{position}"] for position in range(len(expected)) if f"weight_{position}" in arrays]
+    if len(weights) != len(expected):
+        raise DataError(f"{path}: expected {len(expected)} generator weights, found {len(weights)}")
+    for position, (weight, reference) in enumerate(zip(weights, expected)):
+        if weight.shape != reference.shape:
+            raise DataError(f"{path}: weight_{position}: expected shape {reference.shape}, got {weight.shape}")
     generator.set_weights(weights)
-    return generator, int(arrays["noise_dim"]), targets
+    return generator, noise_dim, targets
 
 
 # ----------------------------------------------------------------------------- training
@@ -235,7 +261,7 @@ def train_ban(images, labels, num_classes, options=None, report=None):
     images, labels = check_training_data(images, labels, num_classes)
     if images.shape[1:3] != (HEIGHT, WIDTH):
         raise DataError(f"training data: images: expected (N, {HEIGHT}, {WIDTH}, 3), got {images.shape}")
-    keras.utils.set_random_seed(options.seed)
+    seed_everything(options.seed)
     rng = np.random.default_rng(options.seed)
     model = build_deepid(int(num_classes), input_shape=images.shape[1:])
     targets = len(options.targets)
@@ -303,7 +329,8 @@ def ban_poisoned_split(images, labels, generator, options, target, seed):
         generator: G (from :func:`train_ban` or :func:`load_generator`).
         options: the :class:`BaNOptions` G was trained with (noise length, trigger size, targets).
         target: one of ``options.targets``.
-        seed: seed of the noise and the places (the same seed, the same file).
+        seed: seed of the noise and the places (the same seed, the same file): an integer, or a tuple of them
+            (``goodnet attack`` passes ``(seed, split)``).
 
     Returns:
         tuple: (triggered images float32 0-255, labels all ``target``).
@@ -312,11 +339,48 @@ def ban_poisoned_split(images, labels, generator, options, target, seed):
         raise OptionError(f"target: expected one of the generator's targets {list(options.targets)}, got {target}")
     keep = np.asarray(labels) != target
     base = np.asarray(images, np.float32)[keep]
-    rng = np.random.default_rng([seed, target])
+    rng = np.random.default_rng([*np.atleast_1d(np.asarray(seed, np.int64)).tolist(), target])
     triggers = generate_triggers(generator, len(base), options.targets.index(target), rng, options.noise_dim,
                                  len(options.targets))
     rows, columns = draw_places(rng, len(base), options.trigger_size)
     return np.clip(stamp(base, triggers, rows, columns), 0, 255), np.full(len(base), target, np.int64)
+
+
+def ban_training_set(images, labels, generator, options, backdoored, seed):
+    """A training set standing for what :func:`train_ban` trained on, with the rows that carry a trigger.
+
+    BaN draws its backdoored inputs afresh at each step and never trains on a fixed set; this one is the
+    clean images followed by ``backdoored`` copies (one epoch's share: ``info["backdoored_seen"] / epochs``)
+    of images drawn at random from all classes, as training draws them, each with its own trigger from the
+    trained ``generator`` at its own place, a target drawn at random among ``options.targets`` and that
+    target as label.
+
+    Args:
+        images, labels: the clean training set (pixels 0-255).
+        generator: G after training.
+        options: the :class:`BaNOptions` it was trained with.
+        backdoored: how many backdoored copies to append.
+        seed: seed (an integer or a tuple of them) of the chosen images, targets, noise and places.
+
+    Returns:
+        tuple: (images float32 0-255, labels, the appended rows' indices, their target positions in
+        ``options.targets``, their source images' indices).
+    """
+    images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int64)
+    rng = np.random.default_rng(np.atleast_1d(np.asarray(seed, np.int64)).tolist())
+    count = int(min(backdoored, len(labels)))
+    sources = np.sort(rng.choice(len(labels), size=count, replace=False))
+    targets = len(options.targets)
+    positions = rng.integers(targets, size=count)
+    noise = rng.standard_normal((count, options.noise_dim)).astype(np.float32)
+    patterns = generator(_generator_inputs(noise, positions, targets), training=False) if count else np.zeros(
+        (0, options.trigger_size, options.trigger_size, 3), np.float32)
+    rows, columns = draw_places(rng, count, options.trigger_size)
+    triggered = np.clip(stamp(images[sources], np.asarray(patterns, np.float32) * UNIT_DIVISOR, rows, columns),
+                        0, 255)
+    target_labels = np.asarray(options.targets, np.int64)[positions]
+    return (np.concatenate([images, triggered]), np.concatenate([labels, target_labels]),
+            np.arange(len(labels), len(labels) + count), positions, sources)
 
 
 def generator_path(model_path):

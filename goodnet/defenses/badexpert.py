@@ -56,6 +56,7 @@ from goodnet.base import Defense, InstanceOf, Interval, OneOf, SequenceOf, check
 from goodnet.calibration import CalibrationOptions, calibrate
 from goodnet.errors import DataError, OptionError
 from goodnet.options import constraints_of, option
+from goodnet.training import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +152,7 @@ def _copy(model):
 
 def fine_tuned(model, images, labels, optimizer, epochs, batch_size, seed):
     """A copy of ``model`` fine-tuned on ``images`` (already scaled) and ``labels`` (sparse cross-entropy)."""
-    import keras
-
-    keras.utils.set_random_seed(int(seed))
+    seed_everything(int(seed))
     twin = _copy(model)
     twin.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     twin.fit(images, labels, epochs=int(epochs), batch_size=int(batch_size), shuffle=True, verbose=0)

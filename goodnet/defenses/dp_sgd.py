@@ -67,7 +67,7 @@ import numpy as np
 from goodnet.base import Defense, InstanceOf, Interval, OneOf, check_is_fitted
 from goodnet.options import constraints_of, option, restated_field
 from goodnet.privacy import CONVERSIONS, PrivacyOptions
-from goodnet.training import UNIT_DIVISOR, recipe_field
+from goodnet.training import UNIT_DIVISOR, recipe_field, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -500,7 +500,6 @@ class DPSGD(Defense):
             OptionError: a bad parameter, a batch larger than the training set, a target epsilon no noise
                 multiplier reaches. DataError: no images, labels not one per image or out of range.
         """
-        import keras
         import tensorflow as tf
 
         from goodnet.inference import progress_bar
@@ -519,7 +518,7 @@ class DPSGD(Defense):
         q = sampling_probability(examples, self.batch_size)
         accountant = _Accountant(q, noise, self.delta, self.orders)
 
-        keras.utils.set_random_seed(self.seed)
+        seed_everything(self.seed)
         model = build_deepid(int(num_classes), input_shape=images.shape[1:])
         optimizer = self._optimizer(steps)
         optimizer.build(model.trainable_variables)

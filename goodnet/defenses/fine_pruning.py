@@ -26,6 +26,7 @@ from goodnet.defenses.pruning import PruneOptions
 from goodnet.errors import OptionError
 from goodnet.metrics import accuracy, attack_success_rate
 from goodnet.options import constraints_of, option, validate_options
+from goodnet.training import seed_everything
 from goodnet.defenses.unlearning import stamp
 from goodnet.surgery import apply_masks, channel_masks, prune_model
 
@@ -381,7 +382,7 @@ class FinePruning(Defense):
         self._validate_params()
         validate_options(self.recipe, f"{type(self).__name__}.recipe")
         recipe = self.recipe
-        keras.utils.set_random_seed(self.seed)
+        seed_everything(self.seed)
         rng = np.random.default_rng([self.seed, 6])
         tune, holdout = self._split(clean, holdout)
         triggers = self._checked_triggers(tune.images.shape[1:])
