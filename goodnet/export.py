@@ -48,8 +48,9 @@ def export_goodnet(classifier, out_dir, protect=()):
         ``spec`` (what ``gate.json`` holds).
 
     Raises:
-        ModelError: the model is not a GoodNet, or a network cannot be
-        written in the Keras 2 dialect.
+        ModelError: the model is not a GoodNet, it is gated by BaDExpert
+        (alone or with STRIP: the export supports the STRIP gate only), or a
+        network cannot be written in the Keras 2 dialect.
 
     Example:
         >>> export_goodnet(load_model("out/goodnet_X=10.h5"), "out/goodnet_X=10_keras2")
@@ -63,6 +64,9 @@ def export_goodnet(classifier, out_dir, protect=()):
 
     where = classifier.path or "model"
     parts = goodnet_parts(classifier)
+    if parts["detector"] not in (None, "strip"):
+        raise ModelError(f"{where}: layer {parts['expert_score'].name}: expected a GoodNet ungated or gated by STRIP "
+                         f"(the Keras 2 export has no BaDExpert gate), got a {parts['detector']} gate")
     protect = tuple(protect) + ((classifier.path,) if classifier.path else ())
     bad_divisor = SCALES[classifier.scale]
     scales = {"badnet": classifier.scale,

@@ -1,4 +1,4 @@
-"""goodnet's own serializable Keras layers: the GoodNet combiner and the STRIP gate.
+"""goodnet's own serializable Keras layers: the GoodNet combiner, the STRIP gate and the BaDExpert score.
 
 Both are registered with ``keras.saving.register_keras_serializable(package="goodnet")``,
 so a model holding them opens with :func:`goodnet.load_model`, or with plain Keras
@@ -9,15 +9,18 @@ once this module is imported (or given as ``custom_objects``)::
     model = keras.models.load_model("G.h5", custom_objects=custom_objects(), compile=False)
 
 - :class:`GoodNetCombiner` turns the class scores of a BadNet B and of a repaired
-  B' (and optionally a STRIP entropy) into N+1 scores: B's scores where
-  ``argmax B == argmax B'`` (and the entropy is not below the threshold), else
-  a one-hot on N ("poisoned").
+  B' (and optionally gate signals: a STRIP entropy, a BaDExpert score, or both)
+  into N+1 scores: B's scores where ``argmax B == argmax B'`` (and no signal is
+  below its threshold), else a one-hot on N ("poisoned").
 - :class:`StripGate` wraps a classifier network and returns, for each input, the
   network's own scores and the STRIP entropy: the mean over ``copies`` perturbed
   copies (the input superimposed with each clean image of a stored bank) of the
   Shannon entropy (log2) of the network's softmax over classes. The copies are
   run through the network in chunks of ``chunk_inputs`` inputs (all their copies
   in one call), so memory stays bounded whatever the batch size.
+- :class:`ExpertScore` turns the class scores of a model M, of its backdoor
+  expert and of its auxiliary model into BaDExpert's score (lower: more
+  suspicious), by the rules of :mod:`goodnet.defenses.badexpert`.
 """
 
 import math
@@ -28,11 +31,13 @@ from goodnet.errors import OptionError
 
 PACKAGE = "goodnet"
 BLENDS = ("add", "alpha")
+SCORE_RULES = ("rectangle", "log-ratio", "triangle", "expert")   # goodnet.defenses.badexpert.COMBINATIONS
+TINY = 1e-8   # the clamp of a confidence in a denominator (goodnet.defenses.badexpert.TINY)
 
 
 def custom_objects():
     """The ``custom_objects`` dict plain ``keras.models.load_model`` needs for goodnet models."""
-    classes = (GoodNetCombiner, StripGate, PixelScaling)
+    classes = (GoodNetCombiner, StripGate, PixelScaling, ExpertScore)
     return {**{cls.__name__: cls for cls in classes}, **{f"{PACKAGE}>{cls.__name__}": cls for cls in classes}}
 
 
@@ -111,16 +116,18 @@ class PixelScaling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GoodNetCombiner(keras.layers.Layer):
-    """N+1 scores from a BadNet's and a repaired model's scores (and an optional STRIP entropy).
+    """N+1 scores from a BadNet's and a repaired model's scores (and optional gate signals).
 
-    Inputs ``[scores_bad, scores_repaired]`` or ``[scores_bad, scores_repaired, entropy]``
-    with scores (batch, N) and entropy (batch,). Output (batch, N+1): where the two
-    argmaxes agree (and, if given, ``entropy >= threshold``) B's scores followed by
-    0; otherwise zeros followed by 1, so that argmax answers N ("poisoned").
+    Inputs ``[scores_bad, scores_repaired]`` or ``[scores_bad, scores_repaired, signal, ...]``
+    with scores (batch, N) and each signal (batch,) (a STRIP entropy, a BaDExpert
+    score: low is suspicious). Output (batch, N+1): where the two argmaxes agree
+    (and every signal is at least its threshold) B's scores followed by 0;
+    otherwise zeros followed by 1, so that argmax answers N ("poisoned").
 
     Args:
         num_classes: N, the number of real classes.
-        threshold: the STRIP entropy threshold, used when an entropy is given.
+        threshold: the threshold of the one signal (a number, the STRIP gate's
+            form), or a list of one threshold per signal, in input order.
 
     Example:
         >>> combiner = GoodNetCombiner(3)
@@ -131,15 +138,28 @@ class GoodNetCombiner(keras.layers.Layer):
     def __init__(self, num_classes, threshold=None, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
-        self.threshold = None if threshold is None else float(threshold)
+        if isinstance(threshold, (list, tuple)):
+            self.threshold = [float(value) for value in threshold]
+        else:
+            self.threshold = None if threshold is None else float(threshold)
+
+    @property
+    def thresholds(self):
+        """One threshold per gate signal (empty without any)."""
+        if self.threshold is None:
+            return ()
+        return tuple(self.threshold) if isinstance(self.threshold, list) else (self.threshold,)
 
     def call(self, inputs):
         scores_bad, scores_repaired = inputs[0], inputs[1]
         agree = keras.ops.equal(keras.ops.argmax(scores_bad, axis=-1), keras.ops.argmax(scores_repaired, axis=-1))
-        if len(inputs) > 2:
-            if self.threshold is None:
-                raise OptionError("GoodNetCombiner: threshold: expected a number when an entropy input is given")
-            agree = keras.ops.logical_and(agree, keras.ops.greater_equal(inputs[2], self.threshold))
+        signals = list(inputs[2:])
+        if signals:
+            if len(signals) != len(self.thresholds):
+                raise OptionError(f"GoodNetCombiner: threshold: expected one number per gate signal "
+                                  f"({len(signals)}), got {self.threshold!r}")
+            for signal, threshold in zip(signals, self.thresholds):
+                agree = keras.ops.logical_and(agree, keras.ops.greater_equal(signal, threshold))
         keep = keras.ops.expand_dims(keras.ops.cast(agree, scores_bad.dtype), -1)
         poisoned = 1.0 - keep
         return keras.ops.concatenate([scores_bad * keep, poisoned], axis=-1)
@@ -229,4 +249,51 @@ class StripGate(keras.layers.Layer):
         config.update({"network": keras.saving.serialize_keras_object(self.network),
                        "bank_shape": list(self.bank_shape), "blend": self.blend, "alpha": self.alpha,
                        "maximum": self.maximum, "chunk_inputs": self.chunk_inputs})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ExpertScore(keras.layers.Layer):
+    """BaDExpert's score from three models' class scores: ``[original, expert, auxiliary] -> score``.
+
+    With y^ = argmax of the original model M, x_B = expert[y^] (the backdoor
+    expert's confidence in M's answer) and x_M' = auxiliary[y^]: "rectangle"
+    min(x_M', 1 - x_B), "log-ratio" log(x_M' / x_B), "triangle"
+    min(2 x_M' / x_B, (1 - x_B) / (0.5 - x_M')) (denominators clamped at 1e-8),
+    "expert" -x_B. Low scores are suspicious (the gate passes scores at least
+    the threshold). The reference is :func:`goodnet.defenses.badexpert.combine_reference`.
+
+    Args:
+        combination: one of :data:`SCORE_RULES`.
+
+    Example:
+        >>> ExpertScore("rectangle")([original, expert, auxiliary])   # (batch,)
+    """
+
+    def __init__(self, combination="rectangle", **kwargs):
+        super().__init__(**kwargs)
+        if combination not in SCORE_RULES:
+            raise OptionError(f"ExpertScore: combination: expected one of {SCORE_RULES}, got {combination!r}")
+        self.combination = combination
+
+    def call(self, inputs):
+        original, expert, auxiliary = (keras.ops.cast(value, "float32") for value in inputs)
+        answers = keras.ops.expand_dims(keras.ops.argmax(original, axis=-1), -1)
+        x = keras.ops.take_along_axis(expert, answers, axis=-1)[:, 0]
+        y = keras.ops.take_along_axis(auxiliary, answers, axis=-1)[:, 0]
+        if self.combination == "rectangle":
+            return keras.ops.minimum(y, 1.0 - x)
+        if self.combination == "log-ratio":
+            return keras.ops.log(keras.ops.maximum(y, TINY)) - keras.ops.log(keras.ops.maximum(x, TINY))
+        if self.combination == "triangle":
+            return keras.ops.minimum(2.0 * y / keras.ops.maximum(x, TINY),
+                                     (1.0 - x) / keras.ops.maximum(0.5 - y, TINY))
+        return -x
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[0][0],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"combination": self.combination})
         return config
