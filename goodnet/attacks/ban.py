@@ -38,6 +38,7 @@ import dataclasses
 import logging
 import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -195,7 +196,7 @@ def load_generator(path):
     try:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:   # not one, truncated, or pickled
         raise DataError(f"{path}: expected a BaN generator file (.npz) written by goodnet: {error}") from None
     missing = {"noise_dim", "trigger_size", "targets"} - set(arrays)
     if missing:
