@@ -56,7 +56,8 @@ MATRIX_VERSION = 1          # bump when a cell's computation changes: every cach
 QUICK = {"sizes": {"digits": {"train": 2000, "valid": 400, "test": 400},
                    "faces": {"train": 40, "valid": 10, "test": 10}},   # faces: per identity
          "identities": 20, "epochs": AttackOptions.epochs}
-DEFENSE_NAMES = ("pruning", "fine-pruning", "strip", "goodnet", "repair", "neural-cleanse", "inspection")
+DEFENSE_NAMES = ("pruning", "fine-pruning", "strip", "goodnet", "repair", "neural-cleanse", "inspection", "bagging",
+                 "dpa", "dp-sgd")
 PARTIAL_EVERY = 300         # seconds between the files written while a matrix runs (pending cells marked)
 OUTPUT_NAMES = ("matrix.csv", "matrix.json", "matrix.md", "matrix.html", "matrix_der.png", "matrix_asr.png")
 COLUMNS = ("attack", "defense", "status", "error", "clean_accuracy_before", "asr_before", "clean_accuracy_after",
@@ -233,6 +234,9 @@ def defense_settings(name, options):
         "neural-cleanse": {"epochs": 60 if quick else 300, "samples": 128 if quick else 256,
                            "unlearn_epochs": 10 if quick else 60},
         "inspection": {"methods": ["ac", "spectral", "isolation"], "retrain_epochs": epochs},
+        "bagging": {"models": 5 if quick else 10, "sample_fraction": 0.5, "epochs": epochs},
+        "dpa": {"models": 5 if quick else 10, "epochs": epochs},
+        "dp-sgd": {"target_epsilon": 8.0, "batch_size": 64 if quick else 256, "epochs": 10 if quick else 15},
     }[name]
     settings.update((options.defense_overrides or {}).get(name, {}))
     return settings
@@ -373,15 +377,19 @@ def defend_neural_cleanse(ctx, settings):
     return {**_scored(model, ctx), "notes": notes}
 
 
+def _training_set(ctx):
+    if ctx.training_set is None:
+        raise NotApplicable("no poisoned training set (the attack draws its poison during training)")
+    return ctx.training_set
+
+
 def defend_inspection(ctx, settings):
     """Inspect the poisoned training set with the BadNet (activation clustering, spectral signatures,
     isolation forest; the recommended method from their own verdicts), retrain on the cleaned set."""
     from goodnet.inspection import clean_and_retrain
     from goodnet.training import TrainOptions
 
-    if ctx.training_set is None:
-        raise NotApplicable("no poisoned training set (the attack draws its poison during training)")
-    figures, _, _, _ = clean_and_retrain(ctx.badnet, ctx.training_set, ctx.num_classes, ctx.test, ctx.poisoned_test,
+    figures, _, _, _ = clean_and_retrain(ctx.badnet, _training_set(ctx), ctx.num_classes, ctx.test, ctx.poisoned_test,
                                          truth=ctx.truth, recipe=TrainOptions(epochs=int(settings["retrain_epochs"]),
                                                                               seed=ctx.seed),
                                          methods=tuple(settings["methods"]), progress=False)
@@ -391,9 +399,47 @@ def defend_inspection(ctx, settings):
                       "poisoned_kept": figures.get("poisoned_kept")}}
 
 
+def _ensemble(defense_class, ctx, settings, **params):
+    from goodnet.training import TrainOptions
+
+    train = _training_set(ctx)
+    defense = defense_class(models=int(settings["models"]), recipe=TrainOptions(epochs=int(settings["epochs"]),
+                                                                                seed=ctx.seed),
+                            progress=False, **params).fit(train.images, train.labels, ctx.num_classes)
+    return {**_scored(defense.ensemble_, ctx), "notes": {"models": int(settings["models"])}}
+
+
+def defend_bagging(ctx, settings):
+    """Retrain on the poisoned training set as bagging: K DeepIDs on bootstrap samples, softmax averaged."""
+    from goodnet.defenses.bagging import Bagging
+
+    return _ensemble(Bagging, ctx, settings, sample_fraction=float(settings["sample_fraction"]))
+
+
+def defend_dpa(ctx, settings):
+    """Retrain on the poisoned training set as Deep Partition Aggregation: K DeepIDs on hash partitions, voting."""
+    from goodnet.defenses.partition_aggregation import PartitionAggregation
+
+    return _ensemble(PartitionAggregation, ctx, settings)
+
+
+def defend_dp_sgd(ctx, settings):
+    """Retrain on the poisoned training set with DP-SGD at a target epsilon (delta 1e-5, tight conversion)."""
+    from goodnet.defenses.dp_sgd import DPSGD
+
+    train = _training_set(ctx)
+    defense = DPSGD(target_epsilon=float(settings["target_epsilon"]), batch_size=int(settings["batch_size"]),
+                    epochs=float(settings["epochs"]), seed=ctx.seed, progress=False).fit(
+        train.images, train.labels, ctx.num_classes)
+    return {**_scored(defense.model_, ctx),
+            "notes": {"epsilon": round(float(defense.epsilon_["tight"].epsilon), 3),
+                      "noise_multiplier": round(float(defense.noise_multiplier_), 4)}}
+
+
 DEFENSES = {"pruning": defend_pruning, "fine-pruning": defend_fine_pruning, "strip": defend_strip,
             "goodnet": defend_goodnet, "repair": defend_repair, "neural-cleanse": defend_neural_cleanse,
-            "inspection": defend_inspection}
+            "inspection": defend_inspection, "bagging": defend_bagging, "dpa": defend_dpa,
+            "dp-sgd": defend_dp_sgd}
 
 
 # ----------------------------------------------------------------------------- cache keys and files

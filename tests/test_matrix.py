@@ -151,3 +151,29 @@ def test_dask_local_cluster_runs_every_cell(remote):
 def test_dask_local_cluster_gives_the_local_figures(local, remote):
     _, result = local
     assert _figures(remote) == _figures(result)
+
+
+def test_training_defenses_retrain_on_the_poisoned_set(local, tmp_path):
+    out, result = local
+    shutil.copytree(out / "cache", tmp_path / "cache")   # the BadNets and their poisoned training sets
+    small = {"bagging": {"models": 2, "epochs": 1}, "dpa": {"models": 2, "epochs": 1},
+             "dp-sgd": {"epochs": 1, "batch_size": 128, "target_epsilon": 8.0}}
+    trained = run_matrix(tiny(tmp_path, attacks=("patch",), defenses=("bagging", "dpa", "dp-sgd"),
+                              defense_overrides=small), progress=False)
+    cells = {cell["defense"]: cell for cell in trained["cells"]}
+    before = next(cell for cell in result["cells"] if cell["attack"] == "patch")
+    for name, cell in cells.items():
+        assert cell["status"] == "ok", (name, cell["error"])
+        assert (cell["clean_accuracy_before"], cell["asr_before"]) == (before["clean_accuracy_before"],
+                                                                       before["asr_before"])
+        assert 0 <= cell["clean_accuracy_after"] <= 1 and 0 <= cell["asr_after"] <= 1
+        assert cell["detection_rate"] is None
+    assert cells["bagging"]["notes"] == {"models": 2} and cells["dpa"]["notes"] == {"models": 2}
+    assert 0 < cells["dp-sgd"]["notes"]["epsilon"] <= 8.0
+
+
+def test_training_defenses_need_a_training_set():
+    ctx = matrix.CellContext(None, None, [], None, [], None, None, 10, 0, "", "ban")
+    for name in ("inspection", "bagging", "dpa", "dp-sgd"):
+        with pytest.raises(matrix.NotApplicable, match="no poisoned training set"):
+            matrix.DEFENSES[name](ctx, matrix.defense_settings(name, tiny("unused")))
