@@ -46,15 +46,17 @@ def finish_axes(figure, axes, path, title, xlabel, ylabel, ylim=None, legend=Non
     axes.legend(**(legend or {}))
     return save_figure(figure, path)
 
-def strip_entropy_histogram(clean_entropies, poisoned, threshold, path, title="STRIP entropy"):
-    """Histogram of STRIP entropies of clean and poisoned inputs with the threshold line.
+
+def score_histogram(clean_scores, poisoned, threshold, path, title, xlabel):
+    """Histogram of a detector's scores on clean and poisoned inputs with the threshold line (lower: flagged).
 
     Args:
-        clean_entropies: entropies (bits) of clean inputs.
-        poisoned: {name: entropies} for each poisoned set.
+        clean_scores: scores of clean inputs.
+        poisoned: {name: scores} for each poisoned set.
         threshold: inputs below it are flagged as trojaned.
         path: destination PNG.
         title: the plot title.
+        xlabel: what the score is.
 
     Returns:
         str: ``path``.
@@ -62,18 +64,24 @@ def strip_entropy_histogram(clean_entropies, poisoned, threshold, path, title="S
     import numpy as np
 
     figure, axes = new_figure()
-    groups = [("clean", np.asarray(clean_entropies, dtype=float))]
+    groups = [("clean", np.asarray(clean_scores, dtype=float))]
     groups += [(name, np.asarray(values, dtype=float)) for name, values in poisoned.items()]
     values = np.concatenate([group for _, group in groups] + [[threshold]])
     bins = np.linspace(values.min(), values.max() + 1e-9, 50)
     for name, group in groups:
         axes.hist(group, bins=bins, alpha=0.55, density=True, label=f"{name} ({len(group)})")
     axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
-    axes.set_xlabel("mean entropy over perturbed copies (bits)")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("density")
     axes.set_title(title)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+def strip_entropy_histogram(clean_entropies, poisoned, threshold, path, title="STRIP entropy"):
+    """:func:`score_histogram` of STRIP entropies (bits): clean, each poisoned set, the threshold."""
+    return score_histogram(clean_entropies, poisoned, threshold, path, title,
+                           "mean entropy over perturbed copies (bits)")
 
 
 def plot_prune_curve(curve, selected, path, title="pruning sweep"):

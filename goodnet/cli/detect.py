@@ -173,24 +173,13 @@ def _detect(args, options, classifier, valid, test, poisoned):
 
 def _histogram(name, clean, poisoned, threshold, path, model):
     """One detector's histogram: clean and poisoned scores, the threshold."""
-    import numpy as np
-
-    from goodnet.plots import new_figure, save_figure, strip_entropy_histogram
+    from goodnet.plots import score_histogram, strip_entropy_histogram
 
     if name == "strip":
         return strip_entropy_histogram(clean, poisoned, threshold, path, title=f"STRIP entropy: {model}")
-    figure, axes = new_figure()
-    groups = [("clean", np.asarray(clean, float))] + [(key, np.asarray(value, float)) for key, value in poisoned.items()]
-    values = np.concatenate([group for _, group in groups] + [[threshold]])
-    bins = np.linspace(values.min(), values.max() + 1e-9, 50)
-    for label, group in groups:
-        axes.hist(group, bins=bins, alpha=0.55, density=True, label=f"{label} ({len(group)})")
-    axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
-    axes.set_xlabel("BaDExpert score (low: the backdoor expert agrees with the model, the auxiliary model does not)")
-    axes.set_ylabel("density")
-    axes.set_title(f"BaDExpert score: {model}")
-    axes.legend(fontsize=8)
-    return save_figure(figure, path)
+    return score_histogram(clean, poisoned, threshold, path, f"BaDExpert score: {model}",
+                           "BaDExpert score (low: the backdoor expert agrees with the model, the auxiliary model "
+                           "does not)")
 
 
 NAMES = {"strip": "STRIP", "badexpert": "BaDExpert"}
