@@ -417,7 +417,8 @@ def poison_training_set(images, labels, num_classes, options=None, clean_model=N
 def train_ban_badnet(images, labels, num_classes, options):
     """``attack="ban"``: :func:`goodnet.attacks.ban.train_ban` with the options' BaN settings, and the
     training set that stands for what it saw (:func:`goodnet.attacks.ban.ban_training_set`: the clean images,
-    then one epoch's share of backdoored copies, drawn from ``(seed, 3)``) with its ground truth.
+    then one epoch's share of backdoored copies, drawn from ``(seed, 3)``, in whole pixels) with its ground
+    truth.
 
     Returns:
         tuple: (the BadNet, info as :func:`train_badnet` gives it, plus ``generator`` (G), ``ban`` (the
@@ -433,6 +434,7 @@ def train_ban_badnet(images, labels, num_classes, options):
     backdoored = ban_info["backdoored_seen"] // ban.epochs
     set_images, set_labels, rows, positions, sources = ban_training_set(
         images, labels, generator, ban, backdoored, (options.seed, BAN_STREAMS["training_set"]))
+    set_images[rows] = np.rint(set_images[rows])   # whole pixels, as the poisoned files: a uint8 file for 8-bit data
     truth = PoisonTruth.from_indices(np.concatenate([labels, labels[sources]]), rows, positions,
                                      options.trigger_names)
     empty = np.zeros(0, np.int64)

@@ -76,6 +76,7 @@ def test_the_command_writes_the_badnet_generator_poisoned_files_and_a_card_measu
     truth = load_poison_truth(card["training_set"])
     assert card["training_set"] == str(tmp_path / "ban_train_poisoned.h5")
     assert len(written) == 200 + 56 and card["poisoned_training_images"] == 56
+    assert card["training_set_dtype"] == "uint8"          # the copies in whole pixels, as the poisoned files
     np.testing.assert_array_equal(written.images[:200], train.images)
     np.testing.assert_array_equal(written.labels[:200], train.labels)
     assert truth.trigger_names == tuple(names) and not truth.poisoned[:200].any() and truth.poisoned[200:].all()
