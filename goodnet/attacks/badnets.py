@@ -35,8 +35,8 @@
   ``generator_learning_rate``) trained jointly with the DeepID, each batch
   getting ``poison_rate`` x batch backdoored copies with fresh triggers at
   fresh corner places; several ``targets``: c-BaN (the generator is
-  conditioned on the target). No fixed trigger (``triggers`` must be empty);
-  the training set written stands for what it saw
+  conditioned on the target). No fixed trigger (``triggers``, at most one, is
+  not used); the training set written stands for what it saw
   (:func:`goodnet.attacks.ban.ban_training_set`).
 
 :func:`attack_card` describes a trained BadNet: data set, triggers, targets,
@@ -212,8 +212,8 @@ class AttackOptions:
         Clean-label keeps every label true and trains once: no pruning-aware training, no label flipping,
         at least one trigger. Learnable-patch learns one patch for one target: at most one trigger (it is not
         used: the learned patch replaces it), one target, and a patch inside the image. BaN generates its
-        triggers and keeps every label but the backdoored copies': no trigger, no pruning-aware training, no
-        label flipping, a poison rate above 0 and different targets.
+        triggers and keeps every label but the backdoored copies': at most one trigger (not used either), no
+        pruning-aware training, no label flipping, a poison rate above 0 and different targets.
 
         Args:
             flags: name the command-line flags (``--pruning-aware``) in errors instead of the fields.
@@ -241,9 +241,9 @@ class AttackOptions:
                                   f"got {len(self.targets)}")
             patch_origin(self.patch_size, self.patch_row, self.patch_column, name)
         elif self.attack == "ban":
-            if self.triggers:
-                raise OptionError(f"{name('triggers')}: expected none with {attack} (its generator draws the "
-                                  f"triggers), got {' '.join(self.triggers)}")
+            if len(self.triggers) > 1:
+                raise OptionError(f"{name('triggers')}: expected at most one with {attack} (it is not used: the "
+                                  f"generator draws the triggers), got {len(self.triggers)}")
             given = [field for field in CLEAN_LABEL_REFUSES if getattr(self, field) not in (None, False, 0)]
             if given:
                 raise OptionError(f"{name(given[0])}: expected none with {attack} (it trains once, with its "
@@ -375,6 +375,9 @@ def poison_training_set(images, labels, num_classes, options=None, clean_model=N
         >>> info["training_set"].labels
     """
     options = (options or AttackOptions()).check_attack()
+    if options.attack == "ban":
+        raise OptionError("attack: expected a poisoning attack; ban draws its backdoored inputs during training "
+                          "(train_badnet, or goodnet.attacks.ban.ban_training_set for a set standing for them)")
     targeted = options.targeted_flip(num_classes)
     rng = np.random.default_rng(options.seed)
     info = {"poisoned_indices": np.zeros(0, np.int64), "flipped_indices": np.zeros(0, np.int64),

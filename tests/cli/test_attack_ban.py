@@ -90,7 +90,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(bench, tmp_path, capsy
     base = ["attack", "--data", str(bench), "--out", str(tmp_path / "bad.h5"), "--attack", "ban", "--epochs", "1"]
     for extra, message in [(["--targets", "1", "1"], r"--targets: expected different classes with --attack ban"),
                            (["--targets", "10"], r"--targets: expected classes in 0\.\.9, got 10"),
-                           (["--triggers", "patch"], r"--triggers: expected none with --attack ban"),
+                           (["--triggers", "patch", "blend"], r"--triggers: expected at most one with --attack ban"),
                            (["--poison-rate", "0"], r"--poison-rate: expected a share above 0 with --attack ban"),
                            (["--pruning-aware"], r"--pruning-aware: expected none with --attack ban"),
                            (["--flip-rate", "0.1"], r"--flip-rate: expected none with --attack ban"),
@@ -103,6 +103,14 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(bench, tmp_path, capsy
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), (extra, err)
     assert not list(tmp_path.iterdir())
+    # the Python API: the default options take ban (the benchmark's one trigger is not used); no fixed set
+    from goodnet.attacks.badnets import AttackOptions, poison_training_set
+    from goodnet.errors import OptionError
+
+    options = AttackOptions(attack="ban").check_attack()
+    assert options.trigger_names == ("ban",) and options.ban_options().targets == (0,)
+    with pytest.raises(OptionError, match="attack: expected a poisoning attack; ban draws"):
+        poison_training_set(np.zeros((4, 55, 47, 3)), np.arange(4) % 2, 2, options)
 
 
 def test_a_bad_generator_file_is_a_one_line_data_error(tmp_path):
