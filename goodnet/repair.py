@@ -1,4 +1,4 @@
-"""End-to-end repair: pruning, fine-pruning, GoodNet and STRIP, chosen on validation data only.
+"""End-to-end repair: pruning, fine-pruning, GoodNet and run-time gates, chosen on validation data only.
 
 :func:`repair` takes a suspect model and clean validation data (plus, for the
 report, poisoned validation files) and returns the repaired model together
@@ -9,7 +9,10 @@ Data discipline:
 - the clean validation file is split per class into a *tune* part and a
   *hold-out* part (:func:`goodnet.defenses.fine_pruning.split_holdout`);
 - the tune part ranks the channels and picks the X-point pruning steps, is
-  what fine-tuning trains on, and calibrates STRIP (bank and threshold);
+  what fine-tuning trains on, and calibrates STRIP (bank and threshold) and,
+  when they gate candidates, BaDExpert (fine-tuned and calibrated on it) and
+  the both gate (each detector on the tune part, its joint FRR checked on a
+  split of it);
 - the hold-out part decides fine-tuning's early stopping and gives every
   candidate's reported validation figures, on which the final choice is made;
 - test files, when given, are read once at the end, after the choice, for the
@@ -20,15 +23,25 @@ models B'_X (the lab's X points of accuracy lost); the fine-pruned model FP;
 the GoodNets G(B, B'_X) and G(B, FP) (N where B and the repair disagree);
 their STRIP-gated versions (also N where STRIP, run on B, flags the input);
 the STRIP-gated fine-pruned model (FP's class unless STRIP flags); and STRIP
-alone (B's class unless STRIP flags). With ``cleanse`` (``--cleanse``), Neural
+alone (B's class unless STRIP flags). ``gate_detectors`` (``--gate-detectors``,
+default ``strip``) names the detectors that gate candidates: ``strip``,
+``badexpert`` (:mod:`goodnet.defenses.badexpert`) and ``both`` (flagged when
+STRIP or BaDExpert flags, each at its share of the FRR:
+:class:`goodnet.defenses.either.EitherDetector`); each adds its gated GoodNets
+``goodnet_<detector>_X=..``, ``goodnet_<detector>_fp`` and gated models
+``fine_pruned_<detector>``, ``badnet_<detector>`` (kinds ``goodnet_<detector>``
+and ``<detector>``). Every gate is calibrated with STRIP's threshold method,
+target FRR and confidence (``--threshold``, ``--frr``, ``--confidence``).
+With ``cleanse`` (``--cleanse``), Neural
 Cleanse runs on B with the tune part's images; its verdict is reported and,
 when it flags classes, B fine-tuned to unlearn their reversed triggers (the
 same recipe and hold-out rule as FP, nothing pruned) joins as ``nc_unlearned``
 with its STRIP-gated form ``nc_unlearned_strip``.
 
-Choice rule (:func:`choose`): the repaired model is a STRIP-gated one (a
-GoodNet or model that also answers N where STRIP flags the input: the
-``goodnet_strip_*``, ``fine_pruned_strip`` and ``badnet_strip`` candidates)
+Choice rule (:func:`choose`): the repaired model is a gated one (a
+GoodNet or model that also answers N where a gate detector flags the input: the
+``goodnet_strip_*``, ``fine_pruned_strip`` and ``badnet_strip`` candidates by
+default, those of every detector in ``gate_detectors``)
 unless ``gate="any"``, which lets every candidate compete; the others are
 reported for comparison. A competing candidate is *eligible* when its
 hold-out clean accuracy is at most ``max_accuracy_drop`` points below B's and,
@@ -66,6 +79,9 @@ import time
 import numpy as np
 
 from goodnet.base import InstanceOf, Interval, OneOf, SequenceOf
+from goodnet.defenses.badexpert import BaDExpertOptions
+from goodnet.defenses.combine import GATE_DETECTORS
+from goodnet.defenses.either import EitherOptions
 from goodnet.defenses.fine_pruning import FinePruneOptions, FinePruning, FineTuneRecipe, split_holdout
 from goodnet.defenses.neural_cleanse import CleanseOptions
 from goodnet.defenses.pruning import PruneOptions
@@ -81,9 +97,11 @@ logger = logging.getLogger(__name__)
 
 PREFERENCE = ("fine_pruned_strip", "nc_unlearned_strip", "goodnet_strip_fp", "fine_pruned", "nc_unlearned",
               "goodnet_fp")
-CANDIDATE_KINDS = ("model", "goodnet", "goodnet_strip", "strip")
+GATED_KINDS = tuple(f"goodnet_{name}" for name in GATE_DETECTORS) + GATE_DETECTORS
+CANDIDATE_KINDS = ("model", "goodnet") + GATED_KINDS
 STRIP_GATED_KINDS = ("goodnet_strip", "strip")
 GATES = ("strip", "any")
+DETECTOR_NAMES = {"strip": "STRIP", "badexpert": "BaDExpert", "both": "STRIP or BaDExpert"}
 
 
 @dataclasses.dataclass
@@ -94,7 +112,9 @@ class Candidate:
         name: file stem, e.g. ``goodnet_strip_X=10``.
         kind: "model" (answers as the model does), "goodnet" (N where B and the
             repair disagree), "goodnet_strip" (also N where STRIP flags) or
-            "strip" (the repair's answer unless STRIP flags).
+            "strip" (the repair's answer unless STRIP flags); likewise
+            "goodnet_badexpert" / "badexpert" and "goodnet_both" / "both" for
+            the BaDExpert gate and the STRIP-or-BaDExpert gate.
         repair: the name of the underlying repaired model ("pruned_X=4", "fine_pruned", "badnet").
         description: one line for the report.
     """
@@ -112,8 +132,11 @@ class Candidate:
         bad = components.answers["badnet"]
         if self.kind == "goodnet":
             return np.where(bad == repaired, bad, num_classes)
-        passes = components.entropy >= threshold
-        if self.kind == "goodnet_strip":
+        if self.detector == "strip":
+            passes = components.entropy >= threshold
+        else:
+            passes = ~components.flags[self.detector]
+        if self.kind.startswith("goodnet_"):
             return np.where((bad == repaired) & passes, bad, num_classes)
         return np.where(passes, repaired, num_classes)
 
@@ -123,22 +146,36 @@ class Candidate:
 
     @property
     def strip_gated(self):
-        """Whether STRIP gates this candidate (it answers N where STRIP flags the input)."""
+        """Whether STRIP alone gates this candidate (it answers N where STRIP flags the input)."""
         return self.kind in STRIP_GATED_KINDS
+
+    @property
+    def gated(self):
+        """Whether a run-time detector gates this candidate (STRIP, BaDExpert or both)."""
+        return self.kind in GATED_KINDS
+
+    @property
+    def detector(self):
+        """The gate's detector ("strip", "badexpert", "both"), None for an ungated candidate."""
+        return self.kind.split("_", 1)[1] if self.kind.startswith("goodnet_") else (
+            self.kind if self.kind in GATE_DETECTORS else None)
 
 
 @dataclasses.dataclass
 class Components:
-    """Answers of every base model, and STRIP entropies under B, for one image set."""
+    """Answers of every base model, STRIP entropies under B, and the other gates' flags, for one image set."""
 
     answers: dict
     entropy: np.ndarray = None
+    flags: dict = dataclasses.field(default_factory=dict)
 
 
-def build_candidates(selected_drops, unlearned=False):
+def build_candidates(selected_drops, unlearned=False, detectors=("strip",)):
     """The candidate list for the pruned models at ``selected_drops`` (X values that were reached).
 
-    ``unlearned``: add the Neural Cleanse unlearned model and its STRIP-gated form.
+    ``unlearned``: add the Neural Cleanse unlearned model and its gated forms.
+    ``detectors``: the gates (:data:`goodnet.defenses.combine.GATE_DETECTORS`); each adds its gated candidates,
+    in this order.
     """
     candidates = [Candidate("badnet", "model", "badnet", "the suspect model B, unchanged")]
     for drop in selected_drops:
@@ -152,27 +189,45 @@ def build_candidates(selected_drops, unlearned=False):
         candidates.append(Candidate(f"goodnet_X={drop:g}", "goodnet", f"pruned_X={drop:g}",
                                     f"GoodNet of B and pruned_X={drop:g}"))
     candidates.append(Candidate("goodnet_fp", "goodnet", "fine_pruned", "GoodNet of B and the fine-pruned model"))
-    for drop in selected_drops:
-        candidates.append(Candidate(f"goodnet_strip_X={drop:g}", "goodnet_strip", f"pruned_X={drop:g}",
-                                    f"STRIP-gated GoodNet of B and pruned_X={drop:g}"))
-    candidates.append(Candidate("goodnet_strip_fp", "goodnet_strip", "fine_pruned",
-                                "STRIP-gated GoodNet of B and the fine-pruned model"))
-    candidates.append(Candidate("fine_pruned_strip", "strip", "fine_pruned",
-                                "the fine-pruned model's answer unless STRIP (on B) flags the input"))
-    if unlearned:
-        candidates.append(Candidate("nc_unlearned_strip", "strip", "nc_unlearned",
-                                    "the NC-unlearned model's answer unless STRIP (on B) flags the input"))
-    candidates.append(Candidate("badnet_strip", "strip", "badnet", "STRIP alone: B's answer unless STRIP flags "
-                                                                     "the input"))
+    for detector in detectors:
+        candidates += _gated_candidates(selected_drops, unlearned, detector)
     return candidates
 
 
-def compute_components(base_models, strip, images, progress=None, description=""):
-    """Answers of every base model and (if ``strip``) the STRIP entropies, for one image set."""
+def _gated_candidates(selected_drops, unlearned, detector):
+    """The candidates one gate adds (for STRIP: the names and wording goodnet always had)."""
+    if detector not in GATE_DETECTORS:
+        raise OptionError(f"gate_detectors: expected each of {GATE_DETECTORS}, got {detector!r}")
+    gated = f"{DETECTOR_NAMES[detector]}-gated" if detector != "both" else "gated (STRIP or BaDExpert)"
+    flags = f"{DETECTOR_NAMES[detector]} (on B) flags" if detector != "both" else \
+        "STRIP or BaDExpert (on B) flags"
+    candidates = []
+    for drop in selected_drops:
+        candidates.append(Candidate(f"goodnet_{detector}_X={drop:g}", f"goodnet_{detector}", f"pruned_X={drop:g}",
+                                    f"{gated} GoodNet of B and pruned_X={drop:g}"))
+    candidates.append(Candidate(f"goodnet_{detector}_fp", f"goodnet_{detector}", "fine_pruned",
+                                f"{gated} GoodNet of B and the fine-pruned model"))
+    candidates.append(Candidate(f"fine_pruned_{detector}", detector, "fine_pruned",
+                                f"the fine-pruned model's answer unless {flags} the input"))
+    if unlearned:
+        candidates.append(Candidate(f"nc_unlearned_{detector}", detector, "nc_unlearned",
+                                    f"the NC-unlearned model's answer unless {flags} the input"))
+    alone = {"strip": "STRIP alone", "badexpert": "BaDExpert alone", "both": "STRIP or BaDExpert alone"}[detector]
+    candidates.append(Candidate(f"badnet_{detector}", detector, "badnet",
+                                f"{alone}: B's answer unless {flags.replace(' (on B)', '')} the input"))
+    return candidates
+
+
+def compute_components(base_models, strip, images, progress=None, description="", gates=None):
+    """Answers of every base model, (if ``strip``) the STRIP entropies and each of ``gates``' flags, for one image set.
+
+    ``gates``: {detector name: fitted BaDExpert or EitherDetector} for the gates other than STRIP.
+    """
     answers = {name: classifier.predict(images, progress=progress) for name, classifier in base_models.items()}
     entropy = strip.entropy(images) if strip is not None else None
+    flags = {name: np.asarray(detector.predict_trojaned(images)) for name, detector in (gates or {}).items()}
     logger.info("components computed for %s (%d images)", description or "images", len(images))
-    return Components(answers, entropy)
+    return Components(answers, entropy, flags)
 
 
 def candidate_figures(candidate, clean, poisoned, num_classes, threshold):
@@ -197,7 +252,8 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
         max_frr: highest hold-out false rejection rate for candidates that answer N.
         tie_margin: points of clean accuracy minus ASR within which candidates are near-ties,
             decided by the lower attack success rate.
-        gate: "strip" (only STRIP-gated candidates compete) or "any" (every repaired candidate).
+        gate: "strip" (only gated candidates compete: STRIP-gated, or gated by any detector
+            the candidates have) or "any" (every repaired candidate).
 
     Returns:
         tuple: (chosen name, {name: reason it is not eligible}, rule used).
@@ -206,10 +262,11 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
         raise OptionError(f"gate: expected one of {GATES}, got {gate!r}")
     baseline = figures["badnet"]["clean_accuracy"]
     reasons, eligible, competing = {}, [], []
+    gated = _gated_word(candidates)
     for candidate in candidates[1:]:
         entry = figures[candidate.name]
-        if gate == "strip" and not candidate.strip_gated:
-            reasons[candidate.name] = "not STRIP-gated (the repaired model is a STRIP-gated one; gate 'any' " \
+        if gate == "strip" and not candidate.gated:
+            reasons[candidate.name] = f"not {gated} (the repaired model is a {gated} one; gate 'any' " \
                                       "lets it compete)"
             continue
         competing.append(candidate)
@@ -241,14 +298,32 @@ def choose(candidates, figures, max_accuracy_drop=3.0, max_frr=0.02, tie_margin=
                     order[candidate.name])
 
         return (min(near, key=key).name, reasons,
-                f"lowest mean attack success rate among the eligible{' STRIP-gated' if gate == 'strip' else ''} "
+                f"lowest mean attack success rate among the eligible{' ' + gated if gate == 'strip' else ''} "
                 f"candidates within {tie_margin:g} points of "
                 f"the highest clean accuracy minus mean attack success rate" + relaxed)
     names = [candidate.name for candidate in eligible]
-    for name in PREFERENCE:
+    for name in _preference(candidates):
         if name in names:
             return name, reasons, "first eligible in the preference order (no poisoned validation data)" + relaxed
     return names[0], reasons, "first eligible candidate (no poisoned validation data)" + relaxed
+
+
+def _gated_word(candidates):
+    """"STRIP-gated" when STRIP gates every gated candidate (the default), else "gated"."""
+    detectors = {candidate.detector for candidate in candidates if candidate.gated}
+    return "STRIP-gated" if detectors <= {"strip"} else "gated"
+
+
+def _preference(candidates):
+    """:data:`PREFERENCE`, each STRIP-gated name followed by the same candidate under the other gates present."""
+    detectors = [name for name in GATE_DETECTORS if name != "strip"
+                 and any(candidate.detector == name for candidate in candidates)]
+    order = []
+    for name in PREFERENCE:
+        order.append(name)
+        if "strip" in name:
+            order += [name.replace("strip", detector) for detector in detectors]
+    return order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,19 +357,35 @@ class RepairOptions:
     tie_margin: float = option(2.0, "eligible candidates within this many points of the best clean accuracy minus "
                                     "ASR are near-ties, won by the lowest ASR", rule=Interval(float, 0),
                                metavar="POINTS")
-    gate: str = option("strip", "which candidates may be chosen: STRIP-gated ones (the others are reported) or any",
-                       rule=OneOf(GATES))
+    gate: str = option("strip", "which candidates may be chosen: gated ones (by --gate-detectors; the others are "
+                               "reported) or any", rule=OneOf(GATES))
+    gate_detectors: tuple = option(("strip",), "detectors that gate candidates (each adds its gated GoodNets and "
+                                   "models): strip, badexpert (BaDExpert on B, fitted on the labelled tune part), "
+                                   "both (flagged when either flags, each at its share of --frr); all calibrated "
+                                   "with --threshold, --frr and --confidence",
+                                   rule=SequenceOf(OneOf(GATE_DETECTORS)), type=str, choices=GATE_DETECTORS,
+                                   metavar="DETECTOR")
     cleanse: bool = option(False, "also run Neural Cleanse on B (tune part): report its verdict and, when it flags "
                                   "classes, add B fine-tuned to unlearn their reversed triggers (nc_unlearned) and "
                                   "its STRIP-gated form (nc_unlearned_strip) as candidates", rule=InstanceOf(bool))
     nc: CleanseOptions = option(CleanseOptions(), "Neural Cleanse's settings in the repair (its seed is the "
                                 "repair's; library only: the command keeps the defaults)")
+    badexpert: BaDExpertOptions = option(BaDExpertOptions(), "BaDExpert on B for the badexpert and both gates "
+                                         "(its calibration is STRIP's, its seed the repair's)")
+    either: EitherOptions = option(EitherOptions(), "the both gate: STRIP's share of the FRR and the tune part's "
+                                   "check split")
     seed: int = option(FinePruneOptions.seed, "seed of the split, of fine-tuning, and of STRIP's bank and draws",
                        rule=Interval(int, 0))
 
     def strip_options(self):
         """The :class:`StripOptions` the repair's STRIP runs with (``strip`` with the repair's ``seed``)."""
         return dataclasses.replace(self.strip, seed=self.seed)
+
+    def badexpert_options(self):
+        """The :class:`BaDExpertOptions` of the repair's BaDExpert: ``badexpert`` with STRIP's calibration
+        (threshold method, FRR, confidence) and the repair's ``seed``."""
+        return dataclasses.replace(self.badexpert, seed=self.seed, threshold_method=self.strip.threshold_method,
+                                   frr=self.strip.frr, confidence=self.strip.confidence)
 
     def cleanse_options(self):
         """The :class:`CleanseOptions` the repair's Neural Cleanse runs with (``nc`` with the repair's ``seed``)."""
@@ -309,6 +400,9 @@ class RepairOptions:
                 flat.update({name: entry for name, entry in dataclasses.asdict(value).items() if name != "seed"})
             elif field.name == "nc":   # its fields share names with the recipe's: kept apart
                 flat["nc"] = {name: entry for name, entry in dataclasses.asdict(value).items() if name != "seed"}
+            elif field.name in ("badexpert", "either"):   # names shared with STRIP's: kept apart, STRIP's calibration
+                flat[field.name] = {name: entry for name, entry in dataclasses.asdict(value).items()
+                                    if name not in ("seed", "threshold_method", "frr", "confidence")}
             elif dataclasses.is_dataclass(value):
                 flat.update(dataclasses.asdict(value))
             else:
@@ -365,8 +459,9 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
         classifier, tune, poisoned, holdout=holdout)
     base_models["fine_pruned"] = fine.model_
 
-    # 3. STRIP on B, calibrated on the tune part (fixed draws: the model files are deterministic).
+    # 3. STRIP on B, calibrated on the tune part (fixed draws: the model files are deterministic); the other gates.
     strip = STRIP.from_options(options.strip_options(), progress=progress).fit(classifier, tune.images)
+    gates = _fit_gates(classifier, tune, options, progress)
 
     # 3b. Neural Cleanse on B (tune images, labels unused); unlearning of the flagged classes' reversed triggers.
     cleanse, unlearned = None, None
@@ -378,9 +473,11 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
             base_models["nc_unlearned"] = unlearned.model_
 
     # 4. Every candidate's hold-out validation figures, from shared components.
-    candidates = build_candidates(list(pruned_steps), unlearned=unlearned is not None)
-    valid_clean = (holdout.labels, compute_components(base_models, strip, holdout.images, progress, "hold-out"))
-    valid_poisoned = [(name, data.labels, compute_components(base_models, strip, data.images, progress, name))
+    candidates = build_candidates(list(pruned_steps), unlearned=unlearned is not None,
+                                  detectors=tuple(options.gate_detectors))
+    valid_clean = (holdout.labels, compute_components(base_models, strip, holdout.images, progress, "hold-out",
+                                                      gates))
+    valid_poisoned = [(name, data.labels, compute_components(base_models, strip, data.images, progress, name, gates))
                       for name, data in zip(poisoned_names, poisoned)]
     validation = {c.name: candidate_figures(c, valid_clean, valid_poisoned, num_classes, strip.threshold_)
                   for c in candidates}
@@ -388,7 +485,8 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                                    options.tie_margin, options.gate)
 
     # 5. Files: every candidate, the chosen model, curves, report.
-    models = ((c.name, candidate_classifier(c, classifier, base_models, strip)) for c in candidates[1:])
+    detectors = {"strip": strip, **gates}
+    models = ((c.name, candidate_classifier(c, classifier, base_models, detectors)) for c in candidates[1:])
     files = write_repair_models(models, chosen, out_dir, protect)
     report = {"model": classifier.path, "scale": classifier.scale, "num_classes": num_classes,
               "options": options.flat(), "execution": Execution.of(classifier).describe(),
@@ -407,6 +505,7 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
                         "holdout_entropies": valid_clean[1].entropy.tolist(),
                         "poisoned_entropies": {name: components.entropy.tolist()
                                                for name, _, components in valid_poisoned}},
+              "gates": _gates_report(options, strip, gates, valid_clean[1]),
               "candidates": [dataclasses.asdict(c) for c in candidates], "validation": validation}
     if cleanse is not None:
         report["neural_cleanse"] = _cleanse_report(cleanse, unlearned, poisoned_names, cleanse_seconds)
@@ -416,8 +515,9 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
         test_names = dataset_names(poisoned_test)
         test_clean = None
         if test is not None:
-            test_clean = (test.labels, compute_components(base_models, strip, test.images, progress, "test"))
-        test_poisoned = [(name, data.labels, compute_components(base_models, strip, data.images, progress, name))
+            test_clean = (test.labels, compute_components(base_models, strip, test.images, progress, "test", gates))
+        test_poisoned = [(name, data.labels, compute_components(base_models, strip, data.images, progress, name,
+                                                                gates))
                          for name, data in zip(test_names, poisoned_test)]
         report["test"] = {c.name: _test_figures(c, test_clean, test_poisoned, num_classes, strip.threshold_)
                           for c in candidates}
@@ -427,6 +527,49 @@ def repair(classifier, clean, poisoned=(), out_dir="repair", options=None, test=
             summary, cleanse.trigger_rows(tune.images[0]), os.path.join(out_dir, "neural_cleanse"), protect)
     write_repair_report(report, out_dir, defense, report_markdown(report), protect)
     return report
+
+
+def _fit_gates(classifier, tune, options, progress):
+    """{"badexpert": BaDExpert, "both": EitherDetector} for the gates other than STRIP in ``gate_detectors``,
+    fitted on B with the labelled tune part (STRIP's calibration, the repair's seed)."""
+    from goodnet.defenses.badexpert import BaDExpert
+    from goodnet.defenses.either import EitherDetector
+
+    gates = {}
+    if "badexpert" in options.gate_detectors:
+        gates["badexpert"] = BaDExpert.from_options(options.badexpert_options(), progress=progress).fit(classifier,
+                                                                                                          tune)
+    if "both" in options.gate_detectors:
+        gates["both"] = EitherDetector(frr=options.strip.frr, strip_share=options.either.strip_share,
+                                       check_fraction=options.either.check_fraction, strip=options.strip_options(),
+                                       badexpert=options.badexpert_options(), seed=options.seed,
+                                       progress=progress).fit(classifier, tune)
+    return gates
+
+
+def _gates_report(options, strip, gates, holdout):
+    """``report["gates"]``: per gate detector, its threshold(s), target FRR and realised FRR on the hold-out part."""
+    entries = {}
+    for name in options.gate_detectors:
+        flagged = holdout.entropy < strip.threshold_ if name == "strip" else holdout.flags[name]
+        entry = {"detector": DETECTOR_NAMES[name], "target_frr": float(options.strip.frr),
+                 "holdout_frr": float(np.mean(flagged)), "holdout_rejected": int(np.sum(flagged)),
+                 "holdout_images": int(len(flagged))}
+        if name == "strip":
+            entry["threshold"] = float(strip.threshold_)
+        elif name == "badexpert":
+            detector = gates[name]
+            entry.update({"threshold": float(detector.threshold_), "calibration": detector.calibration_.describe(),
+                          "combination": detector.combination, "expert_rate": detector.expert_rate_,
+                          "expert_accuracy": detector.expert_accuracy_,
+                          "auxiliary_accuracy": detector.auxiliary_accuracy_})
+        else:
+            detector = gates[name]
+            entry.update({"threshold": {"strip": float(detector.strip_.threshold_),
+                                        "badexpert": float(detector.badexpert_.threshold_)},
+                          "shares": dict(detector.shares_), "check": dict(detector.check_)})
+        entries[name] = entry
+    return entries
 
 
 def _cleanse_and_unlearn(classifier, tune, holdout, poisoned, options, progress):
@@ -472,26 +615,34 @@ def _test_figures(candidate, clean, poisoned, num_classes, threshold):
     return figures
 
 
-def candidate_classifier(candidate, classifier, base_models, strip):
-    """The Keras model (as a Classifier) that implements ``candidate``."""
+def candidate_classifier(candidate, classifier, base_models, detectors):
+    """The Keras model (as a Classifier) that implements ``candidate``.
+
+    ``detectors``: {gate detector name: fitted STRIP, BaDExpert or EitherDetector}; a lone STRIP
+    stands for {"strip": it}.
+    """
     from goodnet.defenses.combine import build_gated_goodnet, build_goodnet
 
+    if not isinstance(detectors, dict):
+        detectors = {"strip": detectors}
     repaired = base_models[candidate.repair]
     if candidate.kind == "model":
         return repaired
     if candidate.kind == "goodnet":
         return build_goodnet(classifier, repaired)
-    return build_gated_goodnet(classifier, repaired, strip, require_agreement=candidate.kind == "goodnet_strip")
+    return build_gated_goodnet(classifier, repaired, detectors[candidate.detector],
+                               require_agreement=candidate.kind.startswith("goodnet_"))
 
 
 def _table(figures, candidates, chosen):
     poisoned = [entry["file"] for entry in next(iter(figures.values())).get("poisoned", [])]
-    header = ["candidate", "clean acc %"] + [f"ASR {name} %" for name in poisoned] + ["detection %", "FRR %"]
+    header = ["candidate", "gate", "clean acc %"] + [f"ASR {name} %" for name in poisoned] + ["detection %",
+                                                                                               "FRR %"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for candidate in candidates:
         entry = figures[candidate.name]
         name = f"**{candidate.name}** (chosen)" if candidate.name == chosen else candidate.name
-        cells = [name, percent(entry.get("clean_accuracy"))]
+        cells = [name, DETECTOR_NAMES.get(candidate.detector, "-"), percent(entry.get("clean_accuracy"))]
         cells += [percent(item["attack_success_rate"]) for item in entry.get("poisoned", [])]
         cells += [percent(entry.get("detection_rate")), percent(entry.get("false_rejection_rate"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -511,6 +662,26 @@ def _cleanse_line(entry):
             f"{entry['unlearning']['best_epoch']}). Details: `neural_cleanse/report.md`.")
 
 
+def _gate_lines(gates):
+    """The report's lines on the gates other than STRIP alone (the STRIP line says STRIP's) and every gate's
+    realised hold-out FRR."""
+    if not gates:
+        return []
+    lines = ["Gates (each detector fitted on B with the tune part; realised FRR on the hold-out part):", ""]
+    for name, entry in gates.items():
+        text = (f"- {entry['detector']}: hold-out FRR {entry['holdout_frr'] * 100:.2f}% "
+                f"({entry['holdout_rejected']} of {entry['holdout_images']}; target {entry['target_frr']:g})")
+        if name == "badexpert":
+            text += (f", threshold {entry['threshold']:.4f} ({entry['combination']} score; expert rate "
+                     f"{entry['expert_rate']:g}, expert clean accuracy {entry['expert_accuracy'] * 100:.1f}%)")
+        elif name == "both":
+            text += (f", thresholds {entry['threshold']['strip']:.4f} bits and {entry['threshold']['badexpert']:.4f} "
+                     f"at FRR shares {entry['shares']['strip']:g} / {entry['shares']['badexpert']:g}; joint FRR "
+                     f"{entry['check']['false_rejection_rate'] * 100:.2f}% on its check split of the tune part")
+        lines.append(text)
+    return lines + [""]
+
+
 def report_markdown(report):
     """The Markdown report: what was done, the choice and the figures per candidate."""
     candidates = [Candidate(**entry) for entry in report["candidates"]]
@@ -525,6 +696,7 @@ def report_markdown(report):
              f"{report['strip']['threshold']:.4f} bits at target FRR {report['options']['frr']:g} "
              f"({report['options']['threshold_method']} threshold: {report['strip']['calibration']['summary']}).",
              ""]
+    lines += _gate_lines(report.get("gates", {}))
     if "neural_cleanse" in report:
         lines += [_cleanse_line(report["neural_cleanse"]), ""]
     lines += ["## Candidates", ""]

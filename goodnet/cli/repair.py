@@ -24,7 +24,11 @@ The end-to-end form's flags, defaults and help come from
 :class:`goodnet.defenses.strip.StripOptions`). ``--cleanse`` adds Neural Cleanse
 (:class:`goodnet.defenses.neural_cleanse.CleanseOptions` defaults): its verdict in the
 report, its outputs in ``DIR/neural_cleanse/`` and, when it flags classes, the
-``nc_unlearned`` and ``nc_unlearned_strip`` candidates.
+``nc_unlearned`` and ``nc_unlearned_strip`` candidates. ``--gate-detectors strip badexpert both``
+gates candidates with BaDExpert and with STRIP-or-BaDExpert too (default: STRIP only); the BaDExpert
+flags (:class:`goodnet.defenses.badexpert.BaDExpertOptions`, its seed the repair's) and the both gate's
+(:class:`goodnet.defenses.either.EitherOptions`) serve both forms; ``--gate-detector`` is the combine
+form's (one detector per model file).
 """
 
 from goodnet.cli import (CommandError, add_combine_options, add_model_options, configure_execution,
@@ -37,6 +41,8 @@ HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or co
 STRIP_FLAGS = ("threshold_method", "frr", "confidence", "copies", "alpha", "bank_size")
 """STRIP options with a flag (both forms; ``--blend`` and ``--seed`` are added apart, ``--bank-size`` is the combine
 form's)."""
+CALIBRATION_FIELDS = ("threshold_method", "frr", "confidence")
+"""The calibration flags (STRIP's) that every gate detector shares."""
 
 
 def add_arguments(parser):
@@ -58,17 +64,32 @@ def add_arguments(parser):
     end.add_argument("--poisoned-test", nargs="*", default=[], metavar="BT", help="poisoned test files (report only)")
     add_options(end, RepairOptions, only=("layer", "drops", "fineprune_drop", "holdout_fraction"))
     add_options(parser, RepairOptions.recipe, group="fine-tuning recipe (end-to-end form)")
-    add_options(end, RepairOptions, only=("max_accuracy_drop", "max_frr", "tie_margin", "gate", "cleanse"))
+    add_options(end, RepairOptions, only=("max_accuracy_drop", "max_frr", "tie_margin", "gate", "gate_detectors",
+                                          "cleanse"))
     strip = add_combine_options(parser)
     add_options(strip, RepairOptions.strip, only=STRIP_FLAGS)
     strip.add_argument("--blend", choices=BLENDS, default=None,
                        help=f"superimposition (default: {StripOptions.blend} in the combine form, as in the paper; "
                             f"{RepairOptions.strip.blend} in the end-to-end form, since adding saturates face "
                             "images to white)")
-    add_options(strip, RepairOptions, only=("seed",), exclude=("recipe", "strip", "nc"))   # one seed for the repair
+    add_options(strip, RepairOptions, only=("seed",), exclude=("recipe", "strip", "nc", "badexpert", "either"))
+    _add_gate_arguments(parser, strip)
     add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def _add_gate_arguments(parser, group):
+    """The gate flags of ``goodnet combine`` (its ``add_gate_arguments``), from the same dataclasses; the
+    end-to-end form reads the BaDExpert and both gates' flags too."""
+    from goodnet.defenses.combine import GateOptions
+    from goodnet.repair import RepairOptions
+
+    add_options(group, GateOptions, unset=True)
+    add_options(parser, RepairOptions.badexpert, exclude=CALIBRATION_FIELDS,
+                group="BaDExpert gate (--gate-detectors badexpert or both; combine form: --gate-detector)")
+    add_options(parser, RepairOptions.either, group="both gate (--gate-detectors both; combine form: --gate-detector "
+                                                    "both)")
 
 
 def run(args):
@@ -80,6 +101,9 @@ def run(args):
 def _check_end_to_end(args):
     import os
 
+    if hasattr(args, "gate_detector"):
+        raise CommandError(f"--gate-detector {args.gate_detector}: expected --repaired (the combine form); the "
+                           "end-to-end form takes --gate-detectors")
     if not args.valid:
         raise CommandError("--valid: expected a clean validation file (goodnet repair MODEL --valid V --out DIR)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
