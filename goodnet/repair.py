@@ -189,6 +189,8 @@ def build_candidates(selected_drops, unlearned=False, detectors=("strip",)):
         candidates.append(Candidate(f"goodnet_X={drop:g}", "goodnet", f"pruned_X={drop:g}",
                                     f"GoodNet of B and pruned_X={drop:g}"))
     candidates.append(Candidate("goodnet_fp", "goodnet", "fine_pruned", "GoodNet of B and the fine-pruned model"))
+    if len(set(detectors)) != len(detectors):
+        raise OptionError(f"gate_detectors: expected each detector once, got {' '.join(detectors)}")
     for detector in detectors:
         candidates += _gated_candidates(selected_drops, unlearned, detector)
     return candidates
@@ -334,9 +336,14 @@ class RepairOptions:
     ``strip`` the STRIP settings of the repair: STRIP's options with the alpha
     blend (adding saturates face images to white) and fixed draws (the model
     files are deterministic); its ``seed`` is replaced by the repair's ``seed``.
+    ``gate_detectors`` the gates of the candidates; ``badexpert`` BaDExpert's
+    settings for the badexpert and both gates (calibrated as STRIP is, see
+    :meth:`badexpert_options`) and ``either`` the both gate's FRR share and
+    check split.
 
     Example:
         >>> RepairOptions(recipe=FineTuneRecipe(epochs=20), strip=dataclasses.replace(RepairOptions.strip, copies=50))
+        >>> RepairOptions(gate_detectors=("strip", "both"))   # STRIP-gated and STRIP-or-BaDExpert-gated candidates
     """
 
     layer: str = option(FinePruneOptions.layer, "convolution to prune", rule=InstanceOf(str))

@@ -41,6 +41,8 @@ def test_default_gates_are_strips_and_the_candidates_per_gate():
     assert kinds["goodnet_fp"] == ("goodnet", None, False, False)
     with pytest.raises(ValueError, match="gate_detectors: expected each of"):
         build_candidates([2], detectors=("neural",))
+    with pytest.raises(ValueError, match="expected each detector once"):
+        build_candidates([2], detectors=("both", "both"))
 
 
 def test_choice_without_poisoned_data_follows_the_preference_under_another_gate():

@@ -148,7 +148,7 @@ def run_end_to_end(args):
 
 def _end_to_end(args):
     from goodnet.data import load_h5
-    from goodnet.repair import report_markdown, repair
+    from goodnet.repair import Candidate, report_markdown, repair
 
     classifier, clean, poisoned = load_inputs(args)
     # Every model the repair evaluates (pruned, fine-pruned, STRIP on B) inherits this execution.
@@ -163,7 +163,10 @@ def _end_to_end(args):
         payload = {"chosen": report["chosen"], "chosen_model": report["files"].get("chosen"),
                    "choice_rule": report["choice_rule"], "report": report["files"]["report_md"],
                    "validation": summary_figures(report["validation"][report["chosen"]]),
-                   "badnet_validation": summary_figures(report["validation"]["badnet"])}
+                   "badnet_validation": summary_figures(report["validation"]["badnet"]),
+                   "chosen_gate": Candidate(**next(entry for entry in report["candidates"]
+                                                   if entry["name"] == report["chosen"])).detector,
+                   "gates_holdout_frr": {name: entry["holdout_frr"] for name, entry in report["gates"].items()}}
         if "test" in report:
             payload.update(summary_figures(report["test"][report["chosen"]]))
             payload["badnet"] = summary_figures(report["test"]["badnet"])
