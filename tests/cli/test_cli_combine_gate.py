@@ -58,6 +58,11 @@ def test_combine_writes_the_gated_file_and_repair_repaired_writes_the_same(pair,
     # one seed, one file: the two names fit the same detectors
     assert outputs["repair"][0] == outputs["combine"][0]
     np.testing.assert_array_equal(outputs["repair"][1], outputs["combine"][1])
+    # the Keras 2 export has no BaDExpert gate: one line, exit 2, nothing written
+    assert main(["export", "--model", str(tmp_path / "combine.h5"), "--out", str(tmp_path / "keras2")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"got a {detector} gate" in error[0] and error[0].startswith("goodnet export: error:")
+    assert not (tmp_path / "keras2" / "gate.json").exists()
 
 
 def test_gate_detector_without_strip_is_a_one_line_error(pair, tmp_path, capsys):
