@@ -182,6 +182,19 @@ class DaskExecutor(Executor):
             future.release()
             yield _result(tag, outcome)
 
+    def wait_for_workers(self, count=1, timeout=60.0):
+        """Wait until the cluster has ``count`` workers; an OptionError (one line) after ``timeout`` seconds."""
+        if self.workers >= count:
+            return self
+        try:
+            self._client.wait_for_workers(count, timeout=timeout)
+        except (TimeoutError, OSError):
+            raise OptionError(f"--scheduler: the Dask cluster at {self._client.scheduler.address} has "
+                              f"{self.workers} workers after {timeout:g} s, expected at least {count}") from None
+        self.workers = len(self._client.scheduler_info().get("workers", {}))
+        self.where = f"Dask cluster at {self._client.scheduler.address} ({self.workers} workers)"
+        return self
+
     def close(self):
         if self._owned:
             self._client.close()

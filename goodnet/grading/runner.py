@@ -16,6 +16,22 @@ affects the score (the data files, scale, number of classes, execution
 settings, :data:`GRADER_VERSION`), so a re-run scores only new or changed
 files; a limit stop is scored again under larger limits, a crash always.
 
+With a Dask scheduler address (``GradeOptions.scheduler``, ``--scheduler
+tcp://host:port``) each submission is one job on that cluster
+(:func:`run_jobs_on_cluster`, through :mod:`goodnet.executors`): on the worker,
+:func:`run_job_isolated` runs :func:`run_jobs` for that one job, so it is
+still scored in its own isolated process under the same limits; the result
+comes back and this process writes the cache and the scoreboard. Dask's
+worker processes are daemonic by default, and multiprocessing refuses to start
+children from one: there the job goes through a fresh interpreter
+(``subprocess``), which pays the interpreter start and the TensorFlow import
+per submission; workers started with ``distributed.worker.daemon: False``
+(``DASK_DISTRIBUTED__WORKER__DAEMON=False``) run it in the worker itself,
+whose fork server then imports TensorFlow once per worker. The data files and the submissions must be on storage the workers
+share, under the same absolute paths (a worker that does not see a file, or
+sees a different model file, is a one-line "setup" error); the cache key does
+not depend on where a job ran.
+
 The entries are found and checked by :mod:`goodnet.grading.entries` before
 any process starts; the rows, score and files come from
 :mod:`goodnet.grading.scoreboard`.
@@ -26,9 +42,10 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 
-from goodnet.base import Interval, OneOf
+from goodnet.base import InstanceOf, Interval, OneOf
 from goodnet.errors import OptionError
 from goodnet.files import sha256_file, write_text
 from goodnet.grading.entries import MODEL_SUFFIXES, read_entry, submission_entries
@@ -49,6 +66,13 @@ POLL_SECONDS = 0.1
 # Imported once by the fork server, so that no submission's clock includes them (the worker imports TensorFlow).
 PRELOAD_MODULES = ["goodnet.grading.worker", "goodnet.grading.runner", "goodnet.models", "goodnet.metrics",
                    "goodnet.data"]
+# On a Dask worker: time allowed beyond the time limit for the fresh interpreter's start and its fork server's
+# TensorFlow import, before that interpreter is killed (it enforces the limits itself; this only stops a hang).
+REMOTE_MARGIN_SECONDS = 600.0
+# How long the parent waits for a Dask cluster without workers to get one.
+WORKER_WAIT_SECONDS = 60.0
+# What the fresh interpreter on a Dask worker runs (argv: the request file, the result file).
+REMOTE_MAIN = "from goodnet.grading.runner import _remote_main; _remote_main()"
 
 
 def _positive_float(value):
@@ -88,6 +112,11 @@ class GradeOptions:
     isolation: str = option("forkserver", "forkserver: fork each submission's process from a server that preloaded "
                                           "TensorFlow (fast); spawn: a fresh interpreter per submission",
                             rule=OneOf(ISOLATIONS))
+    scheduler: str = option(None, "a Dask scheduler address (tcp://host:port): score each submission on that "
+                                  "cluster, still in its own process under the same limits; the data files and the "
+                                  "submissions must be on storage the workers share, under the same paths "
+                                  "(--workers is then unused: the cluster's worker threads decide)",
+                            rule=InstanceOf(str), allow_none=True, metavar="ADDRESS", default_text="none: local")
 
 
 def _private_memory_mb(pid):
@@ -282,6 +311,154 @@ def run_jobs(jobs, limits, workers=GradeOptions.workers, isolation=GradeOptions.
     return results
 
 
+def _failed(status, error, limits):
+    """A result dict for a job that produced none (the same keys as :func:`run_jobs`'s)."""
+    return {"status": status, "error": error, "seconds": 0.0, "peak_memory_mb": 0.0,
+            "limits": dataclasses.asdict(limits)}
+
+
+def _shared_storage_problem(job):
+    """Why this machine cannot run ``job`` as the parent hashed it (a file missing or different), else None."""
+    import socket
+
+    where = f"on the Dask worker {socket.gethostname()}"
+    for path in [job["path"], job["clean"], *job["poisoned"], job.get("validation")]:
+        if path and not os.path.isfile(path):
+            return (f"{path}: not found {where}: the data files and the submissions must be on storage the "
+                    "workers share, under the same paths")
+    if sha256_file(job["path"]) != job["sha256"]:
+        return (f"{job['path']}: differs {where} from the file hashed by the grader: the submissions must be on "
+                "storage the workers share")
+    return None
+
+
+def run_job_isolated(job, limits, isolation=GradeOptions.isolation):
+    """Score ONE job in its own isolated process (:func:`run_jobs`): what a Dask worker runs.
+
+    In a process that may have children (a Dask worker started with ``distributed.worker.daemon: False``)
+    :func:`run_jobs` runs here, and the fork server it starts stays for the worker's next jobs. A Dask worker
+    is a daemonic process by default, and multiprocessing refuses to start children from one; there this
+    starts ``python -c REMOTE_MAIN`` with :mod:`subprocess`, and that interpreter runs :func:`run_jobs` for
+    the job. Either way: the same isolation, limits and result. The job's files must be on this machine under
+    the job's absolute paths (else a "setup" result).
+
+    Args:
+        job: one job dict of :meth:`Grader._job` (absolute paths).
+        limits: :class:`Limits`.
+        isolation: "forkserver" or "spawn" (see :func:`run_jobs`).
+
+    Returns:
+        dict: the job's result dict, as :func:`run_jobs` gives it; "crashed" if the interpreter ended
+        without one.
+    """
+    import multiprocessing
+    import socket
+    import subprocess
+    import tempfile
+
+    import goodnet
+
+    problem = _shared_storage_problem(job)
+    if problem:
+        return _failed("setup", problem, limits)
+    if not multiprocessing.current_process().daemon:
+        with tempfile.TemporaryDirectory(prefix="goodnet-grade-") as folder:
+            return run_jobs([job], limits, 1, isolation, folder, progress=False)[job["key"]]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(goodnet.__file__)))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root] + [part for part in os.environ.get("PYTHONPATH", "").split(os.pathsep) if part]))
+    with tempfile.TemporaryDirectory(prefix="goodnet-grade-") as folder:
+        request, answer, log_path = (os.path.join(folder, name) for name in ("job.json", "result.json", "log"))
+        with open(request, "w", encoding="utf-8") as handle:
+            json.dump({"job": job, "limits": dataclasses.asdict(limits), "isolation": isolation,
+                       "work_dir": os.path.join(folder, "work")}, handle)
+        with open(log_path, "wb") as log:
+            try:
+                completed = subprocess.run([sys.executable, "-c", REMOTE_MAIN, request, answer],
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           env=environment, timeout=limits.seconds + REMOTE_MARGIN_SECONDS)
+            except subprocess.TimeoutExpired:
+                return _failed("crashed", f"the grading interpreter on {socket.gethostname()} did not end within "
+                                          f"{limits.seconds + REMOTE_MARGIN_SECONDS:g} s", limits)
+        try:
+            with open(answer, encoding="utf-8") as handle:
+                result = json.load(handle)
+            if not isinstance(result, dict) or result.get("status") not in STATUSES:
+                raise ValueError("malformed result")
+            return result
+        except (OSError, ValueError):
+            tail = _log_tail(log_path)
+            return _failed("crashed", f"the grading interpreter on {socket.gethostname()} ended (exit code "
+                                      f"{completed.returncode}) without a result" + (f": {tail}" if tail else ""),
+                           limits)
+
+
+def _remote_main(argv=None):
+    """The fresh interpreter of :func:`run_job_isolated`: run the request's one job and write its result."""
+    request_path, result_path = argv or sys.argv[1:]
+    with open(request_path, encoding="utf-8") as handle:
+        request = json.load(handle)
+    job = request["job"]
+    results = run_jobs([job], Limits(**request["limits"]), 1, request["isolation"], request["work_dir"],
+                       progress=False)
+    write_text(result_path, json.dumps(results[job["key"]]))
+
+
+def run_jobs_on_cluster(jobs, limits, scheduler, isolation=GradeOptions.isolation, progress=None, executor=None):
+    """Run every job on a Dask cluster, one :func:`run_job_isolated` each: :func:`run_jobs`'s results.
+
+    Args:
+        jobs, limits, isolation, progress: as :func:`run_jobs`.
+        scheduler: the Dask scheduler address (``tcp://host:port``).
+        executor: a :class:`goodnet.executors.Executor` to use instead (tests); it is not closed.
+
+    Returns:
+        dict: job key -> result dict. A job that fails on the cluster (its worker died, an error) is that
+        job's "crashed" result; the others finish.
+
+    Raises:
+        OptionError: ``distributed`` is not installed, the scheduler cannot be reached, or the cluster has
+            no worker after :data:`WORKER_WAIT_SECONDS`.
+    """
+    import contextlib
+
+    from goodnet.executors import make_executor
+    from goodnet.inference import progress_bar
+
+    if not jobs:
+        return {}
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            try:
+                executor = make_executor(scheduler=scheduler)
+            except OSError as error:   # includes TimeoutError: nothing answers at that address
+                lines = str(error).strip().splitlines()
+                raise OptionError(f"--scheduler {scheduler}: cannot reach the Dask scheduler"
+                                  + (f" ({lines[0]})" if lines else "")) from None
+            stack.enter_context(executor)
+            executor.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+        by_key = {}
+        for job in jobs:
+            remote = dict(job, path=os.path.abspath(job["path"]))   # the workers' cwd is not ours
+            by_key[job["key"]] = (job, remote)
+            executor.submit(job["key"], run_job_isolated, remote, limits, isolation)
+        results = {}
+        with progress_bar(len(jobs), "grade", progress, unit="model") as bar:
+            for outcome in executor.results():
+                job, remote = by_key[outcome.tag]
+                if outcome.ok:
+                    result = outcome.value
+                    if remote["path"] != job["path"] and result.get("error"):   # as a local run words it
+                        result["error"] = result["error"].replace(f"{remote['path']}: ", f"{job['path']}: ")
+                else:
+                    result = _failed("crashed", f"the Dask job failed: {outcome.error}", limits)
+                results[outcome.tag] = result
+                bar.update(1)
+                logger.info("%s: %s in %.1f s (%s)", job["path"], result["status"], result["seconds"],
+                            executor.where)
+    return results
+
+
 def _cache_path(cache_dir, key):
     return os.path.join(cache_dir, f"{key}.json")
 
@@ -326,7 +503,10 @@ class Grader:
         limits: :class:`Limits` per submission.
         workers, isolation ("forkserver" or "spawn", see :func:`run_jobs`), batch_size
             (images per inference call), threads (TensorFlow threads per submission;
-            None: cores / workers): see :class:`GradeOptions`, whose defaults they take.
+            None: cores / workers of this machine), scheduler (a Dask scheduler address: the
+            submissions run on that cluster, see :func:`run_jobs_on_cluster`; the data files and
+            the submissions must then be on storage the workers share): see :class:`GradeOptions`,
+            whose defaults they take.
         use_cache: reuse results cached by content hash.
         progress: progress bar setting.
         execution: a :class:`goodnet.inference.Execution`: where each
@@ -345,7 +525,7 @@ class Grader:
     def __init__(self, clean, poisoned, validation=None, baseline=None, scale=GradeOptions.scale,
                  num_classes=LAB_CLASSES, limits=None, workers=GradeOptions.workers, isolation=GradeOptions.isolation,
                  batch_size=GradeOptions.batch_size, threads=GradeOptions.threads, use_cache=True, progress=None,
-                 execution=None):
+                 execution=None, scheduler=GradeOptions.scheduler):
         self.clean = clean
         self.poisoned = poisoned
         self.validation = validation
@@ -360,6 +540,7 @@ class Grader:
         self.use_cache = use_cache
         self.progress = progress
         self.execution = execution
+        self.scheduler = scheduler
 
     def _check(self):
         if self.scale not in SCALE_CHOICES:
@@ -370,6 +551,9 @@ class Grader:
             raise OptionError(f"workers: expected a positive number, got {self.workers}")
         if self.isolation not in ISOLATIONS:
             raise OptionError(f"isolation: expected one of {ISOLATIONS}, got {self.isolation!r}")
+        if self.scheduler is not None and not (isinstance(self.scheduler, str) and self.scheduler.strip()):
+            raise OptionError(f"scheduler: expected a Dask scheduler address (tcp://host:port), got "
+                              f"{self.scheduler!r}")
         if self.baseline is not None and not os.path.isfile(self.baseline):
             raise OptionError(f"{self.baseline}: baseline model file not found")
         from goodnet.inference import Execution
@@ -454,8 +638,11 @@ class Grader:
                 results[job["key"]] = dict(cached, cached=True)
             elif job["key"] not in {other["key"] for other in to_run}:
                 to_run.append(job)
-        fresh = run_jobs(to_run, limits, self.workers, self.isolation, os.path.join(out_dir, "work"),
-                         self.progress)
+        if self.scheduler:
+            fresh = run_jobs_on_cluster(to_run, limits, self.scheduler, self.isolation, self.progress)
+        else:
+            fresh = run_jobs(to_run, limits, self.workers, self.isolation, os.path.join(out_dir, "work"),
+                             self.progress)
         for result in fresh.values():
             if result["status"] == "setup":
                 raise OptionError(result["error"])
