@@ -17,8 +17,11 @@ gated GoodNet of B and the fine-pruned model (``goodnet_<gate>_fp``) and of the 
 (``fine_pruned_<gate>``) and of B gated alone (``badnet_<gate>``), the test FRR, the gate's realised FRR on the hold-out part, and which candidate the
 repair chose (on validation data).
 
-Sizes: ``--quick`` (the default): digits 2000 training / 1000 valid / 500 test images, 10 epochs (the sizes of
-bench/bench_detect.py's ``--quick``), fine-tuning 10 epochs, 50 STRIP copies.
+Sizes: digits 1000 valid / 500 test images; the patch BadNet 2000 training images, 10 epochs, poison rate 0.1
+(bench/bench_detect.py's ``--quick``); the blend BadNet 3000, 20 epochs, 0.2 (see :data:`TRAINING`);
+fine-tuning 10 epochs, 50 STRIP copies.
+
+Measured run time on 2 shared CPU cores (load about 9): patch 26 s training + 258 s repair, blend 138 s + 203 s.
 
 Usage:
     python bench/bench_gated_goodnet.py [--only patch blend] [--seed 0] [--frr 0.05] [--json OUT]
@@ -37,6 +40,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRIGGERS = ("patch", "blend")
 SIZES = {"train": 2000, "valid": 1000, "test": 500}
 EPOCHS = 10
+# The blend trigger (alpha 0.1 of a noise pattern) is not planted at the patch's size: training images, epochs
+# and poison rate 2000 / 10 / 0.1 gave ASR 11.7 % (README: 10.7 %, "not planted"), 2000 / 10 / 0.3 40.8 % (clean
+# accuracy 66.4 %), 3000 / 20 / 0.2 35.0 % (clean 86.4 %), 5000 / 25 / 0.2 32.1 % (clean 86.2 %), measured on
+# the 500 test images. The bench uses 3000 / 20 / 0.2: a partly planted blend BadNet.
+TRAINING = {"patch": {"train": 2000, "epochs": EPOCHS, "poison_rate": 0.1},
+            "blend": {"train": 3000, "epochs": 20, "poison_rate": 0.2}}
 TARGET = 0
 GATES = ("strip", "badexpert", "both")
 
@@ -50,10 +59,13 @@ def measure(trigger, seed, frr):
     from goodnet.defenses.fine_pruning import FineTuneRecipe
     from goodnet.repair import RepairOptions, repair
 
-    data = {split: generate("digits", split, seed=seed, size=size)[:2] for split, size in SIZES.items()}
+    training = TRAINING[trigger]
+    sizes = dict(SIZES, train=training["train"])
+    data = {split: generate("digits", split, seed=seed, size=size)[:2] for split, size in sizes.items()}
     started = time.perf_counter()
     badnet, _ = train_badnet(*data["train"], 10, AttackOptions(triggers=(trigger,), targets=(TARGET,), seed=seed,
-                                                                epochs=EPOCHS))
+                                                                epochs=training["epochs"],
+                                                                poison_rate=training["poison_rate"]))
     training = time.perf_counter() - started
     valid, test = LabData(*data["valid"], path="valid.h5"), LabData(*data["test"], path="test.h5")
     bd_valid = LabData(*poisoned_split(*data["valid"], trigger, TARGET), path="bd_valid.h5")
@@ -126,8 +138,13 @@ def main():
         print(json.dumps(row, default=str), flush=True)
         print("\n".join(lines([row])[2:]), flush=True)
         if args.json:
+            previous = []
+            if os.path.exists(args.json):   # rows of other triggers written before are kept
+                with open(args.json) as handle:
+                    previous = [entry for entry in json.load(handle)
+                                if entry["trigger"] not in {row["trigger"] for row in rows}]
             with open(args.json, "w") as handle:
-                json.dump(rows, handle, indent=2, default=str)
+                json.dump(previous + rows, handle, indent=2, default=str)
     print(f"\nGated GoodNet on digits (seed {args.seed}, target FRR {args.frr:g}; "
           f"{time.perf_counter() - started:.0f} s in all)")
     print("\n".join(lines(rows)))
