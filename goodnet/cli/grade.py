@@ -14,6 +14,11 @@ results keyed by the SHA-256 of each file and of the data, so a re-run only
 scores new or changed files. See :mod:`goodnet.grading.scoreboard` for the score.
 The execution options (``--device``, ``--devices``/``--strategy``,
 ``--precision``, ``--xla``) are handed to every submission's process.
+With ``--scheduler tcp://host:port`` every submission is one job on that Dask
+cluster, scored there in its own process under the same limits (see
+:func:`goodnet.grading.runner.run_jobs_on_cluster`); this process writes the
+cache and the scoreboard. The data files and the submissions must be on
+storage the workers share, under the same paths; ``--out`` need not be.
 The limits' and the scheduling's flags, defaults and help come from
 :class:`goodnet.grading.runner.Limits` and :class:`goodnet.grading.runner.GradeOptions`.
 """

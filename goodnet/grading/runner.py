@@ -114,8 +114,9 @@ class GradeOptions:
                             rule=OneOf(ISOLATIONS))
     scheduler: str = option(None, "a Dask scheduler address (tcp://host:port): score each submission on that "
                                   "cluster, still in its own process under the same limits; the data files and the "
-                                  "submissions must be on storage the workers share, under the same paths "
-                                  "(--workers is then unused: the cluster's worker threads decide)",
+                                  "submissions must be on storage the workers share, under the same paths; "
+                                  "workers started with DASK_DISTRIBUTED__WORKER__DAEMON=False import TensorFlow "
+                                  "once, daemonic ones once a submission (--workers is then unused)",
                             rule=InstanceOf(str), allow_none=True, metavar="ADDRESS", default_text="none: local")
 
 

@@ -100,8 +100,8 @@ def _daemonic(cluster):
 def test_default_daemonic_workers_give_the_local_rows_through_a_fresh_interpreter(local_run, lab_data,
                                                                                    tiny_folder, tmp_path):
     """Dask's default workers are daemonic (multiprocessing refuses them children): each job then goes through
-    a fresh interpreter, with the same rows."""
-    names = ["small.keras", "wrong_input.h5"]
+    a fresh interpreter, with the same row (one job: each pays an interpreter start and the TensorFlow import)."""
+    names = ["small.keras"]
     with _local_cluster() as default_cluster:
         assert _daemonic(default_cluster) == {True}
         board = _grader(lab_data, scheduler=default_cluster.scheduler_address).grade(
@@ -193,7 +193,7 @@ def test_unreachable_scheduler_is_a_one_line_error_exit_2(tiny_folder, lab_data,
 
 def test_cluster_without_workers_is_a_one_line_error_exit_2(tiny_folder, lab_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("goodnet.grading.runner.WORKER_WAIT_SECONDS", 1.0)
-    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as empty:
         code, error = _cli(tiny_folder, lab_data, tmp_path / "out", empty.scheduler_address, capsys)
     assert code == 2 and error.count("\n") == 1, error
     assert "has 0 workers after 1 s, expected at least 1" in error
