@@ -46,10 +46,11 @@ def _local_cluster():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two worker processes started with ``distributed.worker.daemon: False``: jobs run in the worker itself."""
+    """Two worker processes started with ``distributed.worker.daemon: False``: jobs run in the worker itself.
+    A task whose worker dies is not retried (``allowed-failures: 0``), for the test of a dying worker."""
     import dask
 
-    with dask.config.set({"distributed.worker.daemon": False}):
+    with dask.config.set({"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": 0}):
         local_cluster = _local_cluster()
     with local_cluster:
         yield local_cluster
@@ -206,3 +207,33 @@ def test_help_says_the_files_must_be_shared(capsys):
         main(["grade", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--scheduler ADDRESS" in text and "storage the workers share" in text
+
+
+def test_a_job_whose_worker_dies_is_its_crashed_row_and_the_others_finish(cluster, lab_data, tmp_path):
+    """Last in the file: it kills a worker of the module's cluster (its nanny starts a fresh one)."""
+    from goodnet.grading.runner import run_jobs_on_cluster
+
+    def kill_on_dies():   # on every worker: the job keyed "dies" ends its worker process
+        import os
+
+        import goodnet.grading.runner as runner
+
+        original = runner.run_job_isolated
+
+        def run_job_isolated(job, *args):
+            if job["key"] == "dies":
+                os._exit(3)
+            return original(job, *args)
+
+        runner.run_job_isolated = run_job_isolated
+
+    grader = _grader(lab_data)
+    (tmp_path / "model.h5").write_text("a model\n")
+    real = grader._job(str(tmp_path / "model.h5"), grader._options(), "submission")
+    jobs = [dict(real, key="dies"), dict(real, key="unseen", clean=str(tmp_path / "elsewhere" / "test.h5"))]
+    with distributed.Client(cluster) as client:
+        client.run(kill_on_dies)
+        results = run_jobs_on_cluster(jobs, LIMITS, cluster.scheduler_address)
+    assert results["dies"]["status"] == "crashed", results["dies"]
+    assert results["dies"]["error"].startswith("the Dask job failed: KilledWorker")
+    assert results["unseen"]["status"] == "setup"
