@@ -750,7 +750,7 @@ def run_matrix(options, executor=None, progress=None):
                 _, attack, defense, path = result.tag
                 if result.ok:
                     cells[attack, defense].update(result.value, cached=False)
-                    if result.value["status"] == "ok":
+                    if result.value["status"] in ("ok", "n/a"):   # both are the cell's answer; a failure is not
                         _write_json(path, result.value)
                 else:
                     logger.error("cell %s x %s failed:\n%s", attack, defense, result.traceback)

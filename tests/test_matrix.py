@@ -177,3 +177,23 @@ def test_training_defenses_need_a_training_set():
     for name in ("inspection", "bagging", "dpa", "dp-sgd"):
         with pytest.raises(matrix.NotApplicable, match="no poisoned training set"):
             matrix.DEFENSES[name](ctx, matrix.defense_settings(name, tiny("unused")))
+
+
+def test_a_defense_that_does_not_apply_is_n_a_and_cached(local, monkeypatch, tmp_path):
+    out, _ = local
+    shutil.copytree(out / "cache", tmp_path / "cache")
+    monkeypatch.setattr(matrix, "run_attack", _refuse)
+
+    def not_applicable(ctx, settings):
+        raise matrix.NotApplicable("nothing to inspect here")
+
+    monkeypatch.setitem(matrix.DEFENSES, "pruning", not_applicable)
+    changed = {"pruning": {"drop": 7.0}}   # a cell the copied cache does not hold
+    first = run_matrix(tiny(tmp_path, attacks=("patch",), defense_overrides=changed), progress=False)
+    cell = next(cell for cell in first["cells"] if cell["defense"] == "pruning")
+    assert (cell["status"], cell["error"], cell["cached"]) == ("n/a", "nothing to inspect here", False)
+    assert "n/a: nothing to inspect here" in (tmp_path / "matrix.md").read_text()
+    monkeypatch.setattr(matrix, "run_cell", _refuse)
+    again = run_matrix(tiny(tmp_path, attacks=("patch",), defense_overrides=changed), progress=False)
+    cell = next(cell for cell in again["cells"] if cell["defense"] == "pruning")
+    assert (cell["status"], cell["cached"]) == ("n/a", True)
