@@ -2,7 +2,9 @@
 """Run-time detectors on the built-in BadNets (issue 22): FAR at FRR 1 % for STRIP, BaDExpert and both, and
 their throughput against ``model.predict``.
 
-For each BadNet (digits: patch, blend; faces: sunglasses, blend; all target 0), in one process: generate the
+For each BadNet (digits: patch, blend; faces: sunglasses, blend, the pruning-aware sunglasses BadNet, all target
+0; and faces ``multi``: eyebrows, lipstick, sunglasses -> 5, 1, 8, the lab's multi-trigger BadNet, whose FAR is
+over the three poisoned sets together and per trigger), in one process: generate the
 benchmark in memory (:func:`goodnet.attacks.benchmarks.generate`), train the BadNet
 (:func:`goodnet.attacks.badnets.train_badnet`), build the test split's poisoned set
 (:func:`goodnet.attacks.benchmarks.poisoned_split`), then fit on the clean valid split only:
@@ -34,7 +36,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BADNETS = (("digits", "patch"), ("digits", "blend"), ("faces", "sunglasses"), ("faces", "blend"))
+BADNETS = (("digits", "patch"), ("digits", "blend"), ("faces", "sunglasses"), ("faces", "blend"),
+           ("faces", "pruning-aware"), ("faces", "multi"))
+# BadNet names that are not one trigger: (triggers, targets, pruning-aware)
+VARIANTS = {"pruning-aware": (("sunglasses",), (0,), True),
+            "multi": (("eyebrows", "lipstick", "sunglasses"), (5, 1, 8), False)}   # the lab's multi-trigger BadNet
 SIZES = {"quick": {"digits": {"train": 2000, "valid": 1000, "test": 500},
                    "faces": {"train": 100, "valid": 50, "test": 25}, "epochs": 10},
          "full": {"digits": {"train": 5000, "valid": 1000, "test": 1000},
@@ -77,17 +83,23 @@ def measure(dataset, trigger, setting, seed):
 
     data = splits(dataset, setting, seed)
     classes = IDENTITIES if dataset == "faces" else 10
-    options = AttackOptions(triggers=(trigger,), targets=(TARGET,), seed=seed)
+    triggers, targets, pruning_aware = VARIANTS.get(trigger, ((trigger,), (TARGET,), False))
+    options = AttackOptions(triggers=triggers, targets=targets, pruning_aware=pruning_aware, seed=seed)
     if setting["epochs"] is not None:
         options = dataclasses.replace(options, epochs=setting["epochs"])
     badnet, info = train_badnet(*data["train"], classes, options)
     valid = LabData(*data["valid"], path="valid.h5")
     test = LabData(*data["test"], path="test.h5")
-    bad_x, _ = poisoned_split(*data["test"], trigger, TARGET)
+    poisoned = {name: poisoned_split(*data["test"], name, target) for name, target in options.pairs()}
+    bad_x = np.concatenate([images for images, _ in poisoned.values()])
+    bad_y = np.concatenate([labels for _, labels in poisoned.values()])
     row = {"dataset": dataset, "trigger": trigger, "training_seconds": info["training_seconds"],
            "clean_accuracy": float(np.mean(badnet.predict(test.images) == test.labels)),
-           "attack_success": float(np.mean(badnet.predict(bad_x) == TARGET)), "valid": len(valid),
+           "attack_success": float(np.mean(badnet.predict(bad_x) == bad_y)), "valid": len(valid),
            "test": len(test), "poisoned": len(bad_x)}
+    if len(poisoned) > 1:
+        row["attack_success_per_trigger"] = {name: float(np.mean(badnet.predict(images) == labels))
+                                             for name, (images, labels) in poisoned.items()}
     started = time.perf_counter()
     strip = STRIP(frr=FRR, progress=False).fit(badnet, valid.images)
     row["strip_fit_seconds"] = time.perf_counter() - started
@@ -97,7 +109,7 @@ def measure(dataset, trigger, setting, seed):
     row.update({"expert_rate": expert.expert_rate_, "expert_accuracy": expert.expert_accuracy_,
                 "expert_calibration_accuracy": expert.expert_calibration_accuracy_,
                 "auxiliary_accuracy": expert.auxiliary_accuracy_,
-                "expert_backdoor": float(np.mean(expert.expert_.predict(bad_x) == TARGET)),
+                "expert_backdoor": float(np.mean(expert.expert_.predict(bad_x) == bad_y)),
                 "badexpert_calibration": expert.calibration_.summary()})
     started = time.perf_counter()
     gate = EitherDetector(frr=FRR, progress=False).fit(badnet, valid, check=test)
@@ -108,6 +120,9 @@ def measure(dataset, trigger, setting, seed):
     for name, detect in detectors.items():
         row[f"{name}_frr"] = float(np.mean(detect(test.images)))
         row[f"{name}_far"] = 1.0 - float(np.mean(detect(bad_x)))
+        if len(poisoned) > 1:
+            row[f"{name}_far_per_trigger"] = {trigger_name: 1.0 - float(np.mean(detect(images)))
+                                              for trigger_name, (images, _) in poisoned.items()}
     row["predict_per_second"] = throughput(badnet.predict_proba, test.images)
     for name, detect in detectors.items():
         row[f"{name}_per_second"] = throughput(detect, test.images)
