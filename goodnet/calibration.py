@@ -51,6 +51,8 @@ class CalibrationOptions:
 
 
 _DEFAULTS = CalibrationOptions()
+CALIBRATION_FIELDS = tuple(field.name for field in dataclasses.fields(CalibrationOptions))
+"""The calibration fields every run-time detector's options share (STRIP's, BaDExpert's)."""
 DEFAULT_WORDING = ("detector", "scores", "more clean calibration inputs")   # see Calibration.wording
 
 

@@ -79,6 +79,7 @@ import time
 import numpy as np
 
 from goodnet.base import InstanceOf, Interval, OneOf, SequenceOf
+from goodnet.calibration import CALIBRATION_FIELDS
 from goodnet.defenses.badexpert import BaDExpertOptions
 from goodnet.defenses.combine import GATE_DETECTORS
 from goodnet.defenses.either import EitherOptions
@@ -409,7 +410,7 @@ class RepairOptions:
                 flat["nc"] = {name: entry for name, entry in dataclasses.asdict(value).items() if name != "seed"}
             elif field.name in ("badexpert", "either"):   # names shared with STRIP's: kept apart, STRIP's calibration
                 flat[field.name] = {name: entry for name, entry in dataclasses.asdict(value).items()
-                                    if name not in ("seed", "threshold_method", "frr", "confidence")}
+                                    if name not in ("seed",) + CALIBRATION_FIELDS}
             elif dataclasses.is_dataclass(value):
                 flat.update(dataclasses.asdict(value))
             else:

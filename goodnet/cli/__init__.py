@@ -197,6 +197,20 @@ def add_combine_options(parser):
     return group
 
 
+def add_gate_options(parser, group, badexpert, either, badexpert_group, either_group):
+    """The gate flags of the combine form (``goodnet combine``, ``goodnet repair``): ``--gate-detector`` into the
+    STRIP gate ``group`` (given without ``--strip`` it is an error, so it stays unset by default), and the
+    BaDExpert and both gates' flags from ``badexpert`` and ``either`` (their option dataclasses or the
+    command's instances of them), without the calibration fields, which are STRIP's flags."""
+    from goodnet.calibration import CALIBRATION_FIELDS
+    from goodnet.cli.options import add_options
+    from goodnet.defenses.combine import GateOptions
+
+    add_options(group, GateOptions, unset=True)
+    add_options(parser, badexpert, exclude=CALIBRATION_FIELDS, group=badexpert_group)
+    add_options(parser, either, group=either_group)
+
+
 def add_model_options(parser, scale_default=DEFAULT_SCALE):
     """Options shared by commands that load a model: ``--scale``, ``--num-classes``, ``--batch-size``."""
     from goodnet.inference import DEFAULT_BATCH

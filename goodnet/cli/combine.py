@@ -17,7 +17,7 @@ file is deterministic), BaDExpert's from
 --confidence calibrate every detector.
 """
 
-from goodnet.cli import (CommandError, add_combine_options, add_model_options, configure_execution,
+from goodnet.cli import (CommandError, add_combine_options, add_gate_options, add_model_options, configure_execution,
                          execution_from_args, execution_lines, prepare_out_file, print_json)
 from goodnet.cli.options import add_options, check_options, options_from_args
 
@@ -25,8 +25,6 @@ HELP = "combine a BadNet B and a repaired B' into a GoodNet (N where they disagr
 
 STRIP_FLAGS = ("threshold_method", "frr", "confidence", "copies", "blend", "alpha", "bank_size", "seed")
 """The STRIP options the combine form has flags for (the others keep :class:`StripOptions`' defaults)."""
-CALIBRATION_FIELDS = ("threshold_method", "frr", "confidence")
-"""The calibration flags (STRIP's) that every gate detector shares."""
 BADEXPERT_GROUP = "BaDExpert gate (--strip --gate-detector badexpert or both)"
 EITHER_GROUP = "both gate (--strip --gate-detector both)"
 
@@ -47,17 +45,11 @@ def add_arguments(parser):
 
 
 def add_gate_arguments(parser, group):
-    """``--gate-detector`` (into the STRIP gate ``group``) and the BaDExpert and both gates' flags.
-
-    ``goodnet repair`` adds the same flags from the same dataclasses (command modules do not import each other).
-    """
+    """``--gate-detector`` (into the STRIP gate ``group``) and the BaDExpert and both gates' flags."""
     from goodnet.defenses.badexpert import BaDExpertOptions
-    from goodnet.defenses.combine import GateOptions
     from goodnet.defenses.either import EitherOptions
 
-    add_options(group, GateOptions, unset=True)   # unset: given without --strip is an error
-    add_options(parser, BaDExpertOptions, exclude=CALIBRATION_FIELDS, group=BADEXPERT_GROUP)
-    add_options(parser, EitherOptions, group=EITHER_GROUP)
+    add_gate_options(parser, group, BaDExpertOptions, EitherOptions, BADEXPERT_GROUP, EITHER_GROUP)
 
 
 def gate_options(args):
@@ -115,6 +107,7 @@ def _fit_detector(args, options, gates, bad, valid):
     """The fitted gate detector and its report entries."""
     import dataclasses
 
+    from goodnet.calibration import CALIBRATION_FIELDS
     from goodnet.defenses.badexpert import BaDExpert
     from goodnet.defenses.either import EitherDetector
     from goodnet.defenses.strip import STRIP

@@ -17,12 +17,11 @@ from goodnet.cli import (CommandError, add_model_options, configure_execution, e
 
 HELP = "detect backdoor inputs at run time with STRIP, BaDExpert or both (FRR on clean data, FAR on poisoned)"
 METHODS = ("strip", "badexpert", "both")
-CALIBRATION_FIELDS = ("threshold_method", "frr", "confidence")
 PLOTS = {"strip": "detect_strip.png", "badexpert": "detect_badexpert.png"}
 
 
 def add_arguments(parser):
-    from goodnet.calibration import CalibrationOptions
+    from goodnet.calibration import CALIBRATION_FIELDS, CalibrationOptions
     from goodnet.cli.options import add_options
     from goodnet.defenses.badexpert import BaDExpertOptions
     from goodnet.defenses.either import EitherOptions

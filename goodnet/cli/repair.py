@@ -31,7 +31,7 @@ flags (:class:`goodnet.defenses.badexpert.BaDExpertOptions`, its seed the repair
 form's (one detector per model file).
 """
 
-from goodnet.cli import (CommandError, add_combine_options, add_model_options, configure_execution,
+from goodnet.cli import (CommandError, add_combine_options, add_gate_options, add_model_options, configure_execution,
                          execution_from_args, execution_lines, load_inputs, prepare_out_dir, print_json, run_command)
 from goodnet.cli.options import add_options, check_options, options_from_args
 
@@ -41,8 +41,6 @@ HELP = "repair a model end to end (pruning, fine-pruning, GoodNet, STRIP), or co
 STRIP_FLAGS = ("threshold_method", "frr", "confidence", "copies", "alpha", "bank_size")
 """STRIP options with a flag (both forms; ``--blend`` and ``--seed`` are added apart, ``--bank-size`` is the combine
 form's)."""
-CALIBRATION_FIELDS = ("threshold_method", "frr", "confidence")
-"""The calibration flags (STRIP's) that every gate detector shares."""
 
 
 def add_arguments(parser):
@@ -80,16 +78,13 @@ def add_arguments(parser):
 
 
 def _add_gate_arguments(parser, group):
-    """The gate flags of ``goodnet combine`` (its ``add_gate_arguments``), from the same dataclasses; the
+    """The gate flags of the combine form, from :class:`RepairOptions`' BaDExpert and both-gate options; the
     end-to-end form reads the BaDExpert and both gates' flags too."""
-    from goodnet.defenses.combine import GateOptions
     from goodnet.repair import RepairOptions
 
-    add_options(group, GateOptions, unset=True)
-    add_options(parser, RepairOptions.badexpert, exclude=CALIBRATION_FIELDS,
-                group="BaDExpert gate (--gate-detectors badexpert or both; combine form: --gate-detector)")
-    add_options(parser, RepairOptions.either, group="both gate (--gate-detectors both; combine form: --gate-detector "
-                                                    "both)")
+    add_gate_options(parser, group, RepairOptions.badexpert, RepairOptions.either,
+                     "BaDExpert gate (--gate-detectors badexpert or both; combine form: --gate-detector)",
+                     "both gate (--gate-detectors both; combine form: --gate-detector both)")
 
 
 def run(args):
