@@ -35,6 +35,20 @@ SCORE_RULES = ("rectangle", "log-ratio", "triangle", "expert")   # goodnet.defen
 TINY = 1e-8   # the clamp of a confidence in a denominator (goodnet.defenses.badexpert.TINY)
 
 
+def expert_score(x, y, combination):
+    """BaDExpert's score (Keras ops, so any backend's tensors) from ``x``, the backdoor expert's confidence in the
+    model's answer, and ``y``, the auxiliary model's: the rules :class:`ExpertScore` states (low: suspicious).
+    :class:`ExpertScore` and BaDExpert's compiled scoring both call it; the NumPy reference is
+    :func:`goodnet.defenses.badexpert.combine_reference`."""
+    if combination == "rectangle":
+        return keras.ops.minimum(y, 1.0 - x)
+    if combination == "log-ratio":
+        return keras.ops.log(keras.ops.maximum(y, TINY)) - keras.ops.log(keras.ops.maximum(x, TINY))
+    if combination == "triangle":
+        return keras.ops.minimum(2.0 * y / keras.ops.maximum(x, TINY), (1.0 - x) / keras.ops.maximum(0.5 - y, TINY))
+    return -x
+
+
 def custom_objects():
     """The ``custom_objects`` dict plain ``keras.models.load_model`` needs for goodnet models."""
     classes = (GoodNetCombiner, StripGate, PixelScaling, ExpertScore)
@@ -281,14 +295,7 @@ class ExpertScore(keras.layers.Layer):
         answers = keras.ops.expand_dims(keras.ops.argmax(original, axis=-1), -1)
         x = keras.ops.take_along_axis(expert, answers, axis=-1)[:, 0]
         y = keras.ops.take_along_axis(auxiliary, answers, axis=-1)[:, 0]
-        if self.combination == "rectangle":
-            return keras.ops.minimum(y, 1.0 - x)
-        if self.combination == "log-ratio":
-            return keras.ops.log(keras.ops.maximum(y, TINY)) - keras.ops.log(keras.ops.maximum(x, TINY))
-        if self.combination == "triangle":
-            return keras.ops.minimum(2.0 * y / keras.ops.maximum(x, TINY),
-                                     (1.0 - x) / keras.ops.maximum(0.5 - y, TINY))
-        return -x
+        return expert_score(x, y, self.combination)
 
     def compute_output_shape(self, input_shapes):
         return (input_shapes[0][0],)

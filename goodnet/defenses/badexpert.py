@@ -290,6 +290,8 @@ class BaDExpert(Defense):
             return self._kernel
         import tensorflow as tf
 
+        from goodnet.layers import expert_score
+
         original, expert, auxiliary = self.classifier_.model, self.expert_.model, self.auxiliary_.model
         divisor = float(self.classifier_.divisor)
         combination = self.combination
@@ -302,15 +304,7 @@ class BaDExpert(Defense):
             answers = tf.argmax(tf.cast(original(images, training=False), tf.float32), axis=1)
             x = tf.gather(tf.cast(expert(images, training=False), tf.float32), answers, axis=1, batch_dims=1)
             y = tf.gather(tf.cast(auxiliary(images, training=False), tf.float32), answers, axis=1, batch_dims=1)
-            if combination == "rectangle":
-                scores = tf.minimum(y, 1.0 - x)
-            elif combination == "log-ratio":
-                scores = tf.math.log(tf.maximum(y, TINY)) - tf.math.log(tf.maximum(x, TINY))
-            elif combination == "triangle":
-                scores = tf.minimum(2.0 * y / tf.maximum(x, TINY), (1.0 - x) / tf.maximum(0.5 - y, TINY))
-            else:
-                scores = -x
-            return scores, answers, x, y
+            return expert_score(x, y, combination), answers, x, y
 
         self._kernel = kernel
         return kernel
