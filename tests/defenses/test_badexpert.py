@@ -119,3 +119,44 @@ def test_either_gate_checks_the_joint_frr_on_a_second_split(world):
     np.testing.assert_array_equal(joint, flags["strip"] | flags["badexpert"])
     assert joint.mean() >= max(flags["strip"].mean(), flags["badexpert"].mean()) > 0.7
     assert np.mean(gate.predict_trojaned(test_images)) <= 0.2
+
+
+def test_expert_stops_at_the_first_check_that_reaches_the_target(world):
+    """The early stop against a plain reference: the same seeded fine-tuning, run without a stop, its clean accuracy
+    recorded after every step; B is the model at the first step at or below the target."""
+    import keras
+
+    from goodnet.defenses.badexpert import accuracy, fine_tuned
+
+    classifier, valid, _, _ = world
+    detector = BaDExpert(expert_rates=(1e-2,), expert_epochs=4, expert_check=1, aux_epochs=1, frr=0.1).fit(
+        classifier, valid)
+    tune = detector.tune_indices_
+    scaled = classifier.scale_images(valid.images[tune])
+    true = valid.labels[tune].astype(np.int64)
+    wrong = (true + 1) % classifier.num_classes
+    history = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            history.append((accuracy(self.model, scaled, true), [w.copy() for w in self.model.get_weights()]))
+
+    fine_tuned(classifier.model, scaled, wrong, keras.optimizers.Adam(1e-2), 4, detector.tune_batch,
+               detector.seed, [Record()])
+    first = next(step for step, (value, _) in enumerate(history, 1) if value <= detector.expert_target_)
+    assert 1 < first < len(history)                  # it stops partway: the comparison means something
+    assert detector.expert_steps_ == first and detector.ladder_ == [
+        {"rate": 1e-2, "accuracy": history[first - 1][0], "steps": first}]
+    for mine, reference in zip(detector.expert_.model.get_weights(), history[first - 1][1]):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_rate_that_never_reaches_the_target_hands_over_to_the_next(world):
+    classifier, valid, _, _ = world
+    detector = BaDExpert(expert_rates=(1e-2, 1e-9), expert_epochs=1, expert_check=3, aux_epochs=1, frr=0.1).fit(
+        classifier, valid)
+    steps = int(np.ceil(len(detector.tune_indices_) / detector.tune_batch))
+    assert [entry["rate"] for entry in detector.ladder_] == [1e-9, 1e-2]    # smallest first
+    assert detector.ladder_[0]["steps"] == steps and detector.ladder_[0]["accuracy"] > detector.expert_target_
+    assert detector.expert_rate_ == 1e-2 and detector.expert_steps_ <= steps
+    assert detector.expert_accuracy_ <= detector.expert_target_
