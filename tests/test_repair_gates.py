@@ -120,4 +120,7 @@ def test_the_command_line_offers_the_gates(tmp_path, capsys):
     assert main(argv + ["--gate-detector", "both"]) == 2
     message = capsys.readouterr().err.strip().splitlines()
     assert len(message) == 1 and "--gate-detector both: expected --repaired" in message[0]
+    assert main(argv + ["--badexpert-seed", "3"]) == 2       # the end-to-end form seeds BaDExpert with --seed
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 1 and "--badexpert-seed 3: expected --repaired" in message[0]
     assert not (tmp_path / "o").exists()

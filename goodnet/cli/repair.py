@@ -85,6 +85,9 @@ def _add_gate_arguments(parser, group):
     add_gate_options(parser, group, RepairOptions.badexpert, RepairOptions.either,
                      "BaDExpert gate (--gate-detectors badexpert or both; combine form: --gate-detector)",
                      "both gate (--gate-detectors both; combine form: --gate-detector both)")
+    for action in parser._actions:   # the end-to-end form seeds BaDExpert with --seed (RepairOptions.badexpert_options)
+        if action.dest == "badexpert_seed":
+            action.help = f"{action.help}; combine form only: the end-to-end form uses --seed"
 
 
 def run(args):
@@ -99,6 +102,11 @@ def _check_end_to_end(args):
     if hasattr(args, "gate_detector"):
         raise CommandError(f"--gate-detector {args.gate_detector}: expected --repaired (the combine form); the "
                            "end-to-end form takes --gate-detectors")
+    from goodnet.repair import RepairOptions
+
+    if args.badexpert_seed != RepairOptions.badexpert.seed:
+        raise CommandError(f"--badexpert-seed {args.badexpert_seed}: expected --repaired (the combine form); the "
+                           "end-to-end form seeds BaDExpert with --seed")
     if not args.valid:
         raise CommandError("--valid: expected a clean validation file (goodnet repair MODEL --valid V --out DIR)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
