@@ -190,7 +190,8 @@ def _lines(report):
         lines.append(f"{NAMES[name]}: threshold {entry['threshold']:.6f} ({entry['threshold_method']}, FRR "
                      f"{entry['target_frr'] * 100:g} %); calibration: {entry['calibration']['summary']}")
         if name == "badexpert":
-            lines.append(f"BaDExpert: backdoor expert at learning rate {entry['expert_rate']:g}: clean accuracy "
+            lines.append(f"BaDExpert: backdoor expert at learning rate {entry['expert_rate']:g}, stopped after "
+                         f"{entry['expert_steps']} steps: clean accuracy "
                          f"{entry['expert_accuracy'] * 100:.2f} % (target {entry['expert_target'] * 100:.2f} %); "
                          f"auxiliary model {entry['auxiliary_accuracy'] * 100:.2f} %, model "
                          f"{entry['original_accuracy'] * 100:.2f} % on the calibration part")
