@@ -23,7 +23,7 @@ BaDExpert and both. Nothing is chosen on the test split.
 Sizes: ``--quick``: digits 2000 training / 1000 valid / 500 test images, faces 20 identities x 100 / 50 / 25,
 10 epochs; default: digits 5000 / 1000 / 1000, faces 20 x 150 / 50 / 50, the attack's default epochs.
 
-Measured run time on 2 shared CPU cores: ``--quick`` 811 s (six BadNets; 1390 s for four under heavier load);
+Measured run time on 2 shared CPU cores: ``--quick`` 773 s (six BadNets, early-stopped experts; 811 s with the previous five-epoch experts);
 the full sizes not run yet.
 
 Usage:
