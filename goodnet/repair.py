@@ -569,7 +569,7 @@ def _gates_report(options, strip, gates, holdout):
             detector = gates[name]
             entry.update({"threshold": float(detector.threshold_), "calibration": detector.calibration_.describe(),
                           "combination": detector.combination, "expert_rate": detector.expert_rate_,
-                          "expert_accuracy": detector.expert_accuracy_,
+                          "expert_accuracy": detector.expert_accuracy_, "expert_steps": detector.expert_steps_,
                           "auxiliary_accuracy": detector.auxiliary_accuracy_})
         else:
             detector = gates[name]

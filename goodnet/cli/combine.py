@@ -144,7 +144,7 @@ def _expert_entries(expert, options):
     return {"threshold": expert.threshold_, "threshold_method": options.threshold_method, "target_frr": expert.frr,
             "calibration": expert.calibration_.describe(), "combination": expert.combination,
             "expert_rate": expert.expert_rate_, "expert_accuracy": expert.expert_accuracy_,
-            "auxiliary_accuracy": expert.auxiliary_accuracy_}
+            "expert_steps": expert.expert_steps_, "auxiliary_accuracy": expert.auxiliary_accuracy_}
 
 
 def _combine(args, options, gates):
