@@ -16,15 +16,15 @@ benchmark in memory (:func:`goodnet.attacks.benchmarks.generate`), train the Bad
 
 Reported per BadNet: clean accuracy and ASR of the BadNet, each detector's FRR on the clean test split and FAR
 (poisoned test inputs not flagged; "FAR succ.": among those the BadNet sends to the target, the authors'
-protocol, which matters where the trigger is hardly planted), and throughput (inputs per second, second of two timed runs over the test
-images, after a warm-up) of ``model.predict`` (:meth:`goodnet.models.Classifier.predict_proba`), STRIP,
-BaDExpert and both. Nothing is chosen on the test split.
+protocol, which matters where the trigger is hardly planted), and throughput (inputs per second, second of two
+timed runs over the test images, after a warm-up) of ``model.predict``
+(:meth:`goodnet.models.Classifier.predict_proba`), STRIP, BaDExpert and both. Nothing is chosen on the test split.
 
 Sizes: ``--quick``: digits 2000 training / 1000 valid / 500 test images, faces 20 identities x 100 / 50 / 25,
 10 epochs; default: digits 5000 / 1000 / 1000, faces 20 x 150 / 50 / 50, the attack's default epochs.
 
-Measured run time on 2 shared CPU cores: ``--quick`` 773 s (six BadNets, early-stopped experts; 811 s with the previous five-epoch experts);
-the full sizes not run yet.
+Measured run time on 2 shared CPU cores: ``--quick`` 773 s (six BadNets, early-stopped experts; 811 s with the
+previous five-epoch experts); the full sizes not run yet.
 
 Usage:
     python bench/bench_detect.py [--quick] [--only digits:patch faces:blend] [--seed 0] [--json OUT]

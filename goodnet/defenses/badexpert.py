@@ -233,8 +233,8 @@ class BaDExpert(Defense):
     def __init__(self, threshold_method=_DEFAULTS.threshold_method, frr=_DEFAULTS.frr,
                  confidence=_DEFAULTS.confidence, calibration_fraction=_DEFAULTS.calibration_fraction,
                  expert_rates=_DEFAULTS.expert_rates, expert_epochs=_DEFAULTS.expert_epochs,
-                 expert_check=_DEFAULTS.expert_check, expert_accuracy=_DEFAULTS.expert_accuracy, aux_rate=_DEFAULTS.aux_rate,
-                 aux_epochs=_DEFAULTS.aux_epochs, tune_batch=_DEFAULTS.tune_batch,
+                 expert_check=_DEFAULTS.expert_check, expert_accuracy=_DEFAULTS.expert_accuracy,
+                 aux_rate=_DEFAULTS.aux_rate, aux_epochs=_DEFAULTS.aux_epochs, tune_batch=_DEFAULTS.tune_batch,
                  combination=_DEFAULTS.combination, chunk=_DEFAULTS.chunk, seed=_DEFAULTS.seed, method="batched",
                  progress=None):
         self.threshold_method = threshold_method
