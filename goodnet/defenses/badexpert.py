@@ -59,9 +59,11 @@ import logging
 
 import numpy as np
 
+from goodnet import metrics
 from goodnet.base import Defense, InstanceOf, Interval, OneOf, SequenceOf, check_is_fitted
 from goodnet.calibration import CalibrationOptions, calibrate
 from goodnet.errors import DataError, OptionError
+from goodnet.inference import run_batches
 from goodnet.options import constraints_of, option
 from goodnet.training import seed_everything
 
@@ -162,9 +164,8 @@ def _copy(model):
 
 def accuracy(model, scaled, labels, batch=256):
     """Share of ``scaled`` images whose argmax under ``model`` is their label."""
-    answers = np.concatenate([np.asarray(model(scaled[start:start + batch], training=False)).argmax(axis=1)
-                              for start in range(0, len(scaled), batch)])
-    return float(np.mean(answers == labels))
+    answers = run_batches(lambda images: model(images, training=False), scaled, batch, progress=False)
+    return metrics.accuracy(answers.argmax(axis=1), labels)
 
 
 def fine_tuned(model, images, labels, optimizer, epochs, batch_size, seed, callbacks=()):
