@@ -31,15 +31,31 @@ from goodnet.errors import OptionError
 
 PACKAGE = "goodnet"
 BLENDS = ("add", "alpha")
-SCORE_RULES = ("rectangle", "log-ratio", "triangle", "expert")   # goodnet.defenses.badexpert.COMBINATIONS
+SCORE_RULES = ("taught", "rectangle", "log-ratio", "triangle", "expert")   # goodnet.defenses.badexpert.COMBINATIONS
 TINY = 1e-8   # the clamp of a confidence in a denominator (goodnet.defenses.badexpert.TINY)
+SHIFT = 1     # the backdoor expert is taught (y + SHIFT) mod C for label y (goodnet.defenses.badexpert.SHIFT)
 
 
-def expert_score(x, y, combination):
+def taught_confidence(expert, answers):
+    """The backdoor expert's confidence in the label it was taught for each answer, ``(answer + SHIFT) mod C``.
+
+    Args:
+        expert: (batch, C) class scores of the backdoor expert.
+        answers: (batch,) integer answers of the model.
+    """
+    classes = keras.ops.shape(expert)[-1]
+    taught = keras.ops.mod(keras.ops.cast(answers, "int32") + SHIFT, classes)
+    return keras.ops.take_along_axis(expert, keras.ops.expand_dims(taught, -1), axis=-1)[:, 0]
+
+
+def expert_score(x, y, combination, taught=None):
     """BaDExpert's score (Keras ops, so any backend's tensors) from ``x``, the backdoor expert's confidence in the
-    model's answer, and ``y``, the auxiliary model's: the rules :class:`ExpertScore` states (low: suspicious).
-    :class:`ExpertScore` and BaDExpert's compiled scoring both call it; the NumPy reference is
-    :func:`goodnet.defenses.badexpert.combine_reference`."""
+    model's answer, ``y``, the auxiliary model's, and ``taught``, the expert's confidence in the label it was taught
+    for that answer (:func:`taught_confidence`; only the "taught" rule reads it): the rules :class:`ExpertScore`
+    states (low: suspicious). :class:`ExpertScore` and BaDExpert's compiled scoring both call it; the NumPy
+    reference is :func:`goodnet.defenses.badexpert.combine_reference`."""
+    if combination == "taught":
+        return keras.ops.log(keras.ops.maximum(taught, TINY)) - keras.ops.log(keras.ops.maximum(x, TINY))
     if combination == "rectangle":
         return keras.ops.minimum(y, 1.0 - x)
     if combination == "log-ratio":
@@ -271,7 +287,9 @@ class ExpertScore(keras.layers.Layer):
     """BaDExpert's score from three models' class scores: ``[original, expert, auxiliary] -> score``.
 
     With y^ = argmax of the original model M, x_B = expert[y^] (the backdoor
-    expert's confidence in M's answer) and x_M' = auxiliary[y^]: "rectangle"
+    expert's confidence in M's answer), t_B = expert[(y^ + 1) mod C] (its
+    confidence in the label it was taught for y^) and x_M' = auxiliary[y^]:
+    "taught" log(t_B / x_B), "rectangle"
     min(x_M', 1 - x_B), "log-ratio" log(x_M' / x_B), "triangle"
     min(2 x_M' / x_B, (1 - x_B) / (0.5 - x_M')) (denominators clamped at 1e-8),
     "expert" -x_B. Low scores are suspicious (the gate passes scores at least
@@ -281,10 +299,10 @@ class ExpertScore(keras.layers.Layer):
         combination: one of :data:`SCORE_RULES`.
 
     Example:
-        >>> ExpertScore("rectangle")([original, expert, auxiliary])   # (batch,)
+        >>> ExpertScore("taught")([original, expert, auxiliary])   # (batch,)
     """
 
-    def __init__(self, combination="rectangle", **kwargs):
+    def __init__(self, combination="taught", **kwargs):
         super().__init__(**kwargs)
         if combination not in SCORE_RULES:
             raise OptionError(f"ExpertScore: combination: expected one of {SCORE_RULES}, got {combination!r}")
@@ -292,10 +310,11 @@ class ExpertScore(keras.layers.Layer):
 
     def call(self, inputs):
         original, expert, auxiliary = (keras.ops.cast(value, "float32") for value in inputs)
-        answers = keras.ops.expand_dims(keras.ops.argmax(original, axis=-1), -1)
-        x = keras.ops.take_along_axis(expert, answers, axis=-1)[:, 0]
-        y = keras.ops.take_along_axis(auxiliary, answers, axis=-1)[:, 0]
-        return expert_score(x, y, self.combination)
+        answers = keras.ops.argmax(original, axis=-1)
+        column = keras.ops.expand_dims(answers, -1)
+        x = keras.ops.take_along_axis(expert, column, axis=-1)[:, 0]
+        y = keras.ops.take_along_axis(auxiliary, column, axis=-1)[:, 0]
+        return expert_score(x, y, self.combination, taught_confidence(expert, answers))
 
     def compute_output_shape(self, input_shapes):
         return (input_shapes[0][0],)

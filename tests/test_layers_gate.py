@@ -12,10 +12,10 @@ def _softmax(logits):
 
 
 def test_score_rules_are_badexperts():
-    from goodnet.layers import SCORE_RULES, TINY
+    from goodnet.layers import SCORE_RULES, SHIFT, TINY
     from goodnet.defenses import badexpert
 
-    assert SCORE_RULES == COMBINATIONS and TINY == badexpert.TINY
+    assert SCORE_RULES == COMBINATIONS and TINY == badexpert.TINY and SHIFT == badexpert.SHIFT
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS)

@@ -100,7 +100,7 @@ def test_the_report_names_each_gate_and_its_realised_holdout_frr(gated):
     assert "| candidate | gate | clean acc % |" in markdown and "| goodnet_both_fp | STRIP or BaDExpert |" in markdown
     assert "- BaDExpert: hold-out FRR" in markdown and "- STRIP or BaDExpert: hold-out FRR" in markdown
     gate = json.loads((out / "report.json").read_text())["gates"]["badexpert"]
-    assert gate["combination"] == "rectangle" and gate["expert_steps"] >= 1
+    assert gate["combination"] == "taught" and gate["expert_steps"] >= 1
 
 
 def test_the_command_line_offers_the_gates(tmp_path, capsys):

@@ -23,12 +23,22 @@ labelled clean set:
   with momentum), which keeps the clean task and weakens the backdoor;
 - the **score** of an input x with M's answer y^ = argmax M(x): with
   x_B = B(x)[y^] and x_M' = M'(x)[y^] (the two models' confidence in M's
-  answer), a backdoor input has B agreeing (x_B high) and M' not (x_M' low).
-  ``combination="rectangle"`` (default, in the authors' code) scores
-  min(x_M', 1 - x_B): flagged when M' doubts the answer or B backs it (the
-  union of the two single-model rules); ``"log-ratio"`` scores log(x_M' / x_B)
-  (the authors' ImageNet ratio); ``"triangle"`` is the authors' CIFAR-10
-  rule, min(2 x_M' / x_B, (1 - x_B) / (0.5 - x_M')) (clamped as they clamp);
+  answer) and t_B = B(x)[(y^ + 1) mod C] (B's confidence in the label it was
+  taught for that answer), a backdoor input has B agreeing with M (x_B high)
+  and M' not (x_M' low). ``combination="taught"`` (default, goodnet's) scores
+  log(t_B / x_B): a clean input answered y^ is one B learnt to send to
+  y^ + 1, a backdoor input is not, whether B kept the backdoor (it backs y^)
+  or forgot it (it backs the source class's shifted label). Measured at
+  bench/bench_detect.py's quick size (FRR 1 %), it lets 0.2 % of the faces
+  pruning-aware BadNet's inputs through where the rectangle lets 54.7 %
+  (there B backs the target with a median confidence of 0.55, no more than
+  it backs the right answer of some clean inputs), and 4.5 % of the
+  multi-trigger BadNet's (rectangle 11.6 %).
+  ``"rectangle"`` (in the authors' code) scores min(x_M', 1 - x_B):
+  flagged when M' doubts the answer or B backs it (the union of the two
+  single-model rules); ``"log-ratio"`` scores log(x_M' / x_B) (the authors'
+  ImageNet ratio); ``"triangle"`` is the authors' CIFAR-10 rule,
+  min(2 x_M' / x_B, (1 - x_B) / (0.5 - x_M')) (clamped as they clamp);
   ``"expert"`` scores -x_B (B alone). Measured on the built-in digits patch
   BadNet (bench/bench_detect.py's quick size, aux_rate 0.01), M' kept the backdoor
   (median x_M' 0.999 on poisoned inputs), so the ratio and the triangle,
@@ -69,9 +79,10 @@ from goodnet.training import seed_everything
 
 logger = logging.getLogger(__name__)
 
-COMBINATIONS = ("rectangle", "log-ratio", "triangle", "expert")
+COMBINATIONS = ("taught", "rectangle", "log-ratio", "triangle", "expert")
 METHODS = ("batched", "loop")
 TINY = 1e-8          # the authors' clamp of a confidence in a denominator
+SHIFT = 1            # the backdoor expert is taught (y + SHIFT) mod C for label y
 WORDING = ("BaDExpert", "scores", "more labelled clean validation images or a larger --calibration-fraction")
 
 
@@ -103,9 +114,10 @@ class BaDExpertOptions(CalibrationOptions):
     aux_epochs: int = option(5, "auxiliary model: epochs over the fine-tuning part, true labels",
                              rule=Interval(int, 1))
     tune_batch: int = option(32, "fine-tuning batch size of both copies", rule=Interval(int, 1))
-    combination: str = option("rectangle", "score from the backdoor expert's (B) and the auxiliary model's (M') "
-                                           "confidence in the model's answer: rectangle (min(M', 1 - B)), log-ratio "
-                                           "(log M'/B), triangle (the authors' CIFAR-10 rule) or expert (B alone)",
+    combination: str = option("taught", "score from the backdoor expert's (B) and the auxiliary model's (M') "
+                                        "confidence in the model's answer y: taught (log B[y + 1] / B[y], B's "
+                                        "taught label for y against y), rectangle (min(M', 1 - B)), log-ratio "
+                                        "(log M'/B), triangle (the authors' CIFAR-10 rule) or expert (B alone)",
                               rule=OneOf(COMBINATIONS))
     chunk: int = option(512, "inputs per compiled scoring call (three forward passes each)",
                         rule=Interval(int, 1), flag="--badexpert-chunk", dest="badexpert_chunk")
@@ -116,6 +128,11 @@ class BaDExpertOptions(CalibrationOptions):
 _DEFAULTS = BaDExpertOptions()
 
 
+def taught_labels(labels, classes):
+    """The wrong labels the backdoor expert is fine-tuned on: ``(labels + SHIFT) mod classes``."""
+    return (np.asarray(labels).astype(np.int64) + SHIFT) % int(classes)
+
+
 def combine_reference(original, expert, auxiliary, combination=_DEFAULTS.combination):
     """The score from the three models' softmax outputs, plain NumPy (float32, as the compiled path computes).
 
@@ -124,23 +141,29 @@ def combine_reference(original, expert, auxiliary, combination=_DEFAULTS.combina
         combination: one of :data:`COMBINATIONS`.
 
     Returns:
-        (scores (N,), answers (N,), B's confidence (N,), M''s confidence (N,))
+        (scores (N,), answers (N,), B's confidence (N,), M''s confidence (N,), B's confidence in the label it was
+        taught for the answer (N,))
     """
     original = np.asarray(original, np.float32)
+    expert = np.asarray(expert, np.float32)
     answers = original.argmax(axis=1)
     rows = np.arange(len(answers))
-    x = np.asarray(expert, np.float32)[rows, answers]
+    x = expert[rows, answers]
     y = np.asarray(auxiliary, np.float32)[rows, answers]
-    if combination == "rectangle":
+    taught = expert[rows, taught_labels(answers, expert.shape[1])]
+    tiny = np.float32(TINY)
+    if combination == "taught":
+        scores = np.log(np.maximum(taught, tiny)) - np.log(np.maximum(x, tiny))
+    elif combination == "rectangle":
         scores = np.minimum(y, np.float32(1) - x)
     elif combination == "log-ratio":
-        scores = np.log(np.maximum(y, np.float32(TINY))) - np.log(np.maximum(x, np.float32(TINY)))
+        scores = np.log(np.maximum(y, tiny)) - np.log(np.maximum(x, tiny))
     elif combination == "triangle":
-        scores = np.minimum(np.float32(2) * y / np.maximum(x, np.float32(TINY)),
-                            (np.float32(1) - x) / np.maximum(np.float32(0.5) - y, np.float32(TINY)))
+        scores = np.minimum(np.float32(2) * y / np.maximum(x, tiny),
+                            (np.float32(1) - x) / np.maximum(np.float32(0.5) - y, tiny))
     else:
         scores = -x
-    return scores.astype(np.float32), answers.astype(np.int64), x, y
+    return scores.astype(np.float32), answers.astype(np.int64), x, y, taught
 
 
 def _is_stream(images):
@@ -289,7 +312,7 @@ class BaDExpert(Defense):
         self.tune_indices_, self.calibration_indices_ = tune, hold
         scaled = classifier.scale_images(images[tune])
         true = labels[tune]
-        wrong = (true + 1) % classes
+        wrong = taught_labels(true, classes)
         target = float(self.expert_accuracy) if self.expert_accuracy is not None else min(1.0, 2.0 / classes)
         self.expert_target_ = target
         self.ladder_ = []
@@ -331,12 +354,13 @@ class BaDExpert(Defense):
 
     # -- scoring ----------------------------------------------------------------------
     def _compiled(self):
-        """One tf.function: raw pixels -> (scores, answers, B's and M''s confidence), the three passes together."""
+        """One tf.function: raw pixels -> (scores, answers, B's and M''s confidence, B's in its taught label), the
+        three passes together."""
         if getattr(self, "_kernel", None) is not None:
             return self._kernel
         import tensorflow as tf
 
-        from goodnet.layers import expert_score
+        from goodnet.layers import expert_score, taught_confidence
 
         original, expert, auxiliary = self.classifier_.model, self.expert_.model, self.auxiliary_.model
         divisor = float(self.classifier_.divisor)
@@ -348,9 +372,11 @@ class BaDExpert(Defense):
             if divisor != 1.0:
                 images = images / divisor
             answers = tf.argmax(tf.cast(original(images, training=False), tf.float32), axis=1)
-            x = tf.gather(tf.cast(expert(images, training=False), tf.float32), answers, axis=1, batch_dims=1)
+            backdoor = tf.cast(expert(images, training=False), tf.float32)
+            x = tf.gather(backdoor, answers, axis=1, batch_dims=1)
             y = tf.gather(tf.cast(auxiliary(images, training=False), tf.float32), answers, axis=1, batch_dims=1)
-            return expert_score(x, y, combination), answers, x, y
+            taught = taught_confidence(backdoor, answers)
+            return expert_score(x, y, combination, taught), answers, x, y, taught
 
         self._kernel = kernel
         return kernel
@@ -379,8 +405,8 @@ class BaDExpert(Defense):
                 :class:`goodnet.data.LabFile` (read ``chunk`` images at a time).
 
         Returns:
-            np.ndarray: the scores. ``last_details_`` holds the model's answers and
-            the two confidences in them.
+            np.ndarray: the scores. ``last_details_`` holds the model's answers, the
+            two confidences in them and B's confidence in the label it was taught for them.
         """
         check_is_fitted(self, "expert_")
         chunk = int(self.chunk)
@@ -392,9 +418,9 @@ class BaDExpert(Defense):
         parts = [self._score_block(np.asarray(block, np.float32)) for block in blocks]
         if not parts:
             raise OptionError("images: expected at least one image, got none")
-        scores, answers, expert, auxiliary = (np.concatenate(column) for column in zip(*parts))
+        scores, answers, expert, auxiliary, taught = (np.concatenate(column) for column in zip(*parts))
         self.last_details_ = {"answers": answers.astype(np.int64), "expert_confidence": expert,
-                              "auxiliary_confidence": auxiliary}
+                              "auxiliary_confidence": auxiliary, "taught_confidence": taught}
         return scores.astype(np.float32)
 
     def predict_trojaned(self, images):

@@ -49,7 +49,7 @@ def test_combine_writes_the_gated_file_and_repair_repaired_writes_the_same(pair,
         parts = goodnet_parts(loaded)
         assert parts["detector"] == detector
         if detector == "badexpert":
-            assert parts["threshold"] == pytest.approx(report["threshold"]) and report["combination"] == "rectangle"
+            assert parts["threshold"] == pytest.approx(report["threshold"]) and report["combination"] == "taught"
         else:
             assert parts["threshold"] == pytest.approx([report["threshold"]["strip"], report["threshold"]["badexpert"]])
             assert report["shares"] == {"strip": pytest.approx(0.05), "badexpert": pytest.approx(0.05)}

@@ -52,8 +52,9 @@ def test_combine_reference_by_hand():
     original = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     expert = np.array([[0.9, 0.05, 0.05], [0.5, 0.3, 0.2]])
     auxiliary = np.array([[0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
-    scores, answers, x, y = combine_reference(original, expert, auxiliary, "log-ratio")
+    scores, answers, x, y, taught = combine_reference(original, expert, auxiliary, "log-ratio")
     np.testing.assert_array_equal(answers, [0, 2])
+    np.testing.assert_allclose(taught, [0.05, 0.5], rtol=1e-6)      # B's scores on the labels 1 and (2 + 1) mod 3
     np.testing.assert_allclose(scores, [np.log(0.1 / 0.9), np.log(0.8 / 0.2)], rtol=1e-6)
     scores, *_ = combine_reference(original, expert, auxiliary, "triangle")
     np.testing.assert_allclose(scores, [min(2 * 0.1 / 0.9, 0.1 / 0.4), min(2 * 0.8 / 0.2, 0.8 / 1e-8)], rtol=1e-5)
@@ -61,6 +62,8 @@ def test_combine_reference_by_hand():
     np.testing.assert_allclose(scores, [min(0.1, 1 - 0.9), min(0.8, 1 - 0.2)], rtol=1e-6)
     scores, *_ = combine_reference(original, expert, auxiliary, "expert")
     np.testing.assert_allclose(scores, [-0.9, -0.2], rtol=1e-6)
+    scores, *_ = combine_reference(original, expert, auxiliary, "taught")
+    np.testing.assert_allclose(scores, [np.log(0.05 / 0.9), np.log(0.5 / 0.2)], rtol=1e-5)
 
 
 def test_expert_forgets_the_clean_task_and_keeps_the_backdoor(world, detector):
