@@ -23,8 +23,9 @@ timed runs over the test images, after a warm-up) of ``model.predict``
 Sizes: ``--quick``: digits 2000 training / 1000 valid / 500 test images, faces 20 identities x 100 / 50 / 25,
 10 epochs; default: digits 5000 / 1000 / 1000, faces 20 x 150 / 50 / 50, the attack's default epochs.
 
-Measured run time on 2 shared CPU cores: ``--quick`` 773 s (six BadNets, early-stopped experts; 811 s with the
-previous five-epoch experts); the full sizes not run yet.
+Measured run time on 2 shared CPU cores: ``--quick`` 773 s (six BadNets, early-stopped experts, rectangle score;
+811 s with the previous five-epoch experts), 1259 s with the taught score while a test run shared the cores for
+the first two BadNets; the full sizes not run yet.
 
 Usage:
     python bench/bench_detect.py [--quick] [--only digits:patch faces:blend] [--seed 0] [--json OUT]
