@@ -48,6 +48,18 @@ def taught_confidence(expert, answers):
     return keras.ops.take_along_axis(expert, keras.ops.expand_dims(taught, -1), axis=-1)[:, 0]
 
 
+def expert_confidences(original, expert, auxiliary):
+    """From the class scores of M, its backdoor expert and its auxiliary model: M's answers, the expert's and the
+    auxiliary model's confidence in them, and the expert's in the label it was taught for them
+    (:func:`taught_confidence`). :class:`ExpertScore` and BaDExpert's compiled scoring both call it."""
+    original, expert, auxiliary = (keras.ops.cast(value, "float32") for value in (original, expert, auxiliary))
+    answers = keras.ops.argmax(original, axis=-1)
+    column = keras.ops.expand_dims(answers, -1)
+    x = keras.ops.take_along_axis(expert, column, axis=-1)[:, 0]
+    y = keras.ops.take_along_axis(auxiliary, column, axis=-1)[:, 0]
+    return answers, x, y, taught_confidence(expert, answers)
+
+
 def expert_score(x, y, combination, taught=None):
     """BaDExpert's score (Keras ops, so any backend's tensors) from ``x``, the backdoor expert's confidence in the
     model's answer, ``y``, the auxiliary model's, and ``taught``, the expert's confidence in the label it was taught
@@ -309,12 +321,8 @@ class ExpertScore(keras.layers.Layer):
         self.combination = combination
 
     def call(self, inputs):
-        original, expert, auxiliary = (keras.ops.cast(value, "float32") for value in inputs)
-        answers = keras.ops.argmax(original, axis=-1)
-        column = keras.ops.expand_dims(answers, -1)
-        x = keras.ops.take_along_axis(expert, column, axis=-1)[:, 0]
-        y = keras.ops.take_along_axis(auxiliary, column, axis=-1)[:, 0]
-        return expert_score(x, y, self.combination, taught_confidence(expert, answers))
+        _, x, y, taught = expert_confidences(*inputs)
+        return expert_score(x, y, self.combination, taught)
 
     def compute_output_shape(self, input_shapes):
         return (input_shapes[0][0],)

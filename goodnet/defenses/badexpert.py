@@ -360,7 +360,7 @@ class BaDExpert(Defense):
             return self._kernel
         import tensorflow as tf
 
-        from goodnet.layers import expert_score, taught_confidence
+        from goodnet.layers import expert_confidences, expert_score
 
         original, expert, auxiliary = self.classifier_.model, self.expert_.model, self.auxiliary_.model
         divisor = float(self.classifier_.divisor)
@@ -371,11 +371,9 @@ class BaDExpert(Defense):
         def kernel(images):
             if divisor != 1.0:
                 images = images / divisor
-            answers = tf.argmax(tf.cast(original(images, training=False), tf.float32), axis=1)
-            backdoor = tf.cast(expert(images, training=False), tf.float32)
-            x = tf.gather(backdoor, answers, axis=1, batch_dims=1)
-            y = tf.gather(tf.cast(auxiliary(images, training=False), tf.float32), answers, axis=1, batch_dims=1)
-            taught = taught_confidence(backdoor, answers)
+            answers, x, y, taught = expert_confidences(original(images, training=False),
+                                                       expert(images, training=False),
+                                                       auxiliary(images, training=False))
             return expert_score(x, y, combination, taught), answers, x, y, taught
 
         self._kernel = kernel
