@@ -229,6 +229,32 @@ def _stop_at_accuracy(images, labels, target, every):
     return StopAtAccuracy()
 
 
+def extract_expert(model, scaled, labels, classes, rates, target, epochs=_DEFAULTS.expert_epochs,
+                   check=_DEFAULTS.expert_check, batch_size=_DEFAULTS.tune_batch, seed=_DEFAULTS.seed):
+    """The backdoor expert B: ``model`` fine-tuned (Adam) on the taught labels of ``labels``, stopped early.
+
+    The ``rates`` are tried in turn, smallest first, each from a fresh copy for at most ``epochs`` epochs; a rate
+    stops as soon as the clean accuracy on ``scaled`` (true ``labels``), checked every ``check`` steps, is at most
+    ``target``, and the first that gets there is kept (else the last tried).
+
+    Returns:
+        (the expert Keras model, the ladder: [{"rate", "accuracy", "steps"}] of the rates tried, in order)
+    """
+    import keras
+
+    wrong = taught_labels(labels, classes)
+    ladder, expert = [], None
+    for rate in sorted(float(rate) for rate in rates):
+        stop = _stop_at_accuracy(scaled, labels, target, int(check))
+        expert = fine_tuned(model, scaled, wrong, keras.optimizers.Adam(rate), epochs, batch_size, seed, [stop])
+        ladder.append({"rate": rate, "accuracy": stop.accuracy, "steps": stop.steps})
+        logger.info("BaDExpert: expert rate %g: clean accuracy %.4f after %d steps (target %.4f)", rate,
+                    stop.accuracy, stop.steps, target)
+        if stop.reached:
+            break
+    return expert, ladder
+
+
 class BaDExpert(Defense):
     """The BaDExpert detector (the :mod:`goodnet.base` estimator contract; the method in the module docstring).
 
@@ -312,20 +338,10 @@ class BaDExpert(Defense):
         self.tune_indices_, self.calibration_indices_ = tune, hold
         scaled = classifier.scale_images(images[tune])
         true = labels[tune]
-        wrong = taught_labels(true, classes)
         target = float(self.expert_accuracy) if self.expert_accuracy is not None else min(1.0, 2.0 / classes)
         self.expert_target_ = target
-        self.ladder_ = []
-        expert = None
-        for rate in sorted(float(rate) for rate in self.expert_rates):
-            stop = _stop_at_accuracy(scaled, true, target, int(self.expert_check))
-            expert = fine_tuned(classifier.model, scaled, wrong, keras.optimizers.Adam(rate), self.expert_epochs,
-                                self.tune_batch, self.seed, [stop])
-            self.ladder_.append({"rate": rate, "accuracy": stop.accuracy, "steps": stop.steps})
-            logger.info("BaDExpert: expert rate %g: clean accuracy %.4f after %d steps (target %.4f)", rate,
-                        stop.accuracy, stop.steps, target)
-            if stop.reached:
-                break
+        expert, self.ladder_ = extract_expert(classifier.model, scaled, true, classes, self.expert_rates, target,
+                                              self.expert_epochs, self.expert_check, self.tune_batch, self.seed)
         self.expert_rate_ = self.ladder_[-1]["rate"]
         self.expert_accuracy_ = self.ladder_[-1]["accuracy"]
         self.expert_steps_ = self.ladder_[-1]["steps"]
