@@ -72,7 +72,7 @@ def throughput(function, images, repeats=2):
     return rate
 
 
-def measure(dataset, trigger, setting, seed):
+def measure(dataset, trigger, setting, seed, expert_layers=None):
     import dataclasses
 
     import numpy as np
@@ -80,7 +80,7 @@ def measure(dataset, trigger, setting, seed):
     from goodnet.attacks.badnets import AttackOptions, train_badnet
     from goodnet.attacks.benchmarks import poisoned_split
     from goodnet.data import LabData
-    from goodnet.defenses.badexpert import BaDExpert
+    from goodnet.defenses.badexpert import BaDExpert, BaDExpertOptions
     from goodnet.defenses.either import EitherDetector
     from goodnet.defenses.strip import STRIP
 
@@ -107,7 +107,8 @@ def measure(dataset, trigger, setting, seed):
     strip = STRIP(frr=FRR, progress=False).fit(badnet, valid.images)
     row["strip_fit_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
-    expert = BaDExpert(frr=FRR).fit(badnet, valid)
+    expert_options = BaDExpertOptions(frr=FRR, **({} if expert_layers is None else {"expert_layers": expert_layers}))
+    expert = BaDExpert.from_options(expert_options).fit(badnet, valid)
     row["badexpert_fit_seconds"] = time.perf_counter() - started
     row.update({"expert_rate": expert.expert_rate_, "expert_accuracy": expert.expert_accuracy_,
                 "expert_steps": expert.expert_steps_,
@@ -116,7 +117,7 @@ def measure(dataset, trigger, setting, seed):
                 "expert_backdoor": float(np.mean(expert.expert_.predict(bad_x) == bad_y)),
                 "badexpert_calibration": expert.calibration_.summary()})
     started = time.perf_counter()
-    gate = EitherDetector(frr=FRR, progress=False).fit(badnet, valid, check=test)
+    gate = EitherDetector(frr=FRR, badexpert=expert_options, progress=False).fit(badnet, valid, check=test)
     row["both_fit_seconds"] = time.perf_counter() - started
     row["both_check"] = gate.check_
     detectors = {"strip": lambda images: strip.predict_trojaned(images),
@@ -154,11 +155,15 @@ def lines(rows):
 
 
 def main():
+    from goodnet.defenses.badexpert import EXPERT_LAYERS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (see the docstring)")
     parser.add_argument("--only", nargs="+", default=None, metavar="DATASET:TRIGGER",
                         help="BadNets to run (default: " + " ".join(f"{d}:{t}" for d, t in BADNETS) + ")")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--expert-layers", default=None, choices=EXPERT_LAYERS,
+                        help="BaDExpert's expert_layers (default: BaDExpert's default)")
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args()
     from goodnet.inference import quiet_tensorflow
@@ -169,7 +174,7 @@ def main():
     rows = []
     started = time.perf_counter()
     for dataset, trigger in chosen:
-        row = measure(dataset, trigger, setting, args.seed)
+        row = measure(dataset, trigger, setting, args.seed, args.expert_layers)
         rows.append(row)
         print(json.dumps({key: value for key, value in row.items()}, default=str), flush=True)
         print("\n".join(lines([row])[2:]), flush=True)

@@ -81,6 +81,7 @@ logger = logging.getLogger(__name__)
 
 COMBINATIONS = ("taught", "rectangle", "log-ratio", "triangle", "expert")
 METHODS = ("batched", "loop")
+EXPERT_LAYERS = ("all", "dense")   # the layers the backdoor expert fine-tunes
 TINY = 1e-8          # the authors' clamp of a confidence in a denominator
 SHIFT = 1            # the backdoor expert is taught (y + SHIFT) mod C for label y
 WORDING = ("BaDExpert", "scores", "more labelled clean validation images or a larger --calibration-fraction")
@@ -104,6 +105,8 @@ class BaDExpertOptions(CalibrationOptions):
     expert_epochs: int = option(40, "backdoor expert: at most this many epochs over the fine-tuning part per rate "
                                     "(it stops earlier, as soon as the clean accuracy falls to --expert-accuracy)",
                                 rule=Interval(int, 1))
+    expert_layers: str = option("all", "backdoor expert: the layers fine-tuned, all or dense (the Dense layers "
+                                       "only, every other layer frozen)", rule=OneOf(EXPERT_LAYERS))
     expert_check: int = option(5, "backdoor expert: fine-tuning steps between two checks of its clean accuracy",
                                rule=Interval(int, 1))
     expert_accuracy: float = option(None, "backdoor expert: clean accuracy (true labels, fine-tuning part) at "
@@ -191,13 +194,27 @@ def accuracy(model, scaled, labels, batch=256):
     return metrics.accuracy(answers.argmax(axis=1), labels)
 
 
-def fine_tuned(model, images, labels, optimizer, epochs, batch_size, seed, callbacks=()):
-    """A copy of ``model`` fine-tuned on ``images`` (already scaled) and ``labels`` (sparse cross-entropy)."""
+def fine_tuned(model, images, labels, optimizer, epochs, batch_size, seed, callbacks=(), layers="all"):
+    """A copy of ``model`` fine-tuned on ``images`` (already scaled) and ``labels`` (sparse cross-entropy).
+
+    ``layers``: "all", or "dense" (only the copy's Dense layers are trained, the others frozen).
+    """
+    import keras
+
     seed_everything(int(seed))
     twin = _copy(model)
+    if layers == "dense":
+        dense = [layer for layer in twin.layers if isinstance(layer, keras.layers.Dense)]
+        if not dense:
+            raise OptionError("expert_layers: 'dense' needs a model with Dense layers; this one has none "
+                              "(use 'all')")
+        for layer in twin.layers:
+            layer.trainable = isinstance(layer, keras.layers.Dense)
     twin.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     twin.fit(images, labels, epochs=int(epochs), batch_size=int(batch_size), shuffle=True, verbose=0,
              callbacks=list(callbacks))
+    for layer in twin.layers:
+        layer.trainable = True
     return twin
 
 
@@ -230,8 +247,11 @@ def _stop_at_accuracy(images, labels, target, every):
 
 
 def extract_expert(model, scaled, labels, classes, rates, target, epochs=_DEFAULTS.expert_epochs,
-                   check=_DEFAULTS.expert_check, batch_size=_DEFAULTS.tune_batch, seed=_DEFAULTS.seed):
+                   check=_DEFAULTS.expert_check, batch_size=_DEFAULTS.tune_batch, seed=_DEFAULTS.seed,
+                   layers=_DEFAULTS.expert_layers):
     """The backdoor expert B: ``model`` fine-tuned (Adam) on the taught labels of ``labels``, stopped early.
+
+    ``layers``: :data:`EXPERT_LAYERS`, the layers fine-tuned (:func:`fine_tuned`).
 
     The ``rates`` are tried in turn, smallest first, each from a fresh copy for at most ``epochs`` epochs; a rate
     stops as soon as the clean accuracy on ``scaled`` (true ``labels``), checked every ``check`` steps, is at most
@@ -246,7 +266,8 @@ def extract_expert(model, scaled, labels, classes, rates, target, epochs=_DEFAUL
     ladder, expert = [], None
     for rate in sorted(float(rate) for rate in rates):
         stop = _stop_at_accuracy(scaled, labels, target, int(check))
-        expert = fine_tuned(model, scaled, wrong, keras.optimizers.Adam(rate), epochs, batch_size, seed, [stop])
+        expert = fine_tuned(model, scaled, wrong, keras.optimizers.Adam(rate), epochs, batch_size, seed, [stop],
+                            layers)
         ladder.append({"rate": rate, "accuracy": stop.accuracy, "steps": stop.steps})
         logger.info("BaDExpert: expert rate %g: clean accuracy %.4f after %d steps (target %.4f)", rate,
                     stop.accuracy, stop.steps, target)
@@ -283,7 +304,8 @@ class BaDExpert(Defense):
     def __init__(self, threshold_method=_DEFAULTS.threshold_method, frr=_DEFAULTS.frr,
                  confidence=_DEFAULTS.confidence, calibration_fraction=_DEFAULTS.calibration_fraction,
                  expert_rates=_DEFAULTS.expert_rates, expert_epochs=_DEFAULTS.expert_epochs,
-                 expert_check=_DEFAULTS.expert_check, expert_accuracy=_DEFAULTS.expert_accuracy,
+                 expert_layers=_DEFAULTS.expert_layers, expert_check=_DEFAULTS.expert_check,
+                 expert_accuracy=_DEFAULTS.expert_accuracy,
                  aux_rate=_DEFAULTS.aux_rate, aux_epochs=_DEFAULTS.aux_epochs, tune_batch=_DEFAULTS.tune_batch,
                  combination=_DEFAULTS.combination, chunk=_DEFAULTS.chunk, seed=_DEFAULTS.seed, method="batched",
                  progress=None):
@@ -293,6 +315,7 @@ class BaDExpert(Defense):
         self.calibration_fraction = calibration_fraction
         self.expert_rates = expert_rates
         self.expert_epochs = expert_epochs
+        self.expert_layers = expert_layers
         self.expert_check = expert_check
         self.expert_accuracy = expert_accuracy
         self.aux_rate = aux_rate
@@ -341,7 +364,8 @@ class BaDExpert(Defense):
         target = float(self.expert_accuracy) if self.expert_accuracy is not None else min(1.0, 2.0 / classes)
         self.expert_target_ = target
         expert, self.ladder_ = extract_expert(classifier.model, scaled, true, classes, self.expert_rates, target,
-                                              self.expert_epochs, self.expert_check, self.tune_batch, self.seed)
+                                              self.expert_epochs, self.expert_check, self.tune_batch, self.seed,
+                                              self.expert_layers)
         self.expert_rate_ = self.ladder_[-1]["rate"]
         self.expert_accuracy_ = self.ladder_[-1]["accuracy"]
         self.expert_steps_ = self.ladder_[-1]["steps"]
