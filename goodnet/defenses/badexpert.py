@@ -81,7 +81,7 @@ logger = logging.getLogger(__name__)
 
 COMBINATIONS = ("taught", "rectangle", "log-ratio", "triangle", "expert")
 METHODS = ("batched", "loop")
-EXPERT_LAYERS = ("all", "dense")   # the layers the backdoor expert fine-tunes
+EXPERT_LAYERS = ("dense", "all")   # the layers the backdoor expert fine-tunes
 TINY = 1e-8          # the authors' clamp of a confidence in a denominator
 SHIFT = 1            # the backdoor expert is taught (y + SHIFT) mod C for label y
 WORDING = ("BaDExpert", "scores", "more labelled clean validation images or a larger --calibration-fraction")
@@ -105,8 +105,9 @@ class BaDExpertOptions(CalibrationOptions):
     expert_epochs: int = option(40, "backdoor expert: at most this many epochs over the fine-tuning part per rate "
                                     "(it stops earlier, as soon as the clean accuracy falls to --expert-accuracy)",
                                 rule=Interval(int, 1))
-    expert_layers: str = option("all", "backdoor expert: the layers fine-tuned, all or dense (the Dense layers "
-                                       "only, every other layer frozen)", rule=OneOf(EXPERT_LAYERS))
+    expert_layers: str = option("dense", "backdoor expert: the layers fine-tuned, dense (the Dense layers only, "
+                                         "every other layer frozen; all of them for a model without one) or all",
+                                rule=OneOf(EXPERT_LAYERS))
     expert_check: int = option(5, "backdoor expert: fine-tuning steps between two checks of its clean accuracy",
                                rule=Interval(int, 1))
     expert_accuracy: float = option(None, "backdoor expert: clean accuracy (true labels, fine-tuning part) at "
@@ -197,19 +198,19 @@ def accuracy(model, scaled, labels, batch=256):
 def fine_tuned(model, images, labels, optimizer, epochs, batch_size, seed, callbacks=(), layers="all"):
     """A copy of ``model`` fine-tuned on ``images`` (already scaled) and ``labels`` (sparse cross-entropy).
 
-    ``layers``: "all", or "dense" (only the copy's Dense layers are trained, the others frozen).
+    ``layers``: "all", or "dense" (only the copy's Dense layers are trained, the others frozen; every layer, with a
+    warning, when the model has no Dense layer).
     """
     import keras
 
     seed_everything(int(seed))
     twin = _copy(model)
     if layers == "dense":
-        dense = [layer for layer in twin.layers if isinstance(layer, keras.layers.Dense)]
-        if not dense:
-            raise OptionError("expert_layers: 'dense' needs a model with Dense layers; this one has none "
-                              "(use 'all')")
-        for layer in twin.layers:
-            layer.trainable = isinstance(layer, keras.layers.Dense)
+        if any(isinstance(layer, keras.layers.Dense) for layer in twin.layers):
+            for layer in twin.layers:
+                layer.trainable = isinstance(layer, keras.layers.Dense)
+        else:
+            logger.warning("BaDExpert: expert_layers 'dense': the model has no Dense layer; fine-tuning every layer")
     twin.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     twin.fit(images, labels, epochs=int(epochs), batch_size=int(batch_size), shuffle=True, verbose=0,
              callbacks=list(callbacks))

@@ -145,7 +145,7 @@ def test_expert_stops_at_the_first_check_that_reaches_the_target(world):
             history.append((accuracy(self.model, scaled, true), [w.copy() for w in self.model.get_weights()]))
 
     fine_tuned(classifier.model, scaled, wrong, keras.optimizers.Adam(1e-2), 4, detector.tune_batch,
-               detector.seed, [Record()])
+               detector.seed, [Record()], detector.expert_layers)
     first = next(step for step, (value, _) in enumerate(history, 1) if value <= detector.expert_target_)
     assert 1 < first < len(history)                  # it stops partway: the comparison means something
     assert detector.expert_steps_ == first and detector.ladder_ == [
@@ -154,15 +154,13 @@ def test_expert_stops_at_the_first_check_that_reaches_the_target(world):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_dense_expert_layers_train_only_the_dense_layers(world):
-    """expert_layers="dense": the expert's Dense layers move, every other layer keeps the model's weights, and the
-    expert comes back with every layer trainable again."""
+def test_dense_expert_layers_train_only_the_dense_layers(world, detector):
+    """expert_layers="dense" (the default): the expert's Dense layers move, every other layer keeps the model's
+    weights, and the expert comes back with every layer trainable again; "all" moves the convolutions too."""
     import keras
 
     classifier, valid, _, _ = world
-    detector = BaDExpert(expert_layers="dense", expert_rates=(1e-2,), expert_epochs=2, aux_epochs=1, frr=0.1).fit(
-        classifier, valid)
-    assert detector.expert_steps_ > 0
+    assert detector.expert_layers == "dense" and detector.expert_steps_ > 0
     moved = {}
     for original, expert in zip(classifier.model.layers, detector.expert_.model.layers):
         if original.get_weights():
@@ -170,24 +168,26 @@ def test_dense_expert_layers_train_only_the_dense_layers(world):
                 not np.array_equal(a, b) for a, b in zip(original.get_weights(), expert.get_weights()))
         assert expert.trainable
     assert moved.pop("Dense") and moved and not any(moved.values())   # Dense moved; Conv2D (and the rest) did not
-    default = BaDExpert(expert_rates=(1e-2,), expert_epochs=2, aux_epochs=1, frr=0.1).fit(classifier, valid)
+    every = BaDExpert(expert_layers="all", expert_rates=(1e-2,), expert_epochs=2, aux_epochs=1, frr=0.1).fit(
+        classifier, valid)
     conv = next(i for i, layer in enumerate(classifier.model.layers) if isinstance(layer, keras.layers.Conv2D))
-    assert not np.array_equal(default.expert_.model.layers[conv].get_weights()[0],
-                              classifier.model.layers[conv].get_weights()[0])   # "all" (the default) moves them
+    assert not np.array_equal(every.expert_.model.layers[conv].get_weights()[0],
+                              classifier.model.layers[conv].get_weights()[0])
 
 
-def test_dense_expert_layers_need_a_dense_layer():
+def test_dense_expert_layers_fine_tune_everything_without_a_dense_layer(caplog):
     import keras
 
     from goodnet.defenses.badexpert import fine_tuned
-    from goodnet.errors import OptionError
 
     inputs = keras.Input((4, 4, 1))
     outputs = keras.layers.Softmax()(keras.layers.Flatten()(keras.layers.Conv2D(3, 4)(inputs)))
     model = keras.Model(inputs, outputs)
-    with pytest.raises(OptionError, match="expert_layers: 'dense' needs a model with Dense layers"):
-        fine_tuned(model, np.zeros((4, 4, 4, 1), np.float32), np.zeros(4, np.int64), keras.optimizers.Adam(1e-3), 1,
-                   2, 0, layers="dense")
+    images = np.random.default_rng(0).uniform(size=(8, 4, 4, 1)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="goodnet.defenses.badexpert"):
+        twin = fine_tuned(model, images, np.arange(8) % 3, keras.optimizers.Adam(1e-2), 1, 4, 0, layers="dense")
+    assert "has no Dense layer; fine-tuning every layer" in caplog.text
+    assert not np.array_equal(twin.get_weights()[0], model.get_weights()[0])
 
 
 def test_a_rate_that_never_reaches_the_target_hands_over_to_the_next(world):
