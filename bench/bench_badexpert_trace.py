@@ -29,8 +29,8 @@ split.
 Sizes: ``--quick``: the ``blend`` and ``multi`` BadNets, the three Adam-1e-4 recipes and SGD, 500 steps;
 default: all three BadNets, all six recipes, 500 steps (3e-5: 1200, 1e-5: 2000).
 
-Measured run time on 2 CPU cores: not run yet as a script; the same traces run by hand took 1-2 min per
-500 steps.
+Measured run time on 2 CPU cores: the default, 1017 s (three BadNets, six recipes, ``--every 25``; other benches
+shared the cores for part of it).
 
 Usage:
     python bench/bench_badexpert_trace.py [--quick] [--only blend multi] [--every 25] [--seed 0] [--json OUT]

@@ -18,7 +18,14 @@ labelled clean set:
   built-in faces sunglasses BadNet (bench/bench_detect.py's quick size), 5
   full epochs at rate 1e-3 kept the backdoor on 82 % of poisoned inputs
   (FAR 21.5 % at FRR 1 %); stopping at the target at rate 1e-4 (400 steps)
-  kept it on 100 % (FAR 0.0 %);
+  kept it on 100 % (FAR 0.0 %). ``expert_layers="dense"`` (default, goodnet's)
+  fine-tunes only the Dense layers, the convolutions frozen (a model without a
+  Dense layer is fine-tuned whole): on the multi-trigger BadNet B then keeps
+  all three backdoors and the gate lets 0.8 % through (lipstick 0.2 %), where
+  fine-tuning every layer (``"all"``, the authors') let 4.5 % (lipstick
+  13.3 %) through (bench/bench_detect.py --quick, FRR 1 %). No recipe of
+  bench/bench_badexpert_trace.py keeps a blended backdoor on DeepID once the
+  clean task is forgotten;
 - the **auxiliary model** M': a copy of M fine-tuned on the true labels (SGD
   with momentum), which keeps the clean task and weakens the backdoor;
 - the **score** of an input x with M's answer y^ = argmax M(x): with
