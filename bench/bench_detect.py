@@ -25,7 +25,8 @@ Sizes: ``--quick``: digits 2000 training / 1000 valid / 500 test images, faces 2
 
 Measured run time on 2 shared CPU cores: ``--quick`` 773 s (six BadNets, early-stopped experts, rectangle score;
 811 s with the previous five-epoch experts), 1259 s with the taught score while a test run shared the cores for
-the first two BadNets; the full sizes not run yet.
+the first two BadNets, 846 s with the Dense-layer expert (the defaults; ``--expert-layers dense``, another bench
+sharing the cores at first); the full sizes not run yet.
 
 Usage:
     python bench/bench_detect.py [--quick] [--only digits:patch faces:blend] [--seed 0] [--json OUT]
