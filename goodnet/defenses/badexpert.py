@@ -19,8 +19,8 @@ labelled clean set:
   full epochs at rate 1e-3 kept the backdoor on 82 % of poisoned inputs
   (FAR 21.5 % at FRR 1 %); stopping at the target at rate 1e-4 (400 steps)
   kept it on 100 % (FAR 0.0 %). ``expert_layers="dense"`` (default, goodnet's)
-  fine-tunes only the Dense layers, the convolutions frozen (a model without a
-  Dense layer is fine-tuned whole): on the multi-trigger BadNet B then keeps
+  fine-tunes only the Dense layers, every other layer frozen (a model without
+  a Dense layer is fine-tuned whole): on the multi-trigger BadNet B then keeps
   all three backdoors and the gate lets 0.8 % through (lipstick 0.2 %), where
   fine-tuning every layer (``"all"``, the authors') let 4.5 % (lipstick
   13.3 %) through (bench/bench_detect.py --quick, FRR 1 %). No recipe of
@@ -212,6 +212,7 @@ def fine_tuned(model, images, labels, optimizer, epochs, batch_size, seed, callb
 
     seed_everything(int(seed))
     twin = _copy(model)
+    trainable = [layer.trainable for layer in twin.layers]
     if layers == "dense":
         if any(isinstance(layer, keras.layers.Dense) for layer in twin.layers):
             for layer in twin.layers:
@@ -221,8 +222,8 @@ def fine_tuned(model, images, labels, optimizer, epochs, batch_size, seed, callb
     twin.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     twin.fit(images, labels, epochs=int(epochs), batch_size=int(batch_size), shuffle=True, verbose=0,
              callbacks=list(callbacks))
-    for layer in twin.layers:
-        layer.trainable = True
+    for layer, flag in zip(twin.layers, trainable):        # the copy's layers as trainable as the model's
+        layer.trainable = flag
     return twin
 
 
@@ -259,11 +260,10 @@ def extract_expert(model, scaled, labels, classes, rates, target, epochs=_DEFAUL
                    layers=_DEFAULTS.expert_layers):
     """The backdoor expert B: ``model`` fine-tuned (Adam) on the taught labels of ``labels``, stopped early.
 
-    ``layers``: :data:`EXPERT_LAYERS`, the layers fine-tuned (:func:`fine_tuned`).
-
     The ``rates`` are tried in turn, smallest first, each from a fresh copy for at most ``epochs`` epochs; a rate
     stops as soon as the clean accuracy on ``scaled`` (true ``labels``), checked every ``check`` steps, is at most
-    ``target``, and the first that gets there is kept (else the last tried).
+    ``target``, and the first that gets there is kept (else the last tried). ``layers``: one of
+    :data:`EXPERT_LAYERS`, the layers fine-tuned (:func:`fine_tuned`).
 
     Returns:
         (the expert Keras model, the ladder: [{"rate", "accuracy", "steps"}] of the rates tried, in order)
