@@ -17,9 +17,10 @@ fine-tuning part with each recipe. Every ``--every`` steps it records:
   certified at FRR 1 % on the calibration part (:func:`goodnet.calibration.calibrate`), the FRR on the clean test
   split, and the FAR over all poisoned test inputs, over the successful ones, and per trigger.
 
-Recipes: Adam at 1e-4 (BaDExpert's first rung), 3e-5 and 1e-5; Adam 1e-4 on the Dense layers only
-(BaDExpert's ``expert_layers="dense"``: DeepID's ``fc_1``, ``fc_2``, ``output``) or on the Conv2D layers only;
-SGD 1e-2 with momentum 0.9.
+Recipes, each fine-tuned by BaDExpert's own :func:`goodnet.defenses.badexpert.fine_tuned`: Adam at 1e-4
+(BaDExpert's first rung), 3e-5 and 1e-5; Adam 1e-4 on the Dense layers only (BaDExpert's
+``expert_layers="dense"``: DeepID's ``fc_1``, ``fc_2``, ``output``) or on the Conv2D layers only; SGD 1e-2 with
+momentum 0.9.
 
 Per recipe, the summary gives two rows. The first is the checkpoint BaDExpert's rule would keep: the first where
 ``acc`` <= 2 / C. The second is the lowest FAR at any checkpoint. That row is chosen on the test split, so it is an
@@ -47,13 +48,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_detect import FRR, IDENTITIES, SIZES, TARGET, VARIANTS, splits  # noqa: E402
+from bench_detect import FRR, IDENTITIES, SIZES, TARGET, VARIANTS, percent, splits  # noqa: E402
 
 BADNETS = ("blend", "multi", "blend-planted")
 PLANTED = {"poison_rate": 0.3, "epochs": 20}           # blend-planted: the blend, planted harder
 RECIPES = {"adam-1e-4": {"optimizer": "adam", "rate": 1e-4, "steps": 500},
-           "adam-1e-4-dense": {"optimizer": "adam", "rate": 1e-4, "steps": 500, "train": "Dense"},
-           "adam-1e-4-conv": {"optimizer": "adam", "rate": 1e-4, "steps": 500, "train": "Conv2D"},
+           "adam-1e-4-dense": {"optimizer": "adam", "rate": 1e-4, "steps": 500, "layers": "dense"},
+           "adam-1e-4-conv": {"optimizer": "adam", "rate": 1e-4, "steps": 500, "only": "Conv2D"},
            "sgd-1e-2": {"optimizer": "sgd", "rate": 1e-2, "steps": 500},
            "adam-3e-5": {"optimizer": "adam", "rate": 3e-5, "steps": 1200},
            "adam-1e-5": {"optimizer": "adam", "rate": 1e-5, "steps": 2000}}
@@ -88,18 +89,16 @@ def trace(model, tune_x, tune_y, recipe, every, evaluate, seed):
     ``every`` steps (and at step 0). Returns the list of what ``evaluate`` returned."""
     import keras
 
-    from goodnet.defenses.badexpert import BaDExpertOptions, taught_labels
-    from goodnet.training import seed_everything
+    from goodnet.defenses.badexpert import BaDExpertOptions, fine_tuned, taught_labels
 
-    seed_everything(seed)
-    twin = keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
-    if recipe.get("train"):              # only the layers of this Keras class are trained
-        for layer in twin.layers:
-            layer.trainable = isinstance(layer, getattr(keras.layers, recipe["train"]))
+    if recipe.get("only"):          # not a BaDExpert option: only the layers of this Keras class are trained
+        frozen = keras.models.clone_model(model)     # fine_tuned's copy keeps these trainable flags
+        frozen.set_weights(model.get_weights())
+        for layer in frozen.layers:
+            layer.trainable = isinstance(layer, getattr(keras.layers, recipe["only"]))
+        model = frozen
     optimizer = (keras.optimizers.Adam(recipe["rate"]) if recipe["optimizer"] == "adam"
                  else keras.optimizers.SGD(recipe["rate"], momentum=0.9))
-    twin.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     rows, total = [], int(recipe["steps"])
 
     class Trace(keras.callbacks.Callback):
@@ -119,8 +118,8 @@ def trace(model, tune_x, tune_y, recipe, every, evaluate, seed):
 
     batch = BaDExpertOptions().tune_batch
     epochs = math.ceil(total / math.ceil(len(tune_y) / batch))
-    twin.fit(tune_x, taught_labels(tune_y, IDENTITIES), epochs=epochs, batch_size=batch, shuffle=True, verbose=0,
-             callbacks=[Trace()])
+    fine_tuned(model, tune_x, taught_labels(tune_y, IDENTITIES), optimizer, epochs, batch, seed, [Trace()],
+               recipe.get("layers", "all"))
     return rows
 
 
@@ -183,11 +182,6 @@ def measure(name, setting, recipes, every, seed):
             print(f"  {recipe_name:15s} {point_line(point)}", flush=True)
         print(f"  {recipe_name}: {seconds:.0f} s", flush=True)
     return row
-
-
-def percent(value, width=0):
-    """``value`` (a share) in percent with one decimal, right-aligned in ``width``; "-" for None."""
-    return "-" if value is None else f"{value * 100:{width}.1f}"
 
 
 def point_line(point):

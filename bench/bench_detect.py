@@ -137,14 +137,15 @@ def measure(dataset, trigger, setting, seed, expert_layers=None):
     return row
 
 
+def percent(value, width=0):
+    """``value`` (a share) in percent with one decimal, right-aligned in ``width``; "-" for None."""
+    return "-" if value is None else f"{value * 100:{width}.1f}"
+
+
 def lines(rows):
     out = ["| BadNet | clean acc % | ASR % | STRIP FRR / FAR / FAR succ. % | BaDExpert FRR / FAR / FAR succ. % "
            "| both FRR / FAR / FAR succ. % | expert rate (clean acc %) | predict / STRIP / BaDExpert / both inputs/s |",
            "|---|---:|---:|---:|---:|---:|---|---|"]
-
-    def percent(value):
-        return "-" if value is None else f"{value * 100:.1f}"
-
     for row in rows:
         pairs = [" / ".join(percent(row[f"{name}_{key}"]) for key in ("frr", "far", "far_successful"))
                  for name in ("strip", "badexpert", "both")]
